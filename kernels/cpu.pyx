@@ -1,0 +1,351 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""fusedclip CPU kernels: the chunk table, OpenMP over chunks, nogil.
+
+Layering (see docs/DESIGN.md):
+
+* ``simd.h``   -- the inner loops, one per operation, instantiated per dtype.
+* this module  -- the chunk table (``Table``), ``prange`` over its chunks, and
+  ``describe``, the fast per-buffer attribute read that lets the Python front
+  end validate 10,000 buffers without a Python-level loop.
+* ``fusedclip._buffers`` -- validation, dedupe, overlap and staging policy.
+
+Determinism: every buffer is cut into the same fixed chunks whatever the
+thread count, each chunk writes its own partial, and ``fc_combine`` adds the
+partials in chunk order.  The norm is therefore bitwise identical for any
+number of threads.
+"""
+from cython.parallel cimport prange
+from libc.stdint cimport int64_t, int32_t, uint64_t, uintptr_t
+from libc.string cimport memset
+cimport numpy as cnp
+cimport openmp
+
+import numpy as np
+import ml_dtypes
+
+cnp.import_array()
+
+cdef extern from *:
+    """
+    #include "simd.h"
+    #ifndef FC_BUILD_FLAGS
+    #define FC_BUILD_FLAGS "unknown"
+    #endif
+    static const char *fc_build_flags = FC_BUILD_FLAGS;
+    static const char *fc_cpu_level(void) {
+    #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("x86-64-v4")) return "x86-64-v4 (AVX-512)";
+        if (__builtin_cpu_supports("x86-64-v3")) return "x86-64-v3 (AVX2, FMA, F16C)";
+        return "default (baseline x86-64)";
+    #else
+        return "default";
+    #endif
+    }
+    /* Bandwidth floor: the plainest full read and read-write of n 8-byte words.
+     * `mask` is a run-time value (0) so the compiler can neither drop the loads
+     * nor the stores. */
+    FC_CLONES static uint64_t fc_floor_read(const uint64_t *x, int64_t n) {
+        uint64_t acc = 0;
+        FC_PRAGMA(omp simd reduction(^ : acc))
+        for (int64_t i = 0; i < n; i++) acc ^= x[i];
+        return acc;
+    }
+    FC_CLONES static void fc_floor_rw(uint64_t *x, int64_t n, uint64_t mask) {
+        FC_PRAGMA(omp simd)
+        for (int64_t i = 0; i < n; i++) x[i] ^= mask;
+    }
+    """
+    const char *fc_build_flags
+    const char *fc_cpu_level() nogil
+    uint64_t fc_floor_read(const uint64_t *x, int64_t n) noexcept nogil
+    void fc_floor_rw(uint64_t *x, int64_t n, uint64_t mask) noexcept nogil
+
+
+#: Elements per chunk (the unit of work and of the partials).
+CHUNK = FC_CHUNK
+#: Below this many elements in a call, the work runs on the calling thread:
+#: forking the OpenMP team costs more than it saves.
+PARALLEL_MIN = 1 << 17
+
+NORM_P, NORM_1, NORM_2, NORM_INF = FC_NORM_P, FC_NORM_1, FC_NORM_2, FC_NORM_INF
+HAS_NAN, HAS_INF = FC_HAS_NAN, FC_HAS_INF
+
+CHUNK_DTYPE = np.dtype([("ptr", np.uintp), ("n", np.int64), ("dtype", np.int32), ("buf", np.int32)])
+PARTIAL_DTYPE = np.dtype([("s", np.float64), ("k", np.int32), ("flags", np.int32)])
+assert CHUNK_DTYPE.itemsize == sizeof(fc_chunk)
+assert PARTIAL_DTYPE.itemsize == sizeof(fc_partial)
+
+#: dtype code -> numpy dtype; the codes are simd.h's FC_F64 .. FC_F16.
+DTYPES = (np.dtype(np.float64), np.dtype(np.float32), np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16))
+cdef int _BF16_NUM = DTYPES[FC_BF16].num
+
+# describe() fields and flag bits
+cdef enum:
+    _PTR = 0
+    _SIZE = 1
+    _CODE = 2
+    _FLAGS = 3
+    _LO = 4
+    _HI = 5
+    _NOT_ARRAY = -1
+    _BAD_DTYPE = -2
+    _WRITEABLE = 1
+    _CONTIGUOUS = 2
+    _ALIGNED = 4
+    _NATIVE = 8
+F_PTR, F_SIZE, F_CODE, F_FLAGS, F_LO, F_HI = _PTR, _SIZE, _CODE, _FLAGS, _LO, _HI
+CODE_NOT_ARRAY, CODE_BAD_DTYPE = _NOT_ARRAY, _BAD_DTYPE
+WRITEABLE, CONTIGUOUS, ALIGNED, NATIVE = _WRITEABLE, _CONTIGUOUS, _ALIGNED, _NATIVE
+
+
+cdef inline int _nthreads(object nthreads) except -1:
+    if nthreads is None:
+        return openmp.omp_get_max_threads()
+    cdef int n = nthreads
+    if n < 1:
+        raise ValueError(f"num_threads must be >= 1 or None, got {nthreads}")
+    return n
+
+
+def max_threads():
+    """OpenMP's default team size (honours OMP_NUM_THREADS and threadpoolctl)."""
+    return openmp.omp_get_max_threads()
+
+
+def info():
+    """Build and run-time facts for ``fusedclip info``."""
+    return {
+        "simd_dispatch": FC_SIMD_DISPATCH.decode(),
+        "simd_selected": fc_cpu_level().decode(),
+        "build_flags": fc_build_flags.decode(),
+        "openmp_max_threads": openmp.omp_get_max_threads(),
+        "chunk_elements": FC_CHUNK,
+        "parallel_min_elements": PARALLEL_MIN,
+    }
+
+
+# ------------------------------------------------------------ nogil table ops
+cdef double table_norm(const fc_chunk *chunks, Py_ssize_t n, int kind, double p,
+                       fc_partial *partials, int nthreads, bint parallel,
+                       int *flags) noexcept nogil:
+    cdef Py_ssize_t i
+    if nthreads <= 0:
+        nthreads = openmp.omp_get_max_threads()
+    for i in prange(n, schedule="static", num_threads=nthreads, use_threads_if=parallel):
+        fc_reduce_chunk(&chunks[i], kind, p, &partials[i])
+    return fc_combine(partials, n, kind, p, flags)
+
+
+cdef void table_scale(const fc_chunk *chunks, Py_ssize_t n, double s,
+                      int nthreads, bint parallel) noexcept nogil:
+    cdef Py_ssize_t i
+    if nthreads <= 0:
+        nthreads = openmp.omp_get_max_threads()
+    for i in prange(n, schedule="static", num_threads=nthreads, use_threads_if=parallel):
+        fc_scale_chunk(&chunks[i], s)
+
+
+cdef void table_clamp(const fc_chunk *chunks, Py_ssize_t n, double v,
+                      int nthreads, bint parallel) noexcept nogil:
+    cdef Py_ssize_t i
+    if nthreads <= 0:
+        nthreads = openmp.omp_get_max_threads()
+    for i in prange(n, schedule="static", num_threads=nthreads, use_threads_if=parallel):
+        fc_clamp_chunk(&chunks[i], v)
+
+
+cdef void table_zero(const fc_chunk *chunks, Py_ssize_t n,
+                     int nthreads, bint parallel) noexcept nogil:
+    cdef Py_ssize_t i
+    if nthreads <= 0:
+        nthreads = openmp.omp_get_max_threads()
+    for i in prange(n, schedule="static", num_threads=nthreads, use_threads_if=parallel):
+        fc_zero_chunk(&chunks[i])
+
+
+# ------------------------------------------------------------ describe
+def describe(list objs):
+    """Read what validation needs from each object, at C speed.
+
+    Returns an int64 array ``d`` of shape (6, len(objs)) indexed by the F_*
+    fields: data pointer, element count, dtype code (0..3, CODE_NOT_ARRAY for
+    anything that is not an ndarray, CODE_BAD_DTYPE for an unsupported dtype),
+    flag bits, and the byte extent [lo, hi) that the array's elements span.
+    """
+    cdef Py_ssize_t n = len(objs), i, j
+    cdef cnp.ndarray out = np.empty((6, n), dtype=np.int64)
+    cdef int64_t[:, ::1] d = out
+    cdef cnp.ndarray a
+    cdef int tn, nd, fl, code, flg
+    cdef int64_t lo, hi, ext, size
+    cdef cnp.npy_intp *shape
+    cdef cnp.npy_intp *strides
+    for i in range(n):
+        o = objs[i]
+        if not cnp.PyArray_Check(o):
+            d[_PTR, i] = 0; d[_SIZE, i] = 0; d[_CODE, i] = _NOT_ARRAY
+            d[_FLAGS, i] = 0; d[_LO, i] = 0; d[_HI, i] = 0
+            continue
+        a = <cnp.ndarray>o
+        tn = cnp.PyArray_TYPE(a)
+        if tn == cnp.NPY_DOUBLE:
+            code = FC_F64
+        elif tn == cnp.NPY_FLOAT:
+            code = FC_F32
+        elif tn == cnp.NPY_FLOAT16:
+            code = FC_F16
+        elif tn == _BF16_NUM:
+            code = FC_BF16
+        else:
+            code = _BAD_DTYPE
+        fl = cnp.PyArray_FLAGS(a)
+        flg = 0
+        if fl & cnp.NPY_ARRAY_WRITEABLE:
+            flg |= _WRITEABLE
+        if fl & (cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_F_CONTIGUOUS):
+            flg |= _CONTIGUOUS
+        if fl & cnp.NPY_ARRAY_ALIGNED:
+            flg |= _ALIGNED
+        if cnp.PyArray_ISNOTSWAPPED(a):
+            flg |= _NATIVE
+        size = cnp.PyArray_SIZE(a)
+        lo = <int64_t><uintptr_t>cnp.PyArray_DATA(a)
+        hi = lo
+        if size > 0:
+            nd = cnp.PyArray_NDIM(a)
+            shape = cnp.PyArray_DIMS(a)
+            strides = cnp.PyArray_STRIDES(a)
+            for j in range(nd):
+                ext = (shape[j] - 1) * strides[j]
+                if ext < 0:
+                    lo += ext
+                else:
+                    hi += ext
+            hi += cnp.PyArray_ITEMSIZE(a)
+        d[_PTR, i] = <int64_t><uintptr_t>cnp.PyArray_DATA(a)
+        d[_SIZE, i] = size
+        d[_CODE, i] = code
+        d[_FLAGS, i] = flg
+        d[_LO, i] = lo
+        d[_HI, i] = hi
+    return out
+
+
+# ------------------------------------------------------------ the table
+cdef class Table:
+    """A chunk table over contiguous buffers, with its partials.
+
+    ``ptrs``, ``sizes`` and ``codes`` describe one contiguous buffer per row
+    (pointer, element count, dtype code).  The caller keeps the memory alive
+    for the table's lifetime.  Rows with zero elements get no chunk.
+    """
+    cdef readonly object chunks
+    cdef readonly object partials
+    cdef readonly Py_ssize_t nchunks
+    cdef readonly int64_t nelem
+    cdef fc_chunk *_c
+    cdef fc_partial *_p
+
+    def __init__(self, ptrs, sizes, codes):
+        cdef const int64_t[::1] P = np.ascontiguousarray(ptrs, dtype=np.int64)
+        cdef const int64_t[::1] S = np.ascontiguousarray(sizes, dtype=np.int64)
+        cdef const int64_t[::1] C = np.ascontiguousarray(codes, dtype=np.int64)
+        cdef Py_ssize_t rows = P.shape[0], r, k = 0
+        cdef int64_t off, total = 0, count = 0, size
+        if S.shape[0] != rows or C.shape[0] != rows:
+            raise ValueError("ptrs, sizes and codes must have the same length")
+        if rows >= 2**31:
+            raise ValueError("too many buffers for one table (2**31 at most)")
+        for r in range(rows):
+            if S[r] < 0 or (S[r] > 0 and not (0 <= C[r] < FC_NDTYPES)):
+                raise ValueError(f"row {r}: bad size or dtype code")
+            count += (S[r] + FC_CHUNK - 1) // FC_CHUNK
+            total += S[r]
+        self.chunks = np.zeros(count, dtype=CHUNK_DTYPE)
+        self.partials = np.zeros(count, dtype=PARTIAL_DTYPE)
+        self._c = <fc_chunk *>cnp.PyArray_DATA(self.chunks)
+        self._p = <fc_partial *>cnp.PyArray_DATA(self.partials)
+        self.nchunks = count
+        self.nelem = total
+        cdef int itemsize
+        for r in range(rows):
+            size = S[r]
+            if size == 0:
+                continue
+            itemsize = DTYPES[C[r]].itemsize
+            off = 0
+            while off < size:
+                self._c[k].ptr = <char *><uintptr_t>P[r] + off * itemsize
+                self._c[k].n = min(FC_CHUNK, size - off)
+                self._c[k].dtype = <int32_t>C[r]
+                self._c[k].buf = <int32_t>r
+                off += FC_CHUNK
+                k += 1
+
+    cdef inline bint _parallel(self, int nt):
+        return nt > 1 and self.nelem >= PARALLEL_MIN and self.nchunks > 1
+
+    def norm(self, int kind, double p=2.0, nthreads=None):
+        """Global norm of the table: returns (norm, flags)."""
+        cdef int nt = _nthreads(nthreads), flags = 0
+        cdef bint par = self._parallel(nt)
+        cdef double r
+        with nogil:
+            r = table_norm(self._c, self.nchunks, kind, p, self._p, nt, par, &flags)
+        return r, flags
+
+    def flagged_rows(self):
+        """Rows whose chunks held inf or NaN in the last ``norm`` call."""
+        flags = self.partials["flags"]
+        return np.unique(self.chunks["buf"][flags != 0])
+
+    def scale(self, double s, nthreads=None):
+        cdef int nt = _nthreads(nthreads)
+        cdef bint par = self._parallel(nt)
+        with nogil:
+            table_scale(self._c, self.nchunks, s, nt, par)
+
+    def clamp(self, double v, nthreads=None):
+        cdef int nt = _nthreads(nthreads)
+        cdef bint par = self._parallel(nt)
+        with nogil:
+            table_clamp(self._c, self.nchunks, v, nt, par)
+
+    def zero(self, nthreads=None):
+        cdef int nt = _nthreads(nthreads)
+        cdef bint par = self._parallel(nt)
+        with nogil:
+            table_zero(self._c, self.nchunks, nt, par)
+
+
+# ------------------------------------------------------------ bandwidth floor
+def _words(cnp.ndarray a):
+    if not (cnp.PyArray_FLAGS(a) & cnp.NPY_ARRAY_C_CONTIGUOUS) or a.nbytes % 8:
+        raise ValueError("floor kernels need a C-contiguous array of a multiple of 8 bytes")
+    return <int64_t>(a.nbytes // 8)
+
+
+def floor_read(cnp.ndarray a, nthreads=None):
+    """One plain read pass over ``a`` (the memory-bandwidth floor)."""
+    cdef int64_t n = _words(a), per, i
+    cdef int nt = _nthreads(nthreads)
+    cdef uint64_t *x = <uint64_t *>cnp.PyArray_DATA(a)
+    cdef uint64_t acc = 0
+    cdef int64_t nblk = (n + FC_CHUNK - 1) // FC_CHUNK
+    with nogil:
+        for i in prange(nblk, schedule="static", num_threads=nt):
+            acc ^= fc_floor_read(x + i * FC_CHUNK, min(FC_CHUNK, n - i * FC_CHUNK))
+    return int(acc)
+
+
+def floor_rw(cnp.ndarray a, nthreads=None):
+    """One plain in-place read-modify-write pass over ``a`` (leaves it unchanged)."""
+    cdef int64_t n = _words(a), i
+    cdef int nt = _nthreads(nthreads)
+    cdef uint64_t *x = <uint64_t *>cnp.PyArray_DATA(a)
+    cdef int64_t nblk = (n + FC_CHUNK - 1) // FC_CHUNK
+    cdef uint64_t mask = 0
+    with nogil:
+        for i in prange(nblk, schedule="static", num_threads=nt):
+            fc_floor_rw(x + i * FC_CHUNK, min(FC_CHUNK, n - i * FC_CHUNK), mask)

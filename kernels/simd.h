@@ -1,0 +1,326 @@
+/*
+ * fusedclip CPU kernels: the inner loops, one definition per operation.
+ *
+ * Every loop is written once, in a macro parameterised by the element type and
+ * its load/store conversions, and instantiated for float64, float32, bfloat16
+ * and float16 (both as raw uint16 bits).  The hot loops carry
+ * `target_clones`, so the portable build still runs AVX-512 (x86-64-v4) or
+ * AVX2+F16C (x86-64-v3) code where the CPU has it; GCC picks the clone once,
+ * at load time, through an ifunc.
+ *
+ * Arithmetic contract (docs/DESIGN.md, "Accuracy"):
+ *   - reductions accumulate in float64 whatever the storage type;
+ *   - a chunk whose float64 accumulator overflows (or whose float64 squares
+ *     underflow) while every value is finite is recomputed with an exact
+ *     power-of-two scaling, and its partial is kept as  s * 2^(p*k);
+ *   - scaling multiplies in float64 for float64/float32 data and in float32
+ *     for the 16-bit types, rounding once to the storage type.
+ *
+ * Nothing here allocates, locks or touches Python: every function is safe to
+ * call from many OpenMP threads at once on disjoint chunks.
+ */
+#ifndef FUSEDCLIP_SIMD_H
+#define FUSEDCLIP_SIMD_H
+
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+
+/* ------------------------------------------------------------------ codes */
+enum { FC_F64 = 0, FC_F32 = 1, FC_BF16 = 2, FC_F16 = 3, FC_NDTYPES = 4 };
+enum { FC_NORM_P = 0, FC_NORM_1 = 1, FC_NORM_2 = 2, FC_NORM_INF = 3 };
+enum { FC_HAS_NAN = 1, FC_HAS_INF = 2 };
+
+/* One row of the chunk table: a contiguous run of at most FC_CHUNK elements
+ * of one buffer.  `buf` is the buffer's row in the caller's table. */
+typedef struct {
+    char   *ptr;
+    int64_t n;
+    int32_t dtype;
+    int32_t buf;
+} fc_chunk;
+
+/* One chunk's partial result.  The chunk's contribution is s * 2^(p*k)
+ * (p-norms) or s (inf-norm: s is the max |x|).  flags: FC_HAS_NAN/INF. */
+typedef struct {
+    double  s;
+    int32_t k;
+    int32_t flags;
+} fc_partial;
+
+#define FC_CHUNK ((int64_t)32768)
+
+#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__)) \
+    && !defined(FUSEDCLIP_NO_CLONES)
+#  define FC_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#  define FC_SIMD_DISPATCH "target_clones(x86-64-v4, x86-64-v3, default)"
+#else
+#  define FC_CLONES
+#  define FC_SIMD_DISPATCH "none (compiler default ISA)"
+#endif
+
+#define FC_PRAGMA(x) _Pragma(#x)
+
+/* ------------------------------------------------------ element conversions */
+static inline float fc_bf16_load(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+static inline uint16_t fc_bf16_store(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u)          /* NaN: keep it a quiet NaN */
+        return (uint16_t)((u >> 16) | 0x0040u);
+    u += 0x7fffu + ((u >> 16) & 1u);              /* round to nearest even */
+    return (uint16_t)(u >> 16);
+}
+
+/* IEEE half <-> float by bit manipulation: branch-free, so the loops
+ * vectorise on every ISA (GCC 12 does not vectorise _Float16 conversions). */
+static inline float fc_f32_from_bits(uint32_t u) { float f; memcpy(&f, &u, sizeof f); return f; }
+static inline uint32_t fc_f32_bits(float f) { uint32_t u; memcpy(&u, &f, sizeof u); return u; }
+
+static inline float fc_f16_load(uint16_t h) {
+    uint32_t em = (uint32_t)(h & 0x7fffu) << 13;           /* exponent+mantissa, float position */
+    uint32_t u = fc_f32_bits(fc_f32_from_bits(em) * 0x1p112f);  /* rebias; exact for subnormals too */
+    u = em >= (0x7c00u << 13) ? (em | 0x7f800000u) : u;     /* inf, NaN */
+    return fc_f32_from_bits(u | ((uint32_t)(h & 0x8000u) << 16));
+}
+static inline uint16_t fc_f16_store(float f) {           /* round to nearest even */
+    uint32_t u = fc_f32_bits(f);
+    uint32_t sign = (u >> 16) & 0x8000u;
+    u &= 0x7fffffffu;
+    /* >= 65520 rounds to inf; NaN stays a quiet NaN */
+    uint32_t big = u > 0x7f800000u ? 0x7e00u : 0x7c00u;
+    /* below 2^-14 the result is subnormal: adding 0.5 aligns the mantissa */
+    uint32_t sub = fc_f32_bits(fc_f32_from_bits(u) + 0.5f) - 0x3f000000u;
+    /* normal: rebias the exponent, round the 13 dropped bits to nearest even */
+    uint32_t nrm = (u + 0xc8000fffu + ((u >> 13) & 1u)) >> 13;
+    uint32_t r = u >= 0x477ff000u ? big : u < 0x38800000u ? sub : nrm;
+    return (uint16_t)(r | sign);
+}
+
+#define FC_LD_F64(v)  (v)
+#define FC_LD_F32(v)  ((double)(v))
+#define FC_LD_BF16(v) ((double)fc_bf16_load(v))
+#define FC_LD_F16(v)  ((double)fc_f16_load(v))
+
+/* The scale kernel's compute type (CT) and store conversions. */
+#define FC_ST_F64(v)  (v)
+#define FC_ST_F32(v)  ((float)(v))
+#define FC_ST_BF16(v) fc_bf16_store(v)
+#define FC_ST_F16(v)  fc_f16_store(v)
+
+/* ------------------------------------------------------------- the loops */
+#define FC_DEFINE_LOOPS(SFX, T, CT, LD, ST, F64)                                     \
+/* sum of squares, and for float64 the max |x| (NaN-blind; the sum carries NaN/inf), \
+ * which tells whether squares underflowed.  Other types cannot under/overflow. */   \
+FC_CLONES static void fc_ssq_##SFX(const void *p, int64_t n, double *ss, double *mx) \
+{                                                                                    \
+    const T *restrict x = (const T *)p;                                              \
+    double s = 0.0, m = 0.0;                                                         \
+    FC_PRAGMA(omp simd reduction(+ : s) reduction(max : m))                          \
+    for (int64_t i = 0; i < n; i++) {                                                \
+        double v = LD(x[i]);                                                         \
+        s += v * v;                                                                  \
+        if (F64) m = fabs(v) > m ? fabs(v) : m;                                      \
+    }                                                                                \
+    *ss = s; *mx = m;                                                                \
+}                                                                                    \
+/* sum of |x|. */                                                                    \
+FC_CLONES static double fc_asum_##SFX(const void *p, int64_t n)                      \
+{                                                                                    \
+    const T *restrict x = (const T *)p;                                              \
+    double s = 0.0;                                                                  \
+    FC_PRAGMA(omp simd reduction(+ : s))                                             \
+    for (int64_t i = 0; i < n; i++) s += fabs(LD(x[i]));                             \
+    return s;                                                                        \
+}                                                                                    \
+/* max |x| ignoring NaN, and z = sum(x*0), which is NaN iff a value is inf/NaN. */   \
+FC_CLONES static void fc_amax_##SFX(const void *p, int64_t n, double *mx, double *z) \
+{                                                                                    \
+    const T *restrict x = (const T *)p;                                              \
+    double m = 0.0, zz = 0.0;                                                        \
+    FC_PRAGMA(omp simd reduction(max : m) reduction(+ : zz))                         \
+    for (int64_t i = 0; i < n; i++) {                                                \
+        double v = LD(x[i]);                                                         \
+        double a = fabs(v);                                                          \
+        m = a > m ? a : m;                                                           \
+        zz += v * 0.0;                                                               \
+    }                                                                                \
+    *mx = m; *z = zz;                                                                \
+}                                                                                    \
+/* sum of (|x| * 2^-k)^p: the general and the rescue path (exact scaling). */       \
+static double fc_psum_##SFX(const void *p, int64_t n, double pw, int k)             \
+{                                                                                    \
+    const T *x = (const T *)p;                                                       \
+    double s = 0.0;                                                                  \
+    for (int64_t i = 0; i < n; i++) s += pow(ldexp(fabs(LD(x[i])), -k), pw);         \
+    return s;                                                                        \
+}                                                                                    \
+/* flags (FC_HAS_NAN / FC_HAS_INF) and the max |x| over the finite values. */        \
+static int fc_classify_##SFX(const void *p, int64_t n, double *finite_max)          \
+{                                                                                    \
+    const T *x = (const T *)p;                                                       \
+    int flags = 0;                                                                   \
+    double m = 0.0;                                                                  \
+    for (int64_t i = 0; i < n; i++) {                                                \
+        double v = LD(x[i]);                                                         \
+        if (isnan(v)) flags |= FC_HAS_NAN;                                           \
+        else if (isinf(v)) flags |= FC_HAS_INF;                                      \
+        else if (fabs(v) > m) m = fabs(v);                                           \
+    }                                                                                \
+    *finite_max = m;                                                                 \
+    return flags;                                                                    \
+}                                                                                    \
+/* x *= s, computed in CT, rounded once to T. */                                     \
+FC_CLONES static void fc_scale_##SFX(void *p, int64_t n, double s)                   \
+{                                                                                    \
+    T *restrict x = (T *)p;                                                          \
+    const CT c = (CT)s;                                                              \
+    FC_PRAGMA(omp simd)                                                              \
+    for (int64_t i = 0; i < n; i++) x[i] = ST((CT)LD(x[i]) * c);                     \
+}                                                                                    \
+/* x = clamp(x, -c, c); NaN stays NaN, +-inf becomes +-c. */                         \
+FC_CLONES static void fc_clamp_##SFX(void *p, int64_t n, double c)                   \
+{                                                                                    \
+    T *restrict x = (T *)p;                                                          \
+    const CT hi = (CT)c, lo = -(CT)c;                                                \
+    FC_PRAGMA(omp simd)                                                              \
+    for (int64_t i = 0; i < n; i++) {                                                \
+        CT v = (CT)LD(x[i]);                                                         \
+        v = v > hi ? hi : v;                                                         \
+        v = v < lo ? lo : v;                                                         \
+        x[i] = ST(v);                                                                \
+    }                                                                                \
+}
+
+FC_DEFINE_LOOPS(f64, double, double, FC_LD_F64, FC_ST_F64, 1)
+FC_DEFINE_LOOPS(f32, float, double, FC_LD_F32, FC_ST_F32, 0)
+FC_DEFINE_LOOPS(bf16, uint16_t, float, FC_LD_BF16, FC_ST_BF16, 0)
+FC_DEFINE_LOOPS(f16, uint16_t, float, FC_LD_F16, FC_ST_F16, 0)
+
+/* ------------------------------------------------------ per-dtype vtable */
+typedef struct {
+    void   (*ssq)(const void *, int64_t, double *, double *);
+    double (*asum)(const void *, int64_t);
+    void   (*amax)(const void *, int64_t, double *, double *);
+    double (*psum)(const void *, int64_t, double, int);
+    int    (*classify)(const void *, int64_t, double *);
+    void   (*scale)(void *, int64_t, double);
+    void   (*clamp)(void *, int64_t, double);
+    int    itemsize;
+    int    is_f64;          /* only float64 squares can leave float64's range */
+} fc_ops;
+
+#define FC_OPS_ROW(SFX, T, F64) \
+    { fc_ssq_##SFX, fc_asum_##SFX, fc_amax_##SFX, fc_psum_##SFX, fc_classify_##SFX, \
+      fc_scale_##SFX, fc_clamp_##SFX, (int)sizeof(T), F64 }
+
+static const fc_ops FC_OPS[FC_NDTYPES] = {
+    FC_OPS_ROW(f64, double, 1),
+    FC_OPS_ROW(f32, float, 0),
+    FC_OPS_ROW(bf16, uint16_t, 0),
+    FC_OPS_ROW(f16, uint16_t, 0),
+};
+
+/* ------------------------------------------------- one chunk, one partial */
+
+/* Exponent k with max |x| * 2^-k in [0.5, 1): the exact rescue scaling. */
+static inline int fc_exponent(double finite_max) {
+    int k = 0;
+    if (finite_max > 0.0) frexp(finite_max, &k);
+    return k;
+}
+
+/* Reduce one chunk for norm `kind` (p is used by FC_NORM_P).  The common
+ * case is a single vectorised pass; the scaled and classifying passes run
+ * only on chunks whose fast result is not finite or has lost range. */
+static inline void fc_reduce_chunk(const fc_chunk *c, int kind, double p, fc_partial *out)
+{
+    const fc_ops *op = &FC_OPS[c->dtype];
+    double s = 0.0, m = 0.0, z = 0.0, fmax = 0.0;
+    int flags = 0, k = 0;
+
+    switch (kind) {
+    case FC_NORM_2:
+        op->ssq(c->ptr, c->n, &s, &m);
+        if (!isfinite(s)) {
+            flags = op->classify(c->ptr, c->n, &fmax);
+            if (!flags) { k = fc_exponent(fmax); s = op->psum(c->ptr, c->n, 2.0, k); }
+        } else if (op->is_f64 && m > 0.0 && m < 0x1p-400) {
+            /* squares below 2^-1022 would lose precision: rescale */
+            k = fc_exponent(m);
+            s = op->psum(c->ptr, c->n, 2.0, k);
+        }
+        break;
+    case FC_NORM_1:
+        s = op->asum(c->ptr, c->n);
+        if (!isfinite(s)) {
+            flags = op->classify(c->ptr, c->n, &fmax);
+            if (!flags) { k = fc_exponent(fmax); s = op->psum(c->ptr, c->n, 1.0, k); }
+        }
+        break;
+    case FC_NORM_INF:
+        op->amax(c->ptr, c->n, &s, &z);
+        if (z != 0.0) flags = op->classify(c->ptr, c->n, &fmax);
+        break;
+    default: /* general p: always scaled, so no p can overflow or underflow */
+        op->amax(c->ptr, c->n, &m, &z);
+        if (z != 0.0) {
+            flags = op->classify(c->ptr, c->n, &fmax);
+        } else if (m > 0.0) {
+            k = fc_exponent(m);
+            s = op->psum(c->ptr, c->n, p, k);
+        }
+        break;
+    }
+    out->s = flags ? 0.0 : s;
+    out->k = flags ? 0 : k;
+    out->flags = flags;
+}
+
+/* Combine partials in chunk order (deterministic for any thread count).
+ * Returns the norm; *flags gets the OR of the chunk flags.  A non-finite
+ * input gives NaN if any NaN was seen, else inf. */
+static inline double fc_combine(const fc_partial *part, int64_t n, int kind, double p, int *flags)
+{
+    int f = 0, kmax = INT32_MIN, any_k = 0;
+    for (int64_t i = 0; i < n; i++) {
+        f |= part[i].flags;
+        if (part[i].s > 0.0) {
+            if (part[i].k > kmax) kmax = part[i].k;
+            any_k |= part[i].k != 0;
+        }
+    }
+    *flags = f;
+    if (f & FC_HAS_NAN) return NAN;
+    if (f & FC_HAS_INF) return INFINITY;
+
+    if (kind == FC_NORM_INF) {
+        double m = 0.0;
+        for (int64_t i = 0; i < n; i++) m = part[i].s > m ? part[i].s : m;
+        return m;
+    }
+    const double pw = kind == FC_NORM_2 ? 2.0 : kind == FC_NORM_1 ? 1.0 : p;
+    if (!any_k && kind != FC_NORM_P) {                  /* the common case */
+        double s = 0.0;
+        for (int64_t i = 0; i < n; i++) s += part[i].s;
+        return kind == FC_NORM_2 ? sqrt(s) : s;
+    }
+    if (kmax == INT32_MIN) return 0.0;                  /* every value is zero */
+    double s = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        if (part[i].s > 0.0)
+            s += part[i].s * exp2(pw * (double)(part[i].k - kmax));
+    double r = pw == 2.0 ? sqrt(s) : pw == 1.0 ? s : pow(s, 1.0 / pw);
+    return ldexp(r, kmax);
+}
+
+static inline void fc_scale_chunk(const fc_chunk *c, double s) { FC_OPS[c->dtype].scale(c->ptr, c->n, s); }
+static inline void fc_clamp_chunk(const fc_chunk *c, double v) { FC_OPS[c->dtype].clamp(c->ptr, c->n, v); }
+static inline void fc_zero_chunk(const fc_chunk *c) { memset(c->ptr, 0, (size_t)c->n * (size_t)FC_OPS[c->dtype].itemsize); }
+
+#endif /* FUSEDCLIP_SIMD_H */

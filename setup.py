@@ -1,0 +1,38 @@
+"""Build the Cython + OpenMP CPU kernels.
+
+The build is portable by default: simd.h dispatches at run time between
+x86-64-v4 (AVX-512), x86-64-v3 (AVX2/FMA/F16C) and baseline clones.
+FUSEDCLIP_NATIVE=1 adds -march=native for a machine-specific build.
+"""
+import os
+import sys
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+compile_args = ["-O3", "-fopenmp", "-fno-math-errno", "-std=gnu11"]
+link_args = ["-fopenmp"]
+if os.environ.get("FUSEDCLIP_NATIVE") == "1":
+    compile_args.append("-march=native")
+if sys.platform == "darwin":  # Apple clang: OpenMP through libomp
+    compile_args = ["-O3", "-Xpreprocessor", "-fopenmp"]
+    link_args = ["-lomp"]
+
+flags = " ".join(compile_args)
+ext = Extension(
+    "fusedclip.kernels.cpu",
+    sources=["src/fusedclip/kernels/cpu.pyx"],  # kernels/ through the package symlink
+    include_dirs=["kernels", np.get_include()],
+    depends=["kernels/simd.h", "kernels/cpu.pxd"],
+    extra_compile_args=compile_args,
+    extra_link_args=link_args,
+    define_macros=[
+        ("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION"),
+        ("FC_BUILD_FLAGS", '"' + flags + '"'),
+    ],
+)
+
+setup(
+    ext_modules=cythonize([ext], compiler_directives={"language_level": 3}),
+)

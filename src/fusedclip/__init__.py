@@ -1,0 +1,26 @@
+"""fusedclip: fused, accurate, inf/NaN-safe gradient clipping.
+
+>>> import numpy as np, fusedclip as fc
+>>> grads = [np.ones(4, np.float32), np.ones(12, np.float32)]
+>>> fc.clip_grad_norm_(grads, max_norm=1.0)
+4.0
+>>> float(fc.global_norm(grads))
+1.0
+
+See docs/DESIGN.md for the architecture and the exact semantics.
+"""
+from ._api import Clipper, clip_grad_norm_, clip_grad_value_, global_norm
+from ._policy import POLICIES, ClipStats, NonFiniteError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Clipper",
+    "ClipStats",
+    "NonFiniteError",
+    "POLICIES",
+    "clip_grad_norm_",
+    "clip_grad_value_",
+    "global_norm",
+    "__version__",
+]

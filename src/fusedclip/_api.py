@@ -1,0 +1,138 @@
+"""The public calls.  Each is a thin layer over a validated ``Plan``.
+
+Norm clipping is Algorithm 1 of Pascanu, Mikolov & Bengio, "On the
+difficulty of training recurrent neural networks" (2013): if ||g|| > v,
+g <- g * v / ||g||, with the norm taken over all buffers jointly.
+Element-wise clipping (``clip_grad_value_``) is Mikolov's earlier variant
+(Goodfellow et al., *Deep Learning* §10.11.1).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Union
+
+import numpy as np
+
+from . import _policy
+from ._buffers import make_plan
+from ._policy import ClipStats, NonFiniteError
+
+Buffers = Union[Any, Iterable[Any]]
+
+
+class Clipper:
+    """A clipping plan: validates the buffers once and keeps their chunk table.
+
+    >>> clipper = Clipper(grads, max_norm=1.0, nonfinite="skip")
+    >>> stats = clipper()          # every training step, after backward
+
+    Each call reads the buffers' current values: the plan holds the memory,
+    not the numbers.  Per-call Python work does not grow with the number of
+    buffers (strided or misaligned views, which are staged through a
+    contiguous copy, are the exception).
+    """
+
+    def __init__(
+        self,
+        buffers: Buffers,
+        max_norm: float,
+        norm_type: float = 2.0,
+        *,
+        nonfinite: str = "error",
+        num_threads: int | None = None,
+        rng: Any = None,
+    ) -> None:
+        self._setup(buffers, max_norm, norm_type, nonfinite, num_threads, rng, "Clipper")
+
+    def _setup(self, buffers, max_norm, norm_type, nonfinite, num_threads, rng, fn: str) -> None:
+        self.max_norm = _policy.check_max_norm(max_norm)
+        self._kind, self.norm_type = _policy.norm_kind(norm_type)
+        self.nonfinite = _policy.check_policy(nonfinite)
+        if self.nonfinite == "random" and self.max_norm == float("inf"):
+            raise ValueError("nonfinite='random' needs a finite max_norm (the step's length)")
+        self.num_threads = _policy.check_threads(num_threads)
+        self._rng = rng
+        if nonfinite == "random":
+            self._rng = _policy.make_rng(rng)
+        self._plan = make_plan(buffers, writable=True, fn=fn)
+
+    def __repr__(self) -> str:
+        return (
+            f"Clipper({self._plan.n_inputs} buffers, max_norm={self.max_norm}, "
+            f"norm_type={self.norm_type}, nonfinite={self.nonfinite!r})"
+        )
+
+    def __call__(self) -> ClipStats:
+        plan, nt, t = self._plan, self.num_threads, self.max_norm
+        plan.refresh()
+        norm, flags = plan.table.norm(self._kind, self.norm_type, nt)
+        if not flags:
+            if norm > t:
+                scale = t / norm
+                plan.table.scale(scale, nt)
+                plan.write_back()
+                return ClipStats(norm, scale, True, True, t, ())
+            return ClipStats(norm, 1.0, False, True, t, ())
+        return self._nonfinite(norm)
+
+    def _nonfinite(self, norm: float) -> ClipStats:
+        plan, nt, t = self._plan, self.num_threads, self.max_norm
+        bad = plan.callers(plan.table.flagged_rows())
+        policy = self.nonfinite
+        if policy == "error":
+            raise NonFiniteError(norm, bad)
+        if policy == "skip":
+            return ClipStats(norm, 1.0, False, False, t, bad)
+        if policy == "zero":
+            plan.table.zero(nt)
+            plan.write_back()
+            return ClipStats(norm, 0.0, True, False, t, bad)
+        if policy == "random":
+            _policy.random_direction(plan, t, self._kind, self.norm_type, self._rng, nt)
+            return ClipStats(norm, 0.0, True, False, t, bad)
+        scale = t / norm  # "propagate": 0 for an inf norm, NaN for a NaN norm, as torch
+        plan.table.scale(scale, nt)
+        plan.write_back()
+        return ClipStats(norm, scale, True, False, t, bad)
+
+
+def clip_grad_norm_(
+    buffers: Buffers,
+    max_norm: float,
+    norm_type: float = 2.0,
+    *,
+    nonfinite: str = "error",
+    num_threads: int | None = None,
+    rng: Any = None,
+) -> float:
+    """Clip the global ``norm_type`` norm of ``buffers`` to ``max_norm``, in place.
+
+    If the norm exceeds ``max_norm`` every element is multiplied by
+    ``max_norm / norm``; otherwise nothing is written.  Returns the norm
+    before clipping.  inf/NaN gradients follow ``nonfinite`` (see Clipper).
+    """
+    clipper = Clipper.__new__(Clipper)
+    clipper._setup(buffers, max_norm, norm_type, nonfinite, num_threads, rng, "clip_grad_norm_")
+    return clipper().norm
+
+
+def global_norm(buffers: Buffers, norm_type: float = 2.0, *, num_threads: int | None = None) -> float:
+    """The global ``norm_type`` norm over all buffers.  Never writes; accepts read-only arrays."""
+    kind, p = _policy.norm_kind(norm_type)
+    nt = _policy.check_threads(num_threads)
+    plan = make_plan(buffers, writable=False, fn="global_norm")
+    return plan.table.norm(kind, p, nt)[0]
+
+
+def clip_grad_value_(buffers: Buffers, clip_value: float, *, num_threads: int | None = None) -> None:
+    """Clamp every element to ``[-clip_value, clip_value]`` in place.
+
+    NaN stays NaN; +-inf becomes +-clip_value (rounded to the buffer's dtype).
+    """
+    v = _policy.real("clip_value", clip_value)
+    if not v >= 0.0:
+        raise ValueError(f"clip_value must be >= 0, got {v}")
+    nt = _policy.check_threads(num_threads)
+    plan = make_plan(buffers, writable=True, fn="clip_grad_value_")
+    plan.refresh()
+    plan.table.clamp(v, nt)
+    plan.write_back()

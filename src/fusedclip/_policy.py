@@ -1,0 +1,123 @@
+"""What to do when the gradient holds inf or NaN, and the scalar checks.
+
+The policies follow the sources: Goodfellow et al., *Deep Learning* §10.11.1
+suggests taking a random step of the threshold's size when the gradient is
+inf/NaN ("random"); PyTorch's ``clip_grad_norm_`` multiplies by
+``max_norm / norm`` regardless ("propagate").
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .kernels import cpu
+
+POLICIES = ("error", "skip", "zero", "random", "propagate")
+
+
+class ClipStats(NamedTuple):
+    """What one clipping step did.
+
+    ``norm``: the global norm before clipping (NaN if any NaN, inf if any inf).
+    ``scale``: the factor applied (1.0 when nothing was written; 0.0 for the
+    "zero" and "random" policies, which replace the gradient).
+    ``clipped``: whether the buffers were written.  ``finite``: whether every
+    value was finite.  ``threshold``: the max_norm in force.
+    ``nonfinite_buffers``: caller indices of the buffers holding inf/NaN.
+    """
+
+    norm: float
+    scale: float
+    clipped: bool
+    finite: bool
+    threshold: float
+    nonfinite_buffers: tuple[int, ...]
+
+
+class NonFiniteError(FloatingPointError, RuntimeError):
+    """The gradient holds inf or NaN and the policy is "error".
+
+    ``.norm`` is the norm (NaN or inf) and ``.buffers`` the caller indices of
+    the buffers that hold the non-finite values.  Nothing was modified.
+    """
+
+    def __init__(self, norm: float, buffers: tuple[int, ...]):
+        self.norm = norm
+        self.buffers = buffers
+        shown = ", ".join(map(str, buffers[:10])) + (", ..." if len(buffers) > 10 else "")
+        super().__init__(
+            f"the gradient norm is {norm}: buffers [{shown}] hold inf or NaN; "
+            "nothing was modified. Pass nonfinite='skip' to drop the step, 'zero', "
+            "'random' or 'propagate' to handle it, or find where the values overflowed"
+        )
+
+
+def real(name: str, x: Any) -> float:
+    """A real number as float, or TypeError."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(x).__name__} {x!r}")
+    return float(x)
+
+
+def check_max_norm(max_norm: Any, name: str = "max_norm") -> float:
+    v = real(name, max_norm)
+    if not v > 0.0:  # catches NaN too
+        raise ValueError(f"{name} must be > 0 (inf means: never clip), got {v}")
+    return v
+
+
+def norm_kind(norm_type: Any) -> tuple[int, float]:
+    """(kernel norm kind, p) for a norm_type; ValueError for p <= 0 or NaN."""
+    p = real("norm_type", norm_type)
+    if not p > 0.0:
+        raise ValueError(f"norm_type must be > 0 or inf, got {p}")
+    if p == math.inf:
+        return cpu.NORM_INF, p
+    if p == 2.0:
+        return cpu.NORM_2, p
+    if p == 1.0:
+        return cpu.NORM_1, p
+    return cpu.NORM_P, p
+
+
+def check_policy(nonfinite: Any) -> str:
+    if nonfinite not in POLICIES:
+        raise ValueError(f"nonfinite must be one of {', '.join(map(repr, POLICIES))}; got {nonfinite!r}")
+    return nonfinite
+
+
+def check_threads(num_threads: Any) -> int | None:
+    if num_threads is None:
+        return None
+    if isinstance(num_threads, (bool, np.bool_)) or not isinstance(num_threads, numbers.Integral):
+        raise TypeError(f"num_threads must be an int or None, got {type(num_threads).__name__}")
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}")
+    return int(num_threads)
+
+
+def make_rng(rng: Any) -> np.random.Generator:
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None or isinstance(rng, (numbers.Integral, np.random.SeedSequence)):
+        return np.random.default_rng(rng)
+    raise TypeError(f"rng must be a numpy.random.Generator, an int seed or None, got {type(rng).__name__}")
+
+
+def random_direction(plan, max_norm: float, kind: int, p: float, rng: np.random.Generator, nt) -> None:
+    """Overwrite every buffer with one random direction of norm ``max_norm``.
+
+    Gaussian draws in float64, normalised over all buffers jointly with the
+    same kernels (so the `norm_type` norm is max_norm up to the final rounding
+    to each buffer's dtype).
+    """
+    draws = [rng.standard_normal(a.shape) for a in plan.arrays]
+    t = cpu.Table([z.ctypes.data for z in draws], [z.size for z in draws], [0] * len(draws))
+    n, _ = t.norm(kind, p, nt)
+    s = max_norm / n if n > 0 else 0.0
+    for a, z in zip(plan.arrays, draws):
+        z *= s
+        a[...] = z.astype(a.dtype)
