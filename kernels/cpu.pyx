@@ -269,11 +269,14 @@ cdef class Table:
         self.nchunks = count
         self.nelem = total
         cdef int itemsize
+        cdef int sizes_of[FC_NDTYPES]
+        for r in range(FC_NDTYPES):
+            sizes_of[r] = DTYPES[r].itemsize
         for r in range(rows):
             size = S[r]
             if size == 0:
                 continue
-            itemsize = DTYPES[C[r]].itemsize
+            itemsize = sizes_of[C[r]]
             off = 0
             while off < size:
                 self._c[k].ptr = <char *><uintptr_t>P[r] + off * itemsize

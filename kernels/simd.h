@@ -114,43 +114,68 @@ static inline uint16_t fc_f16_store(float f) {           /* round to nearest eve
 #define FC_ST_F16(v)  fc_f16_store(v)
 
 /* ------------------------------------------------------------- the loops */
+
+/* Reductions keep FC_LANES independent float64 accumulators: element i goes
+ * to lane i % FC_LANES within each full block, the tail to lanes 0.., and the
+ * lanes are added in a fixed tree order.  Several accumulator chains hide the
+ * add latency (one chain made short buffers latency-bound), and because the
+ * lanes are explicit, every SIMD level (AVX-512, AVX2, scalar) computes the
+ * same bits.  STMT sees the element index I and its lane J. */
+#define FC_LANES 32
+#define FC_LANE_LOOP(n, STMT)                                                       \
+    do {                                                                            \
+        const int64_t nb_ = (n) - (n) % FC_LANES;                                   \
+        for (int64_t b_ = 0; b_ < nb_; b_ += FC_LANES) {                            \
+            FC_PRAGMA(omp simd)                                                     \
+            for (int J = 0; J < FC_LANES; J++) { const int64_t I = b_ + J; STMT }   \
+        }                                                                           \
+        for (int64_t I = nb_; I < (n); I++) { const int J = (int)(I - nb_); STMT }  \
+    } while (0)
+
+#define FC_FOLD(a, w) FC_PRAGMA(omp simd) for (int j = 0; j < (w); j++) a[j] += a[j + (w)];
+static inline double fc_lanes_sum(double *a) {
+    FC_FOLD(a, 16) FC_FOLD(a, 8) FC_FOLD(a, 4) FC_FOLD(a, 2)
+    return a[0] + a[1];
+}
+static inline double fc_lanes_max(double *a) {
+    for (int w = FC_LANES / 2; w > 0; w /= 2)
+        for (int j = 0; j < w; j++) a[j] = a[j + w] > a[j] ? a[j + w] : a[j];
+    return a[0];
+}
+
 #define FC_DEFINE_LOOPS(SFX, T, CT, LD, ST, F64)                                     \
 /* sum of squares, and for float64 the max |x| (NaN-blind; the sum carries NaN/inf), \
  * which tells whether squares underflowed.  Other types cannot under/overflow. */   \
 FC_CLONES static void fc_ssq_##SFX(const void *p, int64_t n, double *ss, double *mx) \
 {                                                                                    \
     const T *restrict x = (const T *)p;                                              \
-    double s = 0.0, m = 0.0;                                                         \
-    FC_PRAGMA(omp simd reduction(+ : s) reduction(max : m))                          \
-    for (int64_t i = 0; i < n; i++) {                                                \
-        double v = LD(x[i]);                                                         \
-        s += v * v;                                                                  \
-        if (F64) m = fabs(v) > m ? fabs(v) : m;                                      \
-    }                                                                                \
-    *ss = s; *mx = m;                                                                \
+    double s[FC_LANES] = {0.0}, m[FC_LANES] = {0.0};                                 \
+    FC_LANE_LOOP(n, {                                                                \
+        double v = LD(x[I]);                                                         \
+        s[J] += v * v;                                                               \
+        if (F64) m[J] = fabs(v) > m[J] ? fabs(v) : m[J];                             \
+    });                                                                              \
+    *ss = fc_lanes_sum(s); *mx = F64 ? fc_lanes_max(m) : 0.0;                        \
 }                                                                                    \
 /* sum of |x|. */                                                                    \
 FC_CLONES static double fc_asum_##SFX(const void *p, int64_t n)                      \
 {                                                                                    \
     const T *restrict x = (const T *)p;                                              \
-    double s = 0.0;                                                                  \
-    FC_PRAGMA(omp simd reduction(+ : s))                                             \
-    for (int64_t i = 0; i < n; i++) s += fabs(LD(x[i]));                             \
-    return s;                                                                        \
+    double s[FC_LANES] = {0.0};                                                      \
+    FC_LANE_LOOP(n, { s[J] += fabs(LD(x[I])); });                                    \
+    return fc_lanes_sum(s);                                                          \
 }                                                                                    \
 /* max |x| ignoring NaN, and z = sum(x*0), which is NaN iff a value is inf/NaN. */   \
 FC_CLONES static void fc_amax_##SFX(const void *p, int64_t n, double *mx, double *z) \
 {                                                                                    \
     const T *restrict x = (const T *)p;                                              \
-    double m = 0.0, zz = 0.0;                                                        \
-    FC_PRAGMA(omp simd reduction(max : m) reduction(+ : zz))                         \
-    for (int64_t i = 0; i < n; i++) {                                                \
-        double v = LD(x[i]);                                                         \
-        double a = fabs(v);                                                          \
-        m = a > m ? a : m;                                                           \
-        zz += v * 0.0;                                                               \
-    }                                                                                \
-    *mx = m; *z = zz;                                                                \
+    double m[FC_LANES] = {0.0}, zz[FC_LANES] = {0.0};                                \
+    FC_LANE_LOOP(n, {                                                                \
+        double v = LD(x[I]);                                                         \
+        m[J] = fabs(v) > m[J] ? fabs(v) : m[J];                                      \
+        zz[J] += v * 0.0;                                                            \
+    });                                                                              \
+    *mx = fc_lanes_max(m); *z = fc_lanes_sum(zz);                                    \
 }                                                                                    \
 /* sum of (|x| * 2^-k)^p: the general and the rescue path (exact scaling). */       \
 static double fc_psum_##SFX(const void *p, int64_t n, double pw, int k)             \

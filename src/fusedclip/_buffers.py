@@ -239,7 +239,7 @@ def make_plan(buffers: Any, *, writable: bool, fn: str) -> Plan:
         for dup, root in canon.items():
             dups.setdefault(row_of[root], []).append(dup)
     table = cpu.Table(ptrs, d[_F.F_SIZE, rows], d[_F.F_CODE, rows])
-    kept = [arrays[int(i)] for i in rows]
+    kept = list(arrays) if rows.size == len(arrays) else [arrays[i] for i in rows.tolist()]
     return Plan(table, kept, rows, dups, staged, len(objs))
 
 

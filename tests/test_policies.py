@@ -1,0 +1,126 @@
+"""The five non-finite policies, on every dtype."""
+import math
+
+import numpy as np
+import pytest
+
+import fusedclip as fc
+from conftest import DTYPE_IDS, DTYPES, assert_untouched, snapshot
+
+AFTER = {np.dtype(np.float64): 1e-13, np.dtype(np.float32): 1e-6}
+
+
+def grads(dtype, bad):
+    g = [np.linspace(-3, 3, 40).astype(dtype), np.zeros(0, dtype), np.ones(7, dtype) * 2,
+         np.linspace(1, 2, 33).astype(dtype)]
+    g[2][3] = bad
+    return g
+
+
+CASES = [(math.inf, math.inf), (-math.inf, math.inf), (math.nan, math.nan)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("bad,norm", CASES, ids=["inf", "-inf", "nan"])
+def test_error_raises_with_norm_and_indices(dtype, bad, norm):
+    g = grads(dtype, bad)
+    snap = snapshot(g)
+    with pytest.raises(fc.NonFiniteError) as e:
+        fc.clip_grad_norm_(g, 1.0)
+    assert e.value.buffers == (2,)
+    assert math.isnan(e.value.norm) if math.isnan(norm) else e.value.norm == norm
+    assert "buffers [2]" in str(e.value) and "nothing was modified" in str(e.value)
+    assert isinstance(e.value, FloatingPointError) and isinstance(e.value, RuntimeError)
+    assert_untouched(g, snap)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("bad,norm", CASES, ids=["inf", "-inf", "nan"])
+def test_skip_leaves_buffers_and_reports(dtype, bad, norm):
+    g = grads(dtype, bad)
+    snap = snapshot(g)
+    s = fc.Clipper(g, 1.0, nonfinite="skip")()
+    assert (s.clipped, s.finite, s.scale, s.nonfinite_buffers) == (False, False, 1.0, (2,))
+    assert math.isnan(s.norm) if math.isnan(norm) else s.norm == norm
+    assert_untouched(g, snap)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_zero(dtype):
+    g = grads(dtype, math.nan)
+    s = fc.Clipper(g, 1.0, nonfinite="zero")()
+    assert s.clipped and not s.finite and s.scale == 0.0
+    for b in g:
+        assert not np.signbit(b.astype(np.float64)).any() and (b == 0).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf, 3.0])
+def test_random_step_has_the_threshold_norm(dtype, p):
+    g = grads(dtype, math.inf)
+    s = fc.Clipper(g, 0.5, p, nonfinite="random", rng=7)()
+    assert s.clipped and not s.finite and s.nonfinite_buffers == (2,)
+    got = fc.global_norm(g, p)
+    assert abs(got - 0.5) / 0.5 <= AFTER.get(np.dtype(dtype), 1e-2)
+
+
+def test_random_is_seeded_and_changes_direction():
+    a, b, c = (grads(np.float64, math.nan) for _ in range(3))
+    fc.Clipper(a, 1.0, nonfinite="random", rng=1)()
+    fc.Clipper(b, 1.0, nonfinite="random", rng=np.random.default_rng(1))()
+    fc.Clipper(c, 1.0, nonfinite="random", rng=2)()
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    # a Generator passed in advances: two steps differ
+    gen = np.random.default_rng(3)
+    d, e = grads(np.float64, math.nan), grads(np.float64, math.nan)
+    fc.Clipper(d, 1.0, nonfinite="random", rng=gen)()
+    fc.Clipper(e, 1.0, nonfinite="random", rng=gen)()
+    assert not np.array_equal(d[0], e[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_propagate_inf_is_torch_semantics(dtype):
+    g = grads(dtype, math.inf)
+    s = fc.Clipper(g, 1.0, nonfinite="propagate")()
+    assert s.clipped and s.scale == 0.0 and s.norm == math.inf
+    # 0 * x: finite entries become (signed) zeros, the inf becomes NaN
+    x = g[2].astype(np.float64)
+    assert np.isnan(x[3]) and (np.delete(x, 3) == 0).all()
+    assert (g[0].astype(np.float64) == 0).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_propagate_nan_makes_everything_nan(dtype):
+    g = grads(dtype, math.nan)
+    s = fc.Clipper(g, 1.0, nonfinite="propagate")()
+    assert s.clipped and math.isnan(s.scale)
+    for b in g:
+        assert np.isnan(b.astype(np.float64)).all()
+
+
+def test_nan_wins_over_inf_and_all_bad_buffers_are_listed():
+    a = np.ones(5)
+    g = [np.array([np.inf]), np.ones(3), np.array([1.0, np.nan]), a, np.zeros(0), a]
+    s = fc.Clipper(g, 1.0, nonfinite="skip")()
+    assert math.isnan(s.norm) and s.nonfinite_buffers == (0, 2)
+    a[1] = -np.inf  # a duplicate buffer is reported under each of its indices
+    s = fc.Clipper(g, 1.0, nonfinite="skip")()
+    assert s.nonfinite_buffers == (0, 2, 3, 5)
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf, 0.7, 4.0])
+def test_every_norm_type_detects_nonfinite(p):
+    for bad in (math.inf, math.nan):
+        g = [np.ones(70000, np.float32), np.ones(5)]
+        g[0][12345] = bad
+        s = fc.Clipper(g, 1.0, p, nonfinite="skip")()
+        assert s.nonfinite_buffers == (0,) and not s.finite
+        assert math.isnan(s.norm) == math.isnan(bad)
+
+
+def test_global_norm_reports_nonfinite_as_nan_or_inf():
+    assert math.isnan(fc.global_norm([np.array([np.nan, np.inf])]))
+    assert fc.global_norm([np.array([1.0, -np.inf])]) == math.inf
+    assert fc.global_norm([np.array([1.0, -np.inf])], math.inf) == math.inf
