@@ -154,3 +154,20 @@ def test_numpy_scalar_arguments(rng):
     g = [rng.standard_normal(10) * 10]
     stats = fc.Clipper(g, np.float32(1.5), np.int64(2))()
     assert stats.threshold == 1.5 and stats.clipped
+
+
+def test_max_norm_is_assignable_and_validated(rng):
+    g = [rng.standard_normal(100) * 5]
+    c = fc.Clipper(g, 1e9)
+    assert not c().clipped
+    c.max_norm = 1.0
+    assert c().clipped and c.max_norm == 1.0
+    snap = g[0].copy()
+    for bad, exc in [(0.0, ValueError), (math.nan, ValueError), ("1", TypeError)]:
+        with pytest.raises(exc, match="max_norm"):
+            c.max_norm = bad
+    assert c.max_norm == 1.0
+    np.testing.assert_array_equal(g[0], snap)
+    r = fc.Clipper(g, 1.0, nonfinite="random")
+    with pytest.raises(ValueError, match="random"):
+        r.max_norm = math.inf

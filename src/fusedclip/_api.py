@@ -44,16 +44,26 @@ class Clipper:
         self._setup(buffers, max_norm, norm_type, nonfinite, num_threads, rng, "Clipper")
 
     def _setup(self, buffers, max_norm, norm_type, nonfinite, num_threads, rng, fn: str) -> None:
-        self.max_norm = _policy.check_max_norm(max_norm)
-        self._kind, self.norm_type = _policy.norm_kind(norm_type)
         self.nonfinite = _policy.check_policy(nonfinite)
-        if self.nonfinite == "random" and self.max_norm == float("inf"):
-            raise ValueError("nonfinite='random' needs a finite max_norm (the step's length)")
+        self.max_norm = max_norm
+        self._kind, self.norm_type = _policy.norm_kind(norm_type)
         self.num_threads = _policy.check_threads(num_threads)
         self._rng = rng
         if nonfinite == "random":
             self._rng = _policy.make_rng(rng)
         self._plan = make_plan(buffers, writable=True, fn=fn)
+
+    @property
+    def max_norm(self) -> float:
+        """The threshold; assignable between calls (validated like the argument)."""
+        return self._max_norm
+
+    @max_norm.setter
+    def max_norm(self, value: float) -> None:
+        v = _policy.check_max_norm(value)
+        if v == float("inf") and getattr(self, "nonfinite", None) == "random":
+            raise ValueError("nonfinite='random' needs a finite max_norm (the step's length)")
+        self._max_norm = v
 
     def __repr__(self) -> str:
         return (
@@ -62,7 +72,7 @@ class Clipper:
         )
 
     def __call__(self) -> ClipStats:
-        plan, nt, t = self._plan, self.num_threads, self.max_norm
+        plan, nt, t = self._plan, self.num_threads, self._max_norm
         plan.refresh()
         norm, flags = plan.table.norm(self._kind, self.norm_type, nt)
         if not flags:
@@ -75,7 +85,7 @@ class Clipper:
         return self._nonfinite(norm)
 
     def _nonfinite(self, norm: float) -> ClipStats:
-        plan, nt, t = self._plan, self.num_threads, self.max_norm
+        plan, nt, t = self._plan, self.num_threads, self._max_norm
         bad = plan.callers(plan.table.flagged_rows())
         policy = self.nonfinite
         if policy == "error":
