@@ -34,6 +34,7 @@ cdef extern from "simd.h" nogil:
     void fc_scale_chunk(const fc_chunk *c, double s)
     void fc_clamp_chunk(const fc_chunk *c, double v)
     void fc_zero_chunk(const fc_chunk *c)
+    void fc_prefetch_chunk(const fc_chunk *c)
 
 # nthreads <= 0 means the OpenMP default; parallel=False runs on the calling thread.
 cdef double table_norm(const fc_chunk *chunks, Py_ssize_t n, int kind, double p,

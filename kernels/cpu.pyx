@@ -15,8 +15,10 @@ partials in chunk order.  The norm is therefore bitwise identical for any
 number of threads.
 """
 from cython.parallel cimport prange
-from libc.stdint cimport int64_t, int32_t, uint64_t, uintptr_t
+from libc.stdint cimport int64_t, int32_t, uint64_t, uintptr_t, INT64_MIN
 from libc.string cimport memset
+from cpython.object cimport PyObject
+from cpython.sequence cimport PySequence_Fast_ITEMS
 cimport numpy as cnp
 cimport openmp
 
@@ -57,8 +59,10 @@ cdef extern from *:
     }
     """
     const char *fc_build_flags
+    const char *fc_f16_path
     const char *fc_cpu_level() nogil
     uint64_t fc_floor_read(const uint64_t *x, int64_t n) noexcept nogil
+    void fc_prefetch_obj "__builtin_prefetch" (const void *p) noexcept nogil
     void fc_floor_rw(uint64_t *x, int64_t n, uint64_t mask) noexcept nogil
 
 
@@ -94,7 +98,17 @@ cdef enum:
     _CONTIGUOUS = 2
     _ALIGNED = 4
     _NATIVE = 8
+    _S_NOT_ARRAY = 0
+    _S_BAD_DTYPE = 1
+    _S_NON_NATIVE = 2
+    _S_READ_ONLY = 3
+    _S_STAGE = 4
+    _S_EMPTY = 5
+    _S_UNORDERED = 6
+    _S_COUNT = 7
 F_PTR, F_SIZE, F_CODE, F_FLAGS, F_LO, F_HI = _PTR, _SIZE, _CODE, _FLAGS, _LO, _HI
+S_NOT_ARRAY, S_BAD_DTYPE, S_NON_NATIVE, S_READ_ONLY = _S_NOT_ARRAY, _S_BAD_DTYPE, _S_NON_NATIVE, _S_READ_ONLY
+S_STAGE, S_EMPTY, S_UNORDERED = _S_STAGE, _S_EMPTY, _S_UNORDERED
 CODE_NOT_ARRAY, CODE_BAD_DTYPE = _NOT_ARRAY, _BAD_DTYPE
 WRITEABLE, CONTIGUOUS, ALIGNED, NATIVE = _WRITEABLE, _CONTIGUOUS, _ALIGNED, _NATIVE
 
@@ -118,6 +132,7 @@ def info():
     return {
         "simd_dispatch": FC_SIMD_DISPATCH.decode(),
         "simd_selected": fc_cpu_level().decode(),
+        "float16_conversion": fc_f16_path.decode(),
         "build_flags": fc_build_flags.decode(),
         "openmp_max_threads": openmp.omp_get_max_threads(),
         "chunk_elements": FC_CHUNK,
@@ -133,6 +148,8 @@ cdef double table_norm(const fc_chunk *chunks, Py_ssize_t n, int kind, double p,
     if nthreads <= 0:
         nthreads = openmp.omp_get_max_threads()
     for i in prange(n, schedule="static", num_threads=nthreads, use_threads_if=parallel):
+        if i + 8 < n:
+            fc_prefetch_chunk(&chunks[i + 8])
         fc_reduce_chunk(&chunks[i], kind, p, &partials[i])
     return fc_combine(partials, n, kind, p, flags)
 
@@ -143,6 +160,8 @@ cdef void table_scale(const fc_chunk *chunks, Py_ssize_t n, double s,
     if nthreads <= 0:
         nthreads = openmp.omp_get_max_threads()
     for i in prange(n, schedule="static", num_threads=nthreads, use_threads_if=parallel):
+        if i + 8 < n:
+            fc_prefetch_chunk(&chunks[i + 8])
         fc_scale_chunk(&chunks[i], s)
 
 
@@ -168,24 +187,37 @@ cdef void table_zero(const fc_chunk *chunks, Py_ssize_t n,
 def describe(list objs):
     """Read what validation needs from each object, at C speed.
 
-    Returns an int64 array ``d`` of shape (6, len(objs)) indexed by the F_*
-    fields: data pointer, element count, dtype code (0..3, CODE_NOT_ARRAY for
-    anything that is not an ndarray, CODE_BAD_DTYPE for an unsupported dtype),
-    flag bits, and the byte extent [lo, hi) that the array's elements span.
+    Returns ``(d, first)``.  ``d`` is an int64 array of shape (6, len(objs))
+    indexed by the F_* fields: data pointer, element count, dtype code (0..3,
+    CODE_NOT_ARRAY for anything that is not an ndarray, CODE_BAD_DTYPE for an
+    unsupported dtype), flag bits, and the byte extent [lo, hi) that the
+    array's elements span.  ``first`` gives, per S_* condition, the first
+    index where it holds (-1: nowhere), so that the clean case needs no
+    further pass over ``d``.
     """
     cdef Py_ssize_t n = len(objs), i, j
     cdef cnp.ndarray out = np.empty((6, n), dtype=np.int64)
     cdef int64_t[:, ::1] d = out
+    cdef cnp.ndarray first_arr = np.full(_S_COUNT, -1, dtype=np.int64)
+    cdef int64_t[::1] first = first_arr
+    cdef int64_t reach = INT64_MIN
     cdef cnp.ndarray a
     cdef int tn, nd, fl, code, flg
     cdef int64_t lo, hi, ext, size
     cdef cnp.npy_intp *shape
     cdef cnp.npy_intp *strides
+    cdef PyObject **items = PySequence_Fast_ITEMS(objs)
     for i in range(n):
+        if i + 4 < n:  # the loop is bound by cache misses on the array objects
+            fc_prefetch_obj(items[i + 4])
+        if i + 2 < n and cnp.PyArray_Check(<object>items[i + 2]):
+            fc_prefetch_obj(cnp.PyArray_DIMS(<cnp.ndarray>items[i + 2]))
         o = objs[i]
         if not cnp.PyArray_Check(o):
             d[_PTR, i] = 0; d[_SIZE, i] = 0; d[_CODE, i] = _NOT_ARRAY
             d[_FLAGS, i] = 0; d[_LO, i] = 0; d[_HI, i] = 0
+            if first[_S_NOT_ARRAY] < 0:
+                first[_S_NOT_ARRAY] = i
             continue
         a = <cnp.ndarray>o
         tn = cnp.PyArray_TYPE(a)
@@ -229,7 +261,45 @@ def describe(list objs):
         d[_FLAGS, i] = flg
         d[_LO, i] = lo
         d[_HI, i] = hi
-    return out
+        if code == _BAD_DTYPE and first[_S_BAD_DTYPE] < 0:
+            first[_S_BAD_DTYPE] = i
+        if not (flg & _NATIVE) and first[_S_NON_NATIVE] < 0:
+            first[_S_NON_NATIVE] = i
+        if not (flg & _WRITEABLE) and first[_S_READ_ONLY] < 0:
+            first[_S_READ_ONLY] = i
+        if (flg & (_CONTIGUOUS | _ALIGNED)) != (_CONTIGUOUS | _ALIGNED) and first[_S_STAGE] < 0:
+            first[_S_STAGE] = i
+        if size == 0:
+            if first[_S_EMPTY] < 0:
+                first[_S_EMPTY] = i
+        else:
+            # buffers in increasing, disjoint address order cannot overlap
+            if lo < reach and first[_S_UNORDERED] < 0:
+                first[_S_UNORDERED] = i
+            reach = hi if hi > reach else reach
+    return out, first_arr
+
+
+def overlap_suspects(cnp.ndarray d):
+    """Sort the non-empty buffers by start address and find the positions
+    whose extent begins before an earlier one ends.  Returns (order, suspects):
+    ``order[pos]`` is a buffer index; each suspect position overlaps the
+    extent of at least one earlier position."""
+    live = np.flatnonzero(d[_SIZE] > 0)
+    cdef cnp.ndarray order = live[np.argsort(d[_LO, live], kind="stable")]
+    cdef const int64_t[::1] o = order
+    cdef const int64_t[:, ::1] dd = d
+    cdef Py_ssize_t k, m = order.shape[0], ns = 0
+    cdef cnp.ndarray sus = np.empty(m, dtype=np.int64)
+    cdef int64_t[::1] S = sus
+    cdef int64_t reach = INT64_MIN
+    for k in range(m):
+        if dd[_LO, o[k]] < reach:
+            S[ns] = k
+            ns += 1
+        if dd[_HI, o[k]] > reach:
+            reach = dd[_HI, o[k]]
+    return order, sus[:ns]
 
 
 # ------------------------------------------------------------ the table

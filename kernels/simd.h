@@ -227,6 +227,106 @@ FC_DEFINE_LOOPS(f32, float, double, FC_LD_F32, FC_ST_F32, 0)
 FC_DEFINE_LOOPS(bf16, uint16_t, float, FC_LD_BF16, FC_ST_BF16, 0)
 FC_DEFINE_LOOPS(f16, uint16_t, float, FC_LD_F16, FC_ST_F16, 0)
 
+/* --------------------------------------------- float16 through a float block */
+/* GCC 12 cannot vectorise _Float16 conversions, and the bit-manipulation ones
+ * above cost about ten instructions per vector, which made float16 loops
+ * compute-bound.  So float16 data is converted a block at a time into an
+ * L1-resident float buffer, by the F16C/AVX-512 instructions where the CPU
+ * has them (fc_h2f / fc_f2h, chosen once at load time), and the float32 loops
+ * run on that buffer.  The results are the same bits either way: both
+ * conversions are exact (half -> float) or correctly rounded to nearest even
+ * (float -> half). */
+#define FC_HBLK 1024
+
+static void fc_h2f_soft(const uint16_t *h, float *f, int64_t n) {
+    FC_PRAGMA(omp simd)
+    for (int64_t i = 0; i < n; i++) f[i] = fc_f16_load(h[i]);
+}
+static void fc_f2h_soft(const float *f, uint16_t *h, int64_t n) {
+    FC_PRAGMA(omp simd)
+    for (int64_t i = 0; i < n; i++) h[i] = fc_f16_store(f[i]);
+}
+static void (*fc_h2f)(const uint16_t *, float *, int64_t) = fc_h2f_soft;
+static void (*fc_f2h)(const float *, uint16_t *, int64_t) = fc_f2h_soft;
+static const char *fc_f16_path = "bit manipulation";
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(FUSEDCLIP_NO_CLONES)
+#include <immintrin.h>
+__attribute__((target("avx,f16c"))) static void fc_h2f_f16c(const uint16_t *h, float *f, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(f + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+    for (; i < n; i++) f[i] = fc_f16_load(h[i]);
+}
+__attribute__((target("avx,f16c"))) static void fc_f2h_f16c(const float *f, uint16_t *h, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(h + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(f + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) h[i] = fc_f16_store(f[i]);
+}
+__attribute__((target("avx512f"))) static void fc_h2f_avx512(const uint16_t *h, float *f, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(f + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + i))));
+    for (; i < n; i++) f[i] = fc_f16_load(h[i]);
+}
+__attribute__((target("avx512f"))) static void fc_f2h_avx512(const float *f, uint16_t *h, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(h + i),
+                            _mm512_cvtps_ph(_mm512_loadu_ps(f + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) h[i] = fc_f16_store(f[i]);
+}
+__attribute__((constructor)) static void fc_pick_f16(void) {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) {
+        fc_h2f = fc_h2f_avx512; fc_f2h = fc_f2h_avx512; fc_f16_path = "AVX-512 (vcvtph2ps/vcvtps2ph)";
+    } else if (__builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c")) {
+        fc_h2f = fc_h2f_f16c; fc_f2h = fc_f2h_f16c; fc_f16_path = "F16C (vcvtph2ps/vcvtps2ph)";
+    }
+}
+#endif
+
+FC_CLONES static void fc_scalef(float *x, int64_t n, float c) {
+    FC_PRAGMA(omp simd)
+    for (int64_t i = 0; i < n; i++) x[i] *= c;
+}
+
+/* Run BODY on each block of x converted to float in `buf` (length `len`). */
+#define FC_F16_BLOCKS(p, n, BODY)                                                   \
+    do {                                                                            \
+        float buf[FC_HBLK];                                                         \
+        for (int64_t b_ = 0; b_ < (n); b_ += FC_HBLK) {                             \
+            const int64_t len = (n) - b_ < FC_HBLK ? (n) - b_ : FC_HBLK;            \
+            uint16_t *blk = (uint16_t *)(p) + b_;                                   \
+            fc_h2f(blk, buf, len);                                                  \
+            BODY                                                                    \
+        }                                                                           \
+    } while (0)
+
+static void fc_ssq_f16b(const void *p, int64_t n, double *ss, double *mx) {
+    double s = 0.0, t, m;
+    FC_F16_BLOCKS(p, n, { fc_ssq_f32(buf, len, &t, &m); s += t; });
+    *ss = s; *mx = 0.0;
+}
+static double fc_asum_f16b(const void *p, int64_t n) {
+    double s = 0.0;
+    FC_F16_BLOCKS(p, n, { s += fc_asum_f32(buf, len); });
+    return s;
+}
+static void fc_amax_f16b(const void *p, int64_t n, double *mx, double *z) {
+    double m = 0.0, zz = 0.0, bm, bz;
+    FC_F16_BLOCKS(p, n, { fc_amax_f32(buf, len, &bm, &bz); m = bm > m ? bm : m; zz += bz; });
+    *mx = m; *z = zz;
+}
+static void fc_scale_f16b(void *p, int64_t n, double s) {
+    FC_F16_BLOCKS(p, n, { fc_scalef(buf, len, (float)s); fc_f2h(buf, blk, len); });
+}
+static void fc_clamp_f16b(void *p, int64_t n, double c) {
+    FC_F16_BLOCKS(p, n, { fc_clamp_f32(buf, len, c); fc_f2h(buf, blk, len); });
+}
+
 /* ------------------------------------------------------ per-dtype vtable */
 typedef struct {
     void   (*ssq)(const void *, int64_t, double *, double *);
@@ -248,7 +348,8 @@ static const fc_ops FC_OPS[FC_NDTYPES] = {
     FC_OPS_ROW(f64, double, 1),
     FC_OPS_ROW(f32, float, 0),
     FC_OPS_ROW(bf16, uint16_t, 0),
-    FC_OPS_ROW(f16, uint16_t, 0),
+    { fc_ssq_f16b, fc_asum_f16b, fc_amax_f16b, fc_psum_f16, fc_classify_f16,
+      fc_scale_f16b, fc_clamp_f16b, 2, 0 },   /* float16: blocks of float, see above */
 };
 
 /* ------------------------------------------------- one chunk, one partial */
@@ -342,6 +443,15 @@ static inline double fc_combine(const fc_partial *part, int64_t n, int kind, dou
             s += part[i].s * exp2(pw * (double)(part[i].k - kmax));
     double r = pw == 2.0 ? sqrt(s) : pw == 1.0 ? s : pow(s, 1.0 / pw);
     return ldexp(r, kmax);
+}
+
+/* Small buffers live far apart, where the hardware prefetcher cannot follow:
+ * fetch the first lines of a chunk that will be needed soon (the table loops
+ * call this two chunks ahead). */
+static inline void fc_prefetch_chunk(const fc_chunk *c) {
+    const int64_t bytes = c->n * FC_OPS[c->dtype].itemsize;
+    const int64_t lim = bytes < 2048 ? bytes : 2048;
+    for (int64_t b = 0; b < lim; b += 64) __builtin_prefetch(c->ptr + b, 0, 3);
 }
 
 static inline void fc_scale_chunk(const fc_chunk *c, double s) { FC_OPS[c->dtype].scale(c->ptr, c->n, s); }

@@ -171,3 +171,19 @@ def test_max_norm_is_assignable_and_validated(rng):
     r = fc.Clipper(g, 1.0, nonfinite="random")
     with pytest.raises(ValueError, match="random"):
         r.max_norm = math.inf
+
+
+def test_many_aliases_in_any_order_are_one_buffer(rng):
+    a = rng.standard_normal((6, 5)) * 10
+    b = rng.standard_normal(7) * 10
+    orig_a, orig_b = a.copy(), b.copy()
+    aliases = [a.T, b, a, a.reshape(30), b, a.reshape(3, 10), a]
+    with pytest.raises(fc.NonFiniteError):  # shows which caller indices map together
+        fc.clip_grad_norm_(aliases + [np.array([np.nan])], 1.0)
+    stats = fc.Clipper(aliases, 1.0)()
+    s = 1.0 / stats.norm
+    assert stats.norm == pytest.approx(ref_norm([orig_a, orig_b]), rel=1e-14)
+    np.testing.assert_array_equal(a, orig_a * s)
+    np.testing.assert_array_equal(b, orig_b * s)
+    b[2] = np.inf
+    assert fc.Clipper(aliases, 1.0, nonfinite="skip")().nonfinite_buffers == (1, 4)

@@ -115,29 +115,22 @@ def _not_array(obj: Any, i: int, fn: str) -> TypeError:
     )
 
 
-def _check_dtypes(arrays: list, d: np.ndarray, fn: str) -> None:
-    bad = np.flatnonzero(d[_F.F_CODE] == _F.CODE_BAD_DTYPE)
-    if bad.size:
-        i = int(bad[0])
-        dt = arrays[i].dtype
+def _check(arrays: list, first: np.ndarray, writable: bool, fn: str) -> None:
+    """Raise for the first buffer that fails a check (describe() found them)."""
+    i = int(first[_F.S_BAD_DTYPE])
+    if i >= 0:
         raise TypeError(
-            f"{fn}: buffer {i} has dtype {dt}; fusedclip clips float16, bfloat16, "
-            "float32 and float64 gradients (cast with .astype(np.float32))"
+            f"{fn}: buffer {i} has dtype {arrays[i].dtype}; fusedclip clips float16, "
+            "bfloat16, float32 and float64 gradients (cast with .astype(np.float32))"
         )
-    foreign = np.flatnonzero((d[_F.F_FLAGS] & _F.NATIVE) == 0)
-    if foreign.size:
-        i = int(foreign[0])
-        dt = arrays[i].dtype
+    i = int(first[_F.S_NON_NATIVE])
+    if i >= 0:
         raise TypeError(
-            f"{fn}: buffer {i} has non-native byte order ({dt.str}); convert it "
-            "with a.astype(a.dtype.newbyteorder('='))"
+            f"{fn}: buffer {i} has non-native byte order ({arrays[i].dtype.str}); convert "
+            "it with a.astype(a.dtype.newbyteorder('='))"
         )
-
-
-def _check_writeable(d: np.ndarray, fn: str) -> None:
-    ro = np.flatnonzero((d[_F.F_FLAGS] & _F.WRITEABLE) == 0)
-    if ro.size:
-        i = int(ro[0])
+    i = int(first[_F.S_READ_ONLY])
+    if writable and i >= 0:
         raise ValueError(
             f"{fn}: buffer {i} is read-only and {fn} writes in place; pass a "
             "writable array (nothing was modified)"
@@ -163,23 +156,26 @@ def _resolve_overlaps(arrays: list, d: np.ndarray, fn: str) -> dict[int, int]:
     buffer.  Interleaved views (a[::2], a[1::2]) share a byte range but no
     element, and pass.
     """
-    live = np.flatnonzero(d[_F.F_SIZE] > 0)
-    if live.size < 2:
+    order, suspects = cpu.overlap_suspects(d)
+    if not suspects.size:
         return {}
-    order = live[np.argsort(d[_F.F_LO, live], kind="stable")]
     lo, hi = d[_F.F_LO, order], d[_F.F_HI, order]
-    reach = np.maximum.accumulate(hi)
-    suspects = np.flatnonzero(reach[:-1] > lo[1:]) + 1
-    canon: dict[int, int] = {}
+    parent: dict[int, int] = {}
+
+    def root(x: int) -> int:
+        while x in parent:
+            x = parent[x]
+        return x
+
     for pos in suspects:
         j = int(order[pos])
         for q in np.flatnonzero(hi[:pos] > lo[pos]):
             i = int(order[q])
             a, b = (i, j) if i < j else (j, i)
             if _same_memory(arrays[a], arrays[b], d, a, b):
-                root = canon.get(a, a)
-                if canon.get(b, b) != root:
-                    canon[b] = root
+                ra, rb = root(a), root(b)
+                if ra != rb:  # union: the smaller caller index is the root
+                    parent[max(ra, rb)] = min(ra, rb)
                 continue
             try:
                 shared = np.shares_memory(arrays[a], arrays[b])
@@ -191,56 +187,53 @@ def _resolve_overlaps(arrays: list, d: np.ndarray, fn: str) -> dict[int, int]:
                     "element must belong to one buffer (pass the same array once, "
                     "or non-overlapping views); nothing was modified"
                 )
-    # canonicalise chains (c -> b -> a) to their root
-    for k in list(canon):
-        r = canon[k]
-        while r in canon:
-            r = canon[r]
-        canon[k] = r
-    return canon
+    return {x: root(x) for x in parent}
 
 
 def make_plan(buffers: Any, *, writable: bool, fn: str) -> Plan:
     """Validate ``buffers`` and build their chunk table.  Raises before any write."""
     objs = as_list(buffers, fn)
-    d = cpu.describe(objs)
+    d, first = cpu.describe(objs)
     arrays = objs
-    foreign = np.flatnonzero(d[_F.F_CODE] == _F.CODE_NOT_ARRAY)
-    if foreign.size:
+    if first[_F.S_NOT_ARRAY] >= 0:
         arrays = list(objs)
-        for i in foreign:
-            i = int(i)
+        for i in np.flatnonzero(d[_F.F_CODE] == _F.CODE_NOT_ARRAY).tolist():
             o = objs[i]
             if not _is_array_like(o) and not _has_buffer(o):
                 raise _not_array(o, i, fn)
             arrays[i] = _to_ndarray(o, i, fn)
-        d = cpu.describe(arrays)
-    _check_dtypes(arrays, d, fn)
-    if writable:
-        _check_writeable(d, fn)
-    canon = _resolve_overlaps(arrays, d, fn)
+        d, first = cpu.describe(arrays)
+    _check(arrays, first, writable, fn)
+    # buffers listed in increasing, disjoint address order cannot overlap
+    canon = _resolve_overlaps(arrays, d, fn) if first[_F.S_UNORDERED] >= 0 else {}
 
-    keep = d[_F.F_SIZE] > 0
+    if first[_F.S_EMPTY] < 0 and not canon:  # the common case: every buffer is a row
+        rows = np.arange(len(arrays))
+        kept = list(arrays)
+        ptrs, sizes, codes = d[_F.F_PTR], d[_F.F_SIZE], d[_F.F_CODE]
+    else:
+        keep = d[_F.F_SIZE] > 0
+        if canon:
+            keep[list(canon)] = False
+        rows = np.flatnonzero(keep)
+        kept = [arrays[i] for i in rows.tolist()]
+        ptrs, sizes, codes = d[_F.F_PTR, rows], d[_F.F_SIZE, rows], d[_F.F_CODE, rows]
+    staged = []
+    if first[_F.S_STAGE] >= 0:
+        ptrs = ptrs.copy()
+        direct = _F.CONTIGUOUS | _F.ALIGNED
+        for r in np.flatnonzero((d[_F.F_FLAGS, rows] & direct) != direct).tolist():
+            view = kept[r]
+            copy = np.empty(view.shape, dtype=view.dtype)  # C order, aligned
+            np.copyto(copy, view)
+            staged.append((view, copy))
+            ptrs[r] = copy.ctypes.data
     dups: dict[int, list[int]] = {}
     if canon:
-        keep[list(canon)] = False
-    rows = np.flatnonzero(keep)
-    ptrs = d[_F.F_PTR, rows].copy()
-    staged = []
-    direct = (_F.CONTIGUOUS | _F.ALIGNED)
-    for r in np.flatnonzero((d[_F.F_FLAGS, rows] & direct) != direct):
-        view = arrays[int(rows[r])]
-        copy = np.empty(view.shape, dtype=view.dtype)  # C order, aligned
-        np.copyto(copy, view)
-        staged.append((view, copy))
-        ptrs[r] = copy.ctypes.data
-    if canon:
-        row_of = {int(c): r for r, c in enumerate(rows)}
+        row_of = {c: r for r, c in enumerate(rows.tolist())}
         for dup, root in canon.items():
             dups.setdefault(row_of[root], []).append(dup)
-    table = cpu.Table(ptrs, d[_F.F_SIZE, rows], d[_F.F_CODE, rows])
-    kept = list(arrays) if rows.size == len(arrays) else [arrays[i] for i in rows.tolist()]
-    return Plan(table, kept, rows, dups, staged, len(objs))
+    return Plan(cpu.Table(ptrs, sizes, codes), kept, rows, dups, staged, len(objs))
 
 
 def _has_buffer(o: Any) -> bool:
