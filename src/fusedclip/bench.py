@@ -20,9 +20,12 @@ and the median of the repetitions is reported:
   contiguous buffer, measured in the same run: one plain read pass (not
   triggered), or a read pass plus a read-write pass (triggered).
 
-Before each timed call, the data that call will touch is read once, so that
-every implementation, the floor included, starts from the same cache state
-(the state a clip finds right after backward wrote the gradient).
+Before each timed call the machine idles for 2 ms (so that no other
+implementation's OpenMP workers are still spinning: torch brings its own
+runtime), then the data that call will touch is read once with that
+implementation's own threads.  Every implementation, the floor included,
+starts from the same cache state: the one a clip finds right after backward
+wrote the gradient.
 
 The norm's relative error is taken against an exact reference (float64
 widening, power-of-two scaling, ``math.fsum``).
@@ -30,6 +33,7 @@ widening, power-of-two scaling, ``math.fsum``).
 from __future__ import annotations
 
 import datetime
+import gc
 import json
 import math
 import os
@@ -186,11 +190,45 @@ def _time(f: Callable[[], object]) -> float:
     return time.perf_counter() - t
 
 
-def run_workload(w: Workload, mode: str, reps: int, threads: int | None, log=print) -> list[Row]:
-    """Time every competitor on workload ``w`` in ``mode``, interleaved."""
-    bufs = w.make()
-    exact = exact_norm(bufs)
-    floor_buf = np.ones(w.nbytes // 8 + 1, dtype=np.uint64)
+def _timed_rounds(impls, warmers, times, names, reps) -> None:
+    for r in range(reps):
+        # rotate the order so that no implementation always starts a round
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            # let the previous implementation's OpenMP workers stop spinning
+            # (torch brings its own runtime), then read the data with this
+            # implementation's own threads: each timed call finds its data
+            # just read, as a clip finds the gradient backward has just written
+            time.sleep(0.002)
+            warmers[name]()
+            times[name].append(_time(impls[name]))
+
+
+class Setup:
+    """One workload's data, shared by its modes: the buffers, their exact norm,
+    the floor's buffer, and the competitors' copies of the same values (a
+    competitor that breaks its data, as naive numpy's float16 norm overflows to
+    inf and zeroes the gradient, must not change what the others are timed on)."""
+
+    def __init__(self, w: Workload, threads: int | None):
+        self.w = w
+        self.bufs = w.make()
+        self.exact = exact_norm(self.bufs)
+        self.floor_buf = np.ones(w.nbytes // 8 + 1, dtype=np.uint64)
+        self.naive_bufs = [b.copy() for b in self.bufs]
+        self.params = torch_tensors([b.copy() for b in self.bufs])
+        self.clipper = fc.Clipper(self.bufs, 1e30, num_threads=threads)
+        # each implementation's norm of the untouched data, for the error column
+        self.first = {"fusedclip": fc.clip_grad_norm_(self.bufs, 1e30, num_threads=threads),
+                      "fusedclip-plan": self.clipper().norm,
+                      "naive-numpy": naive_numpy(self.naive_bufs, 1e30)}
+        if self.params is not None:
+            self.first["torch-foreach"] = torch_clip(self.params, 1e30)
+
+
+def run_workload(setup: Setup, mode: str, reps: int, threads: int | None) -> list[Row]:
+    """Time every competitor on ``setup``'s workload in ``mode``, interleaved."""
+    w, bufs, exact, floor_buf = setup.w, setup.bufs, setup.exact, setup.floor_buf
+    naive_bufs, params, clipper = setup.naive_bufs, setup.params, setup.clipper
     triggered = mode == "triggered"
     # the threshold shrinks by 1% per call, so every call clips again
     state = {"t": exact * 0.5 if triggered else 1e30}
@@ -200,8 +238,6 @@ def run_workload(w: Workload, mode: str, reps: int, threads: int | None, log=pri
             state["t"] *= 0.99
         return state["t"]
 
-    clipper = fc.Clipper(bufs, 1e30, num_threads=threads)
-    params = torch_tensors(bufs)
     norms: dict[str, float] = {}
 
     def fused():
@@ -212,7 +248,7 @@ def run_workload(w: Workload, mode: str, reps: int, threads: int | None, log=pri
         norms["fusedclip-plan"] = clipper().norm
 
     def naive():
-        norms["naive-numpy"] = naive_numpy(bufs, next_t())
+        norms["naive-numpy"] = naive_numpy(naive_bufs, next_t())
 
     def floor():
         cpu.floor_read(floor_buf, threads)
@@ -221,6 +257,10 @@ def run_workload(w: Workload, mode: str, reps: int, threads: int | None, log=pri
 
     impls: dict[str, Callable[[], object]] = {"floor": floor, "fusedclip": fused, "fusedclip-plan": plan,
                                               "naive-numpy": naive}
+    read_grads = lambda: fc.global_norm(bufs, num_threads=threads)
+    warmers: dict[str, Callable[[], object]] = {"floor": lambda: cpu.floor_read(floor_buf, threads),
+                                                "fusedclip": read_grads, "fusedclip-plan": read_grads,
+                                                "naive-numpy": lambda: fc.global_norm(naive_bufs, num_threads=threads)}
     if params is not None:
         import torch
 
@@ -231,28 +271,24 @@ def run_workload(w: Workload, mode: str, reps: int, threads: int | None, log=pri
             norms["torch-foreach"] = torch_clip(params, next_t())
 
         impls["torch-foreach"] = torch_foreach
+        grads = [p.grad for p in params]
+        warmers["torch-foreach"] = lambda: torch._foreach_norm(grads)
 
-    # each implementation's norm of the untouched data, for the error column
-    first = {"fusedclip": fc.clip_grad_norm_(bufs, 1e30, num_threads=threads),
-             "fusedclip-plan": clipper().norm,
-             "naive-numpy": naive_numpy(bufs, 1e30)}
-    if params is not None:
-        first["torch-foreach"] = torch_clip(params, 1e30)
+    first = setup.first
     for f in impls.values():  # warm-up
         f()
     times: dict[str, list[float]] = {k: [] for k in impls}
     names = list(impls)
-    for r in range(reps):
-        # rotate the order so that no implementation always follows the same one
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            # each timed call finds its data just read, as a clip finds the
-            # gradient that backward has just written (in cache, when it fits)
-            if name == "floor":
-                cpu.floor_read(floor_buf, threads)
-            else:
-                fc.global_norm(bufs, num_threads=threads)
-            times[name].append(_time(impls[name]))
+    gc.collect()
+    gc_was = gc.isenabled()
+    gc.disable()  # as timeit does: no collection pause inside a timed call
+    try:
+        _timed_rounds(impls, warmers, times, names, reps)
+    finally:
+        if gc_was:
+            gc.enable()
     floor_s = statistics.median(times["floor"])
+
     moved = w.nbytes * (3 if triggered else 1)
     rows = []
     for name in impls:
@@ -317,6 +353,24 @@ def fmt_table(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
+def markdown(rows: list[Row]) -> str:
+    """One line per workload and mode: fusedclip against the floor and the competitors."""
+    head = ("| workload | mode | `Clipper` × floor | `clip_grad_norm_` × floor | vs naive numpy "
+            "| vs torch foreach | rel. error (fusedclip / naive / torch) |")
+    out = [head, "|" + "---|" * 7]
+    groups = list(dict.fromkeys((r.workload, r.dtype, r.mode) for r in rows))
+    for g in groups:
+        by = {r.impl: r for r in rows if (r.workload, r.dtype, r.mode) == g}
+        plan, fn = by["fusedclip-plan"], by["fusedclip"]
+        sp = lambda k: (f"{plan.speedup[k]:.1f}× / {fn.speedup[k]:.1f}×" if k in plan.speedup else "–")
+        err = lambda k: ("–" if k not in by or by[k].rel_err is None else f"{by[k].rel_err:.0e}")
+        out.append(
+            f"| {g[0]}/{g[1]} | {g[2]} | {plan.x_floor:.2f} | {fn.x_floor:.2f} | {sp('naive-numpy')} "
+            f"| {sp('torch-foreach')} | {err('fusedclip')} / {err('naive-numpy')} / {err('torch-foreach')} |"
+        )
+    return "\n".join(out)
+
+
 def plot(rows: list[Row], path: str) -> None:
     import matplotlib
 
@@ -349,7 +403,7 @@ def main(args) -> int:
     all_w = workloads()
     keys = list(all_w)
     if args.quick:
-        keys = ["big/float32", "gpt/float32", "small/float32", "medium/float32", "gpt/bfloat16"]
+        keys = ["big/float32", "gpt/float32", "small/float32", "gpt/bfloat16"]
     if args.workload:
         names = set(args.workload)
         unknown = names - {w.name for w in all_w.values()} - set(all_w)
@@ -370,8 +424,9 @@ def main(args) -> int:
     if not keys:
         print("fusedclip bench: nothing selected", file=sys.stderr)
         return 2
-    modes = args.mode or ["triggered", "not-triggered"]
-    reps = args.reps or (5 if args.quick else 15)
+    # not-triggered first: the triggered mode shrinks the data
+    modes = [m for m in ("not-triggered", "triggered") if m in (args.mode or ["triggered", "not-triggered"])]
+    reps = args.reps or (5 if args.quick else 21)
     if "torch" not in sys.modules:
         try:
             import torch  # noqa: F401
@@ -384,14 +439,18 @@ def main(args) -> int:
     step = 0
     for k in keys:
         w = all_w[k]
+        print(f"[{step + 1}/{total}] {w.key}: {w.about}; making data and its exact norm ...",
+              file=sys.stderr, flush=True)
+        setup = Setup(w, args.threads)
         for mode in modes:
             step += 1
-            print(f"[{step}/{total}] {w.key} ({w.about}), {mode}, {reps} reps ... ",
+            print(f"[{step}/{total}] {w.key}, {mode}, {reps} reps ... ",
                   end="", file=sys.stderr, flush=True)
-            rs = run_workload(w, mode, reps, args.threads)
+            rs = run_workload(setup, mode, reps, args.threads)
             rows += rs
             best = next(r for r in rs if r.impl == "fusedclip-plan")
             print(f"{best.x_floor:.2f}x floor  ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+        del setup
     print(fmt_table(rows))
     doc = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -410,6 +469,10 @@ def main(args) -> int:
     with open(args.json, "w") as f:
         json.dump(doc, f, indent=1)
     print(f"\nwrote {args.json}", file=sys.stderr)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown(rows) + "\n")
+        print(f"wrote {args.markdown}", file=sys.stderr)
     if args.plot:
         png = os.path.splitext(args.json)[0] + ".png"
         plot(rows, png)

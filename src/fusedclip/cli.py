@@ -65,9 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--mode", action="append", choices=["triggered", "not-triggered"],
                    help="keep only this mode; repeatable")
     b.add_argument("--threads", type=int, default=None, help="threads for every implementation")
-    b.add_argument("--reps", type=int, default=None, help="timed repetitions (default 15, quick 5)")
+    b.add_argument("--reps", type=int, default=None, help="timed repetitions (default 21, quick 5)")
     b.add_argument("--json", default="bench.json", metavar="PATH", help="where to write the results")
     b.add_argument("--plot", action="store_true", help="also write a PNG beside the JSON")
+    b.add_argument("--markdown", metavar="PATH", help="also write a Markdown summary table")
     args = p.parse_args(argv)
     return {"info": cmd_info, "bench": cmd_bench}[args.cmd](args)
 
