@@ -13,7 +13,7 @@ from typing import Any, Iterable, Union
 import numpy as np
 
 from . import _policy
-from ._buffers import make_plan
+from ._buffers import plan_buffers
 from ._policy import ClipStats, NonFiniteError
 
 Buffers = Union[Any, Iterable[Any]]
@@ -51,7 +51,7 @@ class Clipper:
         self._rng = rng
         if nonfinite == "random":
             self._rng = _policy.make_rng(rng)
-        self._plan = make_plan(buffers, writable=True, fn=fn)
+        self._plan, self._gpu = plan_buffers(buffers, writable=True, fn=fn)
 
     @property
     def max_norm(self) -> float:
@@ -72,6 +72,8 @@ class Clipper:
         )
 
     def __call__(self) -> ClipStats:
+        if self._gpu is not None:
+            return self._call_gpu()
         plan, nt, t = self._plan, self.num_threads, self._max_norm
         plan.refresh()
         norm, flags = plan.table.norm(self._kind, self.norm_type, nt)
@@ -97,12 +99,61 @@ class Clipper:
             plan.write_back()
             return ClipStats(norm, 0.0, True, False, t, bad)
         if policy == "random":
-            _policy.random_direction(plan, t, self._kind, self.norm_type, self._rng, nt)
+            self._write_random()
             return ClipStats(norm, 0.0, True, False, t, bad)
         scale = t / norm  # "propagate": 0 for an inf norm, NaN for a NaN norm, as torch
         plan.table.scale(scale, nt)
         plan.write_back()
         return ClipStats(norm, scale, True, False, t, bad)
+
+
+    def _write_random(self) -> None:
+        """Replace every buffer, CPU and GPU, with one joint random direction."""
+        plan, g = self._plan, self._gpu
+        shapes = [a.shape for a in plan.arrays] + ([(b.n,) for b in g.rows] if g else [])
+        draws = _policy.random_direction(shapes, self._max_norm, self._kind, self.norm_type,
+                                         self._rng, self.num_threads)
+        for a, z in zip(plan.arrays, draws):
+            a[...] = z.astype(a.dtype)
+        if g is not None:
+            g.write_random(draws[len(plan.arrays):])
+
+    def _call_gpu(self):
+        """GPU (or mixed) buffers: no host wait unless the host must act (see _gpu)."""
+        from ._gpu import DeviceClipStats
+        from .kernels import cuda as ck
+
+        plan, g, nt, t, policy = self._plan, self._gpu, self.num_threads, self._max_norm, self.nonfinite
+        mixed = plan.table.nchunks > 0
+        cpu_norm, cpu_flags = 0.0, 0
+        if mixed:
+            plan.refresh()
+            cpu_norm, cpu_flags = plan.table.norm(self._kind, self.norm_type, nt)
+            if cpu_flags:
+                cpu_norm = 0.0
+        state = g.reduce(self._kind, self.norm_type, t, policy, cpu_norm, cpu_flags)
+        if not mixed and policy not in ("error", "random"):
+            g.scale(state)  # the device decides whether to write
+            return DeviceClipStats(g, state, g.calls)
+        st = state.copy_to_host()  # the host must act on the outcome: one wait
+        norm, scale, action = float(st[ck.S_NORM]), float(st[ck.S_SCALE]), int(st[ck.S_ACTION])
+        if not st[ck.S_FINITE]:
+            bad = tuple(sorted(set(g.flagged_callers()) | set(plan.callers(plan.table.flagged_rows()))))
+            if policy == "error":
+                raise NonFiniteError(norm, bad)
+            if policy == "random":
+                self._write_random()
+                return ClipStats(norm, 0.0, True, False, t, bad)
+        else:
+            bad = ()
+        g.scale(state)
+        if action == ck.A_SCALE:
+            plan.table.scale(scale, nt)
+            plan.write_back()
+        elif action == ck.A_ZERO:
+            plan.table.zero(nt)
+            plan.write_back()
+        return ClipStats(norm, scale, bool(st[ck.S_CLIPPED]), bool(st[ck.S_FINITE]), t, bad)
 
 
 def clip_grad_norm_(
@@ -122,15 +173,21 @@ def clip_grad_norm_(
     """
     clipper = Clipper.__new__(Clipper)
     clipper._setup(buffers, max_norm, norm_type, nonfinite, num_threads, rng, "clip_grad_norm_")
-    return clipper().norm
+    return clipper().norm  # on a GPU: the one wait, reading the norm
 
 
 def global_norm(buffers: Buffers, norm_type: float = 2.0, *, num_threads: int | None = None) -> float:
     """The global ``norm_type`` norm over all buffers.  Never writes; accepts read-only arrays."""
     kind, p = _policy.norm_kind(norm_type)
     nt = _policy.check_threads(num_threads)
-    plan = make_plan(buffers, writable=False, fn="global_norm")
-    return plan.table.norm(kind, p, nt)[0]
+    plan, g = plan_buffers(buffers, writable=False, fn="global_norm")
+    norm, flags = plan.table.norm(kind, p, nt)
+    if g is None:
+        return norm
+    from .kernels import cuda as ck
+
+    state = g.reduce(kind, p, float("inf"), "skip", 0.0 if flags else norm, flags)
+    return float(state.copy_to_host()[ck.S_NORM])
 
 
 def clip_grad_value_(buffers: Buffers, clip_value: float, *, num_threads: int | None = None) -> None:
@@ -142,7 +199,9 @@ def clip_grad_value_(buffers: Buffers, clip_value: float, *, num_threads: int | 
     if not v >= 0.0:
         raise ValueError(f"clip_value must be >= 0, got {v}")
     nt = _policy.check_threads(num_threads)
-    plan = make_plan(buffers, writable=True, fn="clip_grad_value_")
+    plan, g = plan_buffers(buffers, writable=True, fn="clip_grad_value_")
     plan.refresh()
     plan.table.clamp(v, nt)
     plan.write_back()
+    if g is not None:
+        g.clamp(v)

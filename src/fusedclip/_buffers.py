@@ -84,16 +84,11 @@ def _is_array_like(x: Any) -> bool:
     return isinstance(x, np.ndarray) or any(
         hasattr(x, a)
         for a in ("__array_interface__", "__cuda_array_interface__", "__dlpack__")
-    )
+    ) or type(x).__module__.startswith("numba.cuda.simulator")  # its device arrays
 
 
 def _to_ndarray(obj: Any, i: int, fn: str) -> np.ndarray:
     """Zero-copy numpy view of a foreign CPU array, or TypeError."""
-    if hasattr(obj, "__cuda_array_interface__"):
-        raise TypeError(
-            f"{fn}: buffer {i} is a CUDA array ({type(obj).__name__}); this build "
-            "of fusedclip clips CPU buffers only"
-        )
     try:
         if hasattr(obj, "__array_interface__"):
             return np.asarray(obj)
@@ -190,10 +185,44 @@ def _resolve_overlaps(arrays: list, d: np.ndarray, fn: str) -> dict[int, int]:
     return {x: root(x) for x in parent}
 
 
-def make_plan(buffers: Any, *, writable: bool, fn: str) -> Plan:
-    """Validate ``buffers`` and build their chunk table.  Raises before any write."""
+_NO_BUFFER = np.zeros(0, np.float32)  # stands in for a GPU buffer in the CPU plan
+
+
+def plan_buffers(buffers: Any, *, writable: bool, fn: str):
+    """Validate every buffer, CPU and GPU, and plan both sides: (Plan, GpuPlan or None).
+
+    Raises before anything is written or launched.  The CPU plan is built over
+    the caller's list with GPU buffers replaced by empty arrays, so its rows
+    keep the caller's indices.
+    """
     objs = as_list(buffers, fn)
     d, first = cpu.describe(objs)
+    gpu_idx: list[int] = []
+    if first[_F.S_NOT_ARRAY] >= 0:
+        from ._gpu import is_gpu
+
+        gpu_idx = [i for i in np.flatnonzero(d[_F.F_CODE] == _F.CODE_NOT_ARRAY).tolist()
+                   if is_gpu(objs[i])]
+    if not gpu_idx:
+        return _make_plan(objs, d, first, writable, fn), None
+    from ._gpu import make_gpu_plan
+
+    cpu_objs = list(objs)
+    for i in gpu_idx:
+        cpu_objs[i] = _NO_BUFFER
+    d, first = cpu.describe(cpu_objs)
+    plan = _make_plan(cpu_objs, d, first, writable, fn)  # CPU checks first, by index
+    return plan, make_gpu_plan(objs, gpu_idx, writable, fn)
+
+
+def make_plan(buffers: Any, *, writable: bool, fn: str) -> Plan:
+    """Validate CPU ``buffers`` and build their chunk table.  Raises before any write."""
+    objs = as_list(buffers, fn)
+    d, first = cpu.describe(objs)
+    return _make_plan(objs, d, first, writable, fn)
+
+
+def _make_plan(objs: list, d: np.ndarray, first: np.ndarray, writable: bool, fn: str) -> Plan:
     arrays = objs
     if first[_F.S_NOT_ARRAY] >= 0:
         arrays = list(objs)

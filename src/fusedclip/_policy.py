@@ -107,17 +107,18 @@ def make_rng(rng: Any) -> np.random.Generator:
     raise TypeError(f"rng must be a numpy.random.Generator, an int seed or None, got {type(rng).__name__}")
 
 
-def random_direction(plan, max_norm: float, kind: int, p: float, rng: np.random.Generator, nt) -> None:
-    """Overwrite every buffer with one random direction of norm ``max_norm``.
+def random_direction(shapes: list[tuple[int, ...]], max_norm: float, kind: int, p: float,
+                     rng: np.random.Generator, nt) -> list[np.ndarray]:
+    """One random direction of norm ``max_norm`` over buffers of these shapes.
 
-    Gaussian draws in float64, normalised over all buffers jointly with the
-    same kernels (so the `norm_type` norm is max_norm up to the final rounding
-    to each buffer's dtype).
+    Gaussian draws in float64, one array per shape, normalised jointly with the
+    same kernels, so the ``norm_type`` norm is max_norm up to the final
+    rounding to each buffer's dtype (done by the caller when it writes).
     """
-    draws = [rng.standard_normal(a.shape) for a in plan.arrays]
+    draws = [rng.standard_normal(s) for s in shapes]
     t = cpu.Table([z.ctypes.data for z in draws], [z.size for z in draws], [0] * len(draws))
     n, _ = t.norm(kind, p, nt)
     s = max_norm / n if n > 0 else 0.0
-    for a, z in zip(plan.arrays, draws):
+    for z in draws:
         z *= s
-        a[...] = z.astype(a.dtype)
+    return draws

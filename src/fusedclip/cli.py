@@ -9,10 +9,12 @@ import sys
 
 
 def _gpu_state() -> str:
-    if importlib.util.find_spec("numba") is None or importlib.util.find_spec("numba.cuda") is None:
-        return "unavailable (numba-cuda not installed; pip install 'fusedclip[cuda]')"
-    sim = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
-    return "numba-cuda installed" + (" (simulator requested)" if sim else "") + "; no GPU backend in this build"
+    if importlib.util.find_spec("numba") is None:
+        return "unavailable: numba-cuda is not installed (pip install 'fusedclip[cuda]')"
+    from fusedclip._gpu import gpu_state
+    from fusedclip.kernels import cuda as ck
+
+    return f"{gpu_state()}; {ck.K} buffers per launch, {ck.THREADS} threads, chunks of {ck.CHUNK}"
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -1,0 +1,325 @@
+"""GPU kernels and dispatch under the Numba CUDA simulator.
+
+Run by tests/test_gpu.py in its own process with NUMBA_ENABLE_CUDASIM=1
+(the simulator and real compilation cannot share a process):
+
+    NUMBA_ENABLE_CUDASIM=1 pytest tests/gpu/sim_suite.py
+
+Small blocks (32 threads), small chunks (64 elements) and K=4 buffers per
+launch, so that chunking and grouping are exercised on small data.
+"""
+import math
+import os
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", "run with NUMBA_ENABLE_CUDASIM=1"
+
+from numba import cuda  # noqa: E402
+from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray  # noqa: E402
+
+import fusedclip as fc  # noqa: E402
+from fusedclip import _gpu  # noqa: E402
+from fusedclip.kernels import cuda as ck  # noqa: E402
+from conftest import DTYPE_IDS, DTYPES, ref_norm, rel, scaled  # noqa: E402
+
+ck.configure(threads=16, chunk=48, k=4)
+P = [1.0, 2.0, math.inf, 3.0]
+# the simulator runs kernels as numpy scalars: an overflow (rescued) or an
+# inf * 0 (the propagate policy) warns where the GPU would not
+pytestmark = [pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning"),
+              pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")]
+
+
+def host(a):
+    return a.copy_to_host() if isinstance(a, FakeCUDAArray) else a
+
+
+def dev_bufs(dtype, sizes=(5, 70, 130), seed=0, scale=10.0):
+    rng = np.random.default_rng(seed)
+    hs = [(rng.standard_normal(n) * scale).astype(dtype) for n in sizes]
+    return hs, [cuda.to_device(h) for h in hs]
+
+
+def snapshot(bufs):
+    return [host(b).tobytes() for b in bufs]
+
+
+@pytest.fixture
+def launches():
+    start = ck.launches
+    return lambda: ck.launches - start
+
+
+# ---------------------------------------------------------------- norms and clips
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("p", P)
+def test_norm_matches_reference(dtype, p):
+    hs, ds = dev_bufs(dtype)
+    assert rel(fc.global_norm(ds, p), ref_norm(hs, p)) <= (0.0 if p == math.inf else 1e-13)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
+def test_clip_in_place_matches_the_cpu_rule(dtype, p):
+    hs, ds = dev_bufs(dtype)
+    stats = fc.Clipper(ds, 1.0, p, nonfinite="skip")()
+    assert isinstance(stats, _gpu.DeviceClipStats)
+    assert stats.clipped and stats.finite and rel(stats.norm, ref_norm(hs, p)) <= 1e-13
+    for h, d in zip(hs, ds):
+        np.testing.assert_array_equal(host(d).astype(np.float64), scaled(h, stats.scale).astype(np.float64))
+
+
+def test_function_api_returns_float_and_clips():
+    hs, ds = dev_bufs(np.float32)
+    n = fc.clip_grad_norm_(ds, 2.0)
+    assert isinstance(n, float) and rel(n, ref_norm(hs)) <= 1e-13
+    assert rel(fc.global_norm(ds), 2.0) <= 1e-6
+
+
+def test_huge_float64_values_give_a_finite_norm():
+    hs = [np.full(100, 1e200), np.full(3, 1e-200), np.ones(7)]
+    ds = [cuda.to_device(h) for h in hs]
+    for p in P:
+        assert rel(fc.global_norm(ds, p), ref_norm(hs, p)) <= 1e-13
+    fc.clip_grad_norm_(ds, 1.0)
+    assert np.isfinite(host(ds[0])).all() and rel(fc.global_norm(ds), 1.0) <= 1e-14
+
+
+def test_same_memory_counts_once_and_partial_overlap_is_rejected(launches):
+    h = np.arange(1.0, 101.0)
+    d = cuda.to_device(h)
+    assert rel(fc.global_norm([d, d]), ref_norm([h])) <= 1e-14
+    fc.clip_grad_norm_([d, d], 1.0)
+    assert rel(fc.global_norm([d]), 1.0) <= 1e-14  # scaled once
+    before = snapshot([d])
+    with pytest.raises(ValueError, match="buffers 0 and 1 partially overlap"):
+        fc.clip_grad_norm_([d[0:60], d[40:100]], 1e-3)
+    assert snapshot([d]) == before
+
+
+def test_clip_value():
+    h = np.array([np.inf, -np.inf, np.nan, 0.5, -7.0, 3.0], np.float32)
+    d = cuda.to_device(h)
+    fc.clip_grad_value_([d], 1.0)
+    np.testing.assert_array_equal(host(d), [1.0, -1.0, np.nan, 0.5, -1.0, 1.0])
+
+
+# ---------------------------------------------------------------- no write, no wait
+def protect(d):
+    """The simulator's device memory is a numpy array: make it read-only, so that
+    any store by a kernel raises."""
+    d._ary.flags.writeable = False
+    return d
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_not_triggered_writes_nothing(dtype):
+    hs, ds = dev_bufs(dtype)
+    for d in ds:
+        protect(d)
+    stats = fc.Clipper(ds, 1e9, nonfinite="skip")()
+    assert not stats.clipped and stats.scale == 1.0
+
+
+def test_the_write_sentinel_works():
+    hs, ds = dev_bufs(np.float32)
+    protect(ds[1])
+    with pytest.raises(Exception):
+        fc.Clipper(ds, 1e-3, nonfinite="skip")().norm
+
+
+@pytest.mark.parametrize("policy", ["skip", "zero", "propagate"])
+def test_clipper_call_never_waits_for_the_device(policy, monkeypatch):
+    hs, ds = dev_bufs(np.float32)
+    hs[1][3] = np.nan
+    ds[1] = cuda.to_device(hs[1])
+    clipper = fc.Clipper(ds, 1.0, nonfinite=policy)
+
+    def forbidden(*a, **k):
+        raise AssertionError("host sync inside Clipper.__call__")
+
+    with monkeypatch.context() as m:
+        m.setattr(FakeCUDAArray, "copy_to_host", forbidden)
+        m.setattr(cuda, "synchronize", forbidden)
+        stats = clipper()
+        stats2 = clipper()
+    # both calls' statistics stay readable, each with its own outcome
+    assert stats.finite is False and stats.nonfinite_buffers == (1,)
+    if policy == "skip":
+        assert math.isnan(stats2.norm) and stats2.nonfinite_buffers == (1,)
+    elif policy == "zero":  # the first call replaced the NaN
+        assert stats2.finite and stats2.nonfinite_buffers == ()
+    else:  # propagate made every value NaN
+        assert stats2.nonfinite_buffers == (0, 1, 2)
+
+
+def test_a_wait_would_be_caught():
+    """Control: the no-wait check fails for a call that must wait (policy error)."""
+    hs, ds = dev_bufs(np.float32)
+    clipper = fc.Clipper(ds, 1.0, nonfinite="error")
+    orig = FakeCUDAArray.copy_to_host
+    try:
+        FakeCUDAArray.copy_to_host = lambda *a, **k: (_ for _ in ()).throw(AssertionError("sync"))
+        with pytest.raises(AssertionError, match="sync"):
+            clipper()
+    finally:
+        FakeCUDAArray.copy_to_host = orig
+
+
+def test_statistics_are_lazy_and_expire():
+    hs, ds = dev_bufs(np.float32)
+    first = fc.Clipper(ds, 1e9, nonfinite="skip")
+    s0 = first()
+    for _ in range(_gpu.RING):
+        first()
+    with pytest.raises(RuntimeError, match="overwritten"):
+        s0.norm
+    s = first()
+    assert s.norm == s.result().norm and "DeviceClipStats" in repr(s)
+
+
+# ---------------------------------------------------------------- launches
+@pytest.mark.parametrize("nbuf", [1, 4, 5, 10, 17])
+def test_launches_per_call(nbuf, launches):
+    rng = np.random.default_rng(1)
+    ds = [cuda.to_device(rng.standard_normal(int(n)).astype(np.float32)) for n in rng.integers(1, 200, nbuf)]
+    c = fc.Clipper(ds, 1e-3, nonfinite="skip")
+    n0 = launches()
+    c()
+    used = launches() - n0
+    bound = 2 + 2 * math.ceil(nbuf / ck.K)
+    assert used == 1 + 2 * math.ceil(nbuf / ck.K) <= bound
+
+
+# ---------------------------------------------------------------- policies
+def bad_bufs(dtype, bad):
+    hs, _ = dev_bufs(dtype, sizes=(40, 7, 33))
+    hs[1][3] = bad
+    return hs, [cuda.to_device(h) for h in hs]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("bad", [math.inf, math.nan], ids=["inf", "nan"])
+def test_policies(dtype, bad):
+    # error: raises, untouched
+    hs, ds = bad_bufs(dtype, bad)
+    snap = snapshot(ds)
+    with pytest.raises(fc.NonFiniteError) as e:
+        fc.clip_grad_norm_(ds, 1.0)
+    assert e.value.buffers == (1,) and math.isnan(e.value.norm) == math.isnan(bad)
+    assert snapshot(ds) == snap
+    # skip: untouched, reported
+    s = fc.Clipper(ds, 1.0, nonfinite="skip")()
+    assert (s.clipped, s.finite, s.nonfinite_buffers) == (False, False, (1,))
+    assert snapshot(ds) == snap
+    # zero
+    s = fc.Clipper(ds, 1.0, nonfinite="zero")()
+    assert s.clipped and all((host(d).astype(np.float64) == 0).all() for d in ds)
+    # random: a direction of norm max_norm
+    hs, ds = bad_bufs(dtype, bad)
+    s = fc.Clipper(ds, 0.5, nonfinite="random", rng=3)()
+    tol = {np.dtype(np.float64): 1e-13, np.dtype(np.float32): 1e-6}.get(np.dtype(dtype), 1e-2)
+    assert s.clipped and rel(fc.global_norm(ds), 0.5) <= tol
+    # propagate: torch's arithmetic
+    hs, ds = bad_bufs(dtype, bad)
+    s = fc.Clipper(ds, 1.0, nonfinite="propagate")()
+    x = host(ds[0]).astype(np.float64)
+    assert s.clipped and (np.isnan(x).all() if math.isnan(bad) else (x == 0).all())
+
+
+# ---------------------------------------------------------------- validation
+class FakeCAI:
+    """A foreign CUDA array (CuPy-like) that only describes itself."""
+
+    def __init__(self, typestr="<f4", shape=(8,), readonly=False, strides=None, device=None):
+        self.__cuda_array_interface__ = {"shape": shape, "typestr": typestr, "strides": strides,
+                                         "data": (1 << 40, readonly), "version": 3}
+        if device is not None:
+            self.device = type("Device", (), {"id": device})()
+
+
+@pytest.mark.parametrize("obj,exc,words", [
+    (lambda: FakeCAI(readonly=True), ValueError, ["buffer 2", "read-only"]),
+    (lambda: FakeCAI(device=1), ValueError, ["buffer 2", "device 1"]),
+    (lambda: FakeCAI(typestr="<i4"), TypeError, ["buffer 2", "int32"]),
+    (lambda: FakeCAI(shape=(4, 4), strides=(32, 4)), ValueError, ["buffer 2", "contiguous"]),
+    (lambda: cuda.to_device(np.arange(10.0))[::2], ValueError, ["buffer 2", "contiguous"]),
+    (lambda: cuda.to_device(np.arange(10, dtype=np.int64)), TypeError, ["buffer 2", "int64"]),
+], ids=["read-only", "other-device", "int-cai", "strided-cai", "strided", "int"])
+def test_bad_gpu_buffers_fail_before_any_kernel(obj, exc, words, launches):
+    hs, ds = dev_bufs(np.float32, sizes=(5, 9))
+    cpu = np.ones(4, np.float32)
+    bufs = ds + [obj(), cpu]
+    snap = snapshot(ds + [cpu])
+    with pytest.raises(exc) as e:
+        fc.clip_grad_norm_(bufs, 1e-3)
+    for w in words:
+        assert w in str(e.value)
+    assert launches() == 0 and snapshot(ds + [cpu]) == snap
+
+
+def test_cpu_errors_still_come_first_by_index(launches):
+    hs, ds = dev_bufs(np.float32, sizes=(5,))
+    ro = np.ones(3)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="buffer 1"):
+        fc.clip_grad_norm_([ds[0], ro], 1.0)
+    assert launches() == 0
+
+
+# ---------------------------------------------------------------- mixed lists
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
+def test_mixed_cpu_and_gpu(p):
+    hs, ds = dev_bufs(np.float32, sizes=(50, 3))
+    cpu_h = [np.linspace(-5, 5, 40), (np.arange(20) * 0.3).astype(np.float16)]
+    cpu_b = [c.copy() for c in cpu_h]
+    mixed = [cpu_b[0], ds[0], cpu_b[1], ds[1]]
+    want = ref_norm(cpu_h + hs, p)
+    assert rel(fc.global_norm(mixed, p), want) <= 1e-13
+    s = fc.Clipper(mixed, 1.0, p)()
+    assert s.clipped and rel(s.norm, want) <= 1e-13
+    np.testing.assert_array_equal(cpu_b[0], scaled(cpu_h[0], s.scale))
+    np.testing.assert_array_equal(host(ds[0]), scaled(hs[0], s.scale))
+    hs[1][0] = np.inf
+    ds[1] = cuda.to_device(hs[1])
+    cpu_b[1][2] = np.nan
+    s = fc.Clipper([cpu_b[0], ds[0], cpu_b[1], ds[1]], 1.0, nonfinite="skip")()
+    assert math.isnan(s.norm) and s.nonfinite_buffers == (2, 3)
+
+
+# ---------------------------------------------------------------- 64-bit indexing
+def test_offsets_beyond_2_to_the_31():
+    n = 2**31 + 200
+    huge = FakeCUDAArray(np.broadcast_to(np.float32(1.5), (n,)))  # no memory behind it
+    bufs = (huge,) * ck.K
+    table = cuda.to_device(np.array([[0, 2**31 + 100, 50], [3, 2**31 - 10, 40]], dtype=np.int64))
+    s = cuda.to_device(np.zeros(2))
+    k = cuda.to_device(np.zeros(2, np.int32))
+    f = cuda.to_device(np.zeros(2, np.int32))
+    ck.kernel("partials", ck.F32)[2, ck.THREADS](bufs, table, 0, ck.NORM_2, 2.0, s, k, f)
+    np.testing.assert_array_equal(s.copy_to_host(), [50 * 2.25, 40 * 2.25])
+
+
+# ---------------------------------------------------------------- conversions
+@pytest.mark.parametrize("dt", [np.float16, ml_dtypes.bfloat16], ids=["f16", "bf16"])
+def test_16_bit_conversions_match_the_cpu(dt):
+    x = np.arange(0, 65536, 7, dtype=np.uint32).astype(np.uint16).view(dt)
+    for s in (0.7, 3.0):
+        d = cuda.to_device(x.copy())
+        want = x.copy()
+        ck.configure(threads=16, chunk=4096, k=4)
+        try:
+            g = _gpu.make_gpu_plan([d], [0], True, "t")
+            state = cuda.to_device(np.array([0, s, ck.A_SCALE, 0, 0, 0, 0, 0], np.float64))
+            g.scale(state)
+        finally:
+            ck.configure(threads=16, chunk=48, k=4)
+        fc.kernels.cpu.Table([want.ctypes.data], [want.size], [3 if dt == np.float16 else 2]).scale(s)
+        got = host(d)
+        with np.errstate(invalid="ignore"):
+            nan = np.isnan(want.astype(np.float64))
+            assert np.isnan(got[nan].astype(np.float64)).all()  # NaN stays NaN (payloads may differ)
+        assert got[~nan].view(np.uint16).tobytes() == want[~nan].view(np.uint16).tobytes()
