@@ -209,7 +209,25 @@ def _device_helpers():
         cc = float32(c)
         return st_f16(cc if w > cc else (-cc if w < -cc else w))
 
+    # one element into the partials: flags for inf/NaN, else max |x| and the sum
+    @cuda.jit(device=True, inline="always")
+    def accum(v, kind, s, m, f):
+        a = abs(v)
+        if v != v:
+            f |= 1
+        elif a == math.inf:
+            f |= 2
+        else:
+            if a > m:
+                m = a
+            if kind == 2:
+                s += v * v
+            elif kind == 1:
+                s += a
+        return s, m, f
+
     return {
+        "accum": accum,
         F64: (load_f64, mul_f64, clamp_f64),
         F32: (load_f32, mul_f32, clamp_f32),
         BF16: (load_bf16, mul_bf16, clamp_bf16),
@@ -227,6 +245,7 @@ def _make_partials(code: int, threads: int):
     from numba import float64, int32
 
     load = _helpers()[code][0]
+    accum = _helpers()["accum"]
     TINY = 2.0**-400  # float64 squares below 2**-1022 would lose precision
 
     @cuda.jit
@@ -243,21 +262,22 @@ def _make_partials(code: int, threads: int):
         s = 0.0
         m = 0.0
         f = 0
+        # int64 indices (start and stop come from the int64 table); four loads
+        # in flight per thread, so that enough bytes are in flight to cover
+        # the memory latency (docs/GPU.md)
         i = start + tid
-        while i < stop:  # int64 index: start and stop come from the int64 table
-            v = load(x[i])
-            a = abs(v)
-            if v != v:
-                f |= 1
-            elif a == math.inf:
-                f |= 2
-            else:
-                if a > m:
-                    m = a
-                if kind == 2:
-                    s += v * v
-                elif kind == 1:
-                    s += a
+        while i + 3 * threads < stop:
+            v0 = load(x[i])
+            v1 = load(x[i + threads])
+            v2 = load(x[i + 2 * threads])
+            v3 = load(x[i + 3 * threads])
+            s, m, f = accum(v0, kind, s, m, f)
+            s, m, f = accum(v1, kind, s, m, f)
+            s, m, f = accum(v2, kind, s, m, f)
+            s, m, f = accum(v3, kind, s, m, f)
+            i += 4 * threads
+        while i < stop:
+            s, m, f = accum(load(x[i]), kind, s, m, f)
             i += threads
         sh_s[tid] = s
         sh_m[tid] = m
@@ -449,6 +469,16 @@ def _make_scale(code: int, threads: int):
                 x[i] = 0
                 i += threads
         else:
+            while i + 3 * threads < stop:  # four loads in flight, as in partials
+                v0 = x[i]
+                v1 = x[i + threads]
+                v2 = x[i + 2 * threads]
+                v3 = x[i + 3 * threads]
+                x[i] = mul(v0, s)
+                x[i + threads] = mul(v1, s)
+                x[i + 2 * threads] = mul(v2, s)
+                x[i + 3 * threads] = mul(v3, s)
+                i += 4 * threads
             while i < stop:
                 x[i] = mul(x[i], s)
                 i += threads
