@@ -71,6 +71,10 @@ CHUNK = FC_CHUNK
 #: Below this many elements in a call, the work runs on the calling thread:
 #: forking the OpenMP team costs more than it saves.
 PARALLEL_MIN = 1 << 17
+#: The table loops prefetch the chunk this many rows ahead (small buffers lie
+#: far apart, where the hardware prefetcher cannot follow).
+cdef enum:
+    PREFETCH_AHEAD = 4
 
 NORM_P, NORM_1, NORM_2, NORM_INF = FC_NORM_P, FC_NORM_1, FC_NORM_2, FC_NORM_INF
 HAS_NAN, HAS_INF = FC_HAS_NAN, FC_HAS_INF
@@ -148,39 +152,47 @@ cdef double table_norm(const fc_chunk *chunks, Py_ssize_t n, int kind, double p,
     if nthreads <= 0:
         nthreads = openmp.omp_get_max_threads()
     for i in prange(n, schedule="static", num_threads=nthreads, use_threads_if=parallel):
-        if i + 8 < n:
-            fc_prefetch_chunk(&chunks[i + 8])
+        if i + PREFETCH_AHEAD < n:
+            fc_prefetch_chunk(&chunks[i + PREFETCH_AHEAD])
         fc_reduce_chunk(&chunks[i], kind, p, &partials[i])
     return fc_combine(partials, n, kind, p, flags)
 
 
-cdef void table_scale(const fc_chunk *chunks, Py_ssize_t n, double s,
-                      int nthreads, bint parallel) noexcept nogil:
+cdef enum:
+    _OP_SCALE = 0
+    _OP_CLAMP = 1
+    _OP_ZERO = 2
+
+
+cdef void _table_write(const fc_chunk *chunks, Py_ssize_t n, int op, double v,
+                       int nthreads, bint parallel) noexcept nogil:
     cdef Py_ssize_t i
     if nthreads <= 0:
         nthreads = openmp.omp_get_max_threads()
     for i in prange(n, schedule="static", num_threads=nthreads, use_threads_if=parallel):
-        if i + 8 < n:
-            fc_prefetch_chunk(&chunks[i + 8])
-        fc_scale_chunk(&chunks[i], s)
+        if i + PREFETCH_AHEAD < n:
+            fc_prefetch_chunk(&chunks[i + PREFETCH_AHEAD])
+        if op == _OP_SCALE:
+            fc_scale_chunk(&chunks[i], v)
+        elif op == _OP_CLAMP:
+            fc_clamp_chunk(&chunks[i], v)
+        else:
+            fc_zero_chunk(&chunks[i])
+
+
+cdef void table_scale(const fc_chunk *chunks, Py_ssize_t n, double s,
+                      int nthreads, bint parallel) noexcept nogil:
+    _table_write(chunks, n, _OP_SCALE, s, nthreads, parallel)
 
 
 cdef void table_clamp(const fc_chunk *chunks, Py_ssize_t n, double v,
                       int nthreads, bint parallel) noexcept nogil:
-    cdef Py_ssize_t i
-    if nthreads <= 0:
-        nthreads = openmp.omp_get_max_threads()
-    for i in prange(n, schedule="static", num_threads=nthreads, use_threads_if=parallel):
-        fc_clamp_chunk(&chunks[i], v)
+    _table_write(chunks, n, _OP_CLAMP, v, nthreads, parallel)
 
 
 cdef void table_zero(const fc_chunk *chunks, Py_ssize_t n,
                      int nthreads, bint parallel) noexcept nogil:
-    cdef Py_ssize_t i
-    if nthreads <= 0:
-        nthreads = openmp.omp_get_max_threads()
-    for i in prange(n, schedule="static", num_threads=nthreads, use_threads_if=parallel):
-        fc_zero_chunk(&chunks[i])
+    _table_write(chunks, n, _OP_ZERO, 0.0, nthreads, parallel)
 
 
 # ------------------------------------------------------------ describe
