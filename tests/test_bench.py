@@ -3,12 +3,10 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-import fusedclip as fc
 from fusedclip import bench
 from conftest import ref_norm
 

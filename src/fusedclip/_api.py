@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Union
 
-import numpy as np
 
 from . import _policy
 from ._buffers import plan_buffers
