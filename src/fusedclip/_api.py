@@ -25,9 +25,12 @@ class Clipper:
     >>> stats = clipper()          # every training step, after backward
 
     Each call reads the buffers' current values: the plan holds the memory,
-    not the numbers.  Per-call Python work does not grow with the number of
-    buffers (strided or misaligned views, which are staged through a
-    contiguous copy, are the exception).
+    not the numbers (replacing an array in your list does not change the
+    plan; build a new one).  Per-call Python work does not grow with the
+    number of buffers (strided or misaligned views, which are staged through
+    a contiguous copy, are the exception).  A Clipper is not thread-safe:
+    give each thread its own.  On GPU buffers it returns ``DeviceClipStats``
+    (docs/GPU.md says when it waits for the device).
     """
 
     def __init__(
