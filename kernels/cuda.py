@@ -521,7 +521,7 @@ def launch(name: str, code: int | None, blocks: int, *args) -> None:
     """Launch a kernel (counted in ``launches``)."""
     global launches
     launches += 1
-    kernel(name, code)[blocks, THREADS if name != "finalize" else THREADS](*args)
+    kernel(name, code)[blocks, THREADS](*args)
 
 
 # --------------------------------------------------------------------------- real compile

@@ -1,6 +1,6 @@
 """Turn the caller's buffers into a kernel chunk table, checking everything first.
 
-``make_plan`` is the only door between user objects and the kernels.  It
+``plan_buffers`` is the only door between user objects and the kernels.  It
 raises before anything is written, and it does no per-buffer Python work for
 the common case (contiguous, aligned, native, non-overlapping numpy arrays):
 ``kernels.cpu.describe`` reads every buffer's attributes in one C loop, the
@@ -213,13 +213,6 @@ def plan_buffers(buffers: Any, *, writable: bool, fn: str):
     d, first = cpu.describe(cpu_objs)
     plan = _make_plan(cpu_objs, d, first, writable, fn)  # CPU checks first, by index
     return plan, make_gpu_plan(objs, gpu_idx, writable, fn)
-
-
-def make_plan(buffers: Any, *, writable: bool, fn: str) -> Plan:
-    """Validate CPU ``buffers`` and build their chunk table.  Raises before any write."""
-    objs = as_list(buffers, fn)
-    d, first = cpu.describe(objs)
-    return _make_plan(objs, d, first, writable, fn)
 
 
 def _make_plan(objs: list, d: np.ndarray, first: np.ndarray, writable: bool, fn: str) -> Plan:

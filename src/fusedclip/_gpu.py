@@ -286,8 +286,8 @@ class DeviceClipStats:
 
     _FIELDS = ClipStats._fields
 
-    def __init__(self, plan: GpuPlan, state, call: int, extra_bad: tuple[int, ...] = ()):
-        self._plan, self._state, self._call, self._extra = plan, state, call, extra_bad
+    def __init__(self, plan: GpuPlan, state, call: int):
+        self._plan, self._state, self._call = plan, state, call
         self._host: ClipStats | None = None
 
     def result(self) -> ClipStats:
@@ -300,8 +300,8 @@ class DeviceClipStats:
             st = self._state.copy_to_host()
             finite = bool(st[ck.S_FINITE])
             bad: tuple[int, ...] = ()
-            if not finite or self._extra:
-                bad = tuple(sorted(set(self._plan.flagged_callers(self._call)) | set(self._extra)))
+            if not finite:
+                bad = tuple(sorted(self._plan.flagged_callers(self._call)))
             self._host = ClipStats(float(st[ck.S_NORM]), float(st[ck.S_SCALE]),
                                    bool(st[ck.S_CLIPPED]), finite, float(st[ck.S_THRESHOLD]), bad)
         return self._host
