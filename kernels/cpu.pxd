@@ -21,8 +21,9 @@ cdef extern from "simd.h" nogil:
         int32_t buf
     ctypedef struct fc_partial:
         double s
-        int32_t k
+        double m
         int32_t flags
+        int32_t pad
     enum:
         FC_F64, FC_F32, FC_BF16, FC_F16, FC_NDTYPES
         FC_NORM_P, FC_NORM_1, FC_NORM_2, FC_NORM_INF

@@ -80,7 +80,7 @@ NORM_P, NORM_1, NORM_2, NORM_INF = FC_NORM_P, FC_NORM_1, FC_NORM_2, FC_NORM_INF
 HAS_NAN, HAS_INF = FC_HAS_NAN, FC_HAS_INF
 
 CHUNK_DTYPE = np.dtype([("ptr", np.uintp), ("n", np.int64), ("dtype", np.int32), ("buf", np.int32)])
-PARTIAL_DTYPE = np.dtype([("s", np.float64), ("k", np.int32), ("flags", np.int32)])
+PARTIAL_DTYPE = np.dtype([("s", np.float64), ("m", np.float64), ("flags", np.int32), ("pad", np.int32)])
 assert CHUNK_DTYPE.itemsize == sizeof(fc_chunk)
 assert PARTIAL_DTYPE.itemsize == sizeof(fc_partial)
 

@@ -12,11 +12,12 @@ Design (docs/GPU.md has the traffic model and the ptxas figures):
   block reduces one chunk.  A call makes one partials launch and one scale
   launch per K buffers, plus one finalize launch.
 * **partials** -- each block reduces its chunk in float64 (sum of squares,
-  sum of |x|, or max |x|; general p as a scaled second pass), with inf/NaN
-  flags, and writes one partial ``(s, k, flags)``.  A float64 chunk whose
-  sum overflows (or whose squares underflow) while every value is finite is
-  recomputed by the same block as sum((|x| 2^-k)^p), exactly as the CPU
-  kernels do, so finite inputs always give a finite, correct norm.
+  sum of |x|, or max |x|; general p as a second pass relative to the chunk's
+  max), with inf/NaN flags, and writes one partial ``(s, m, flags)``
+  meaning s * m^p.  A float64 chunk whose sum overflows (or whose squares
+  underflow) while every value is finite is recomputed by the same block as
+  sum((|x|/m)^p), as the CPU kernels do, so finite inputs always give a
+  finite, correct norm, for any p.
 * **finalize** -- one block combines all partials in a fixed order (strided
   per thread, then a fixed tree), adds the CPU buffers' norm when the list is
   mixed, and writes norm, scale and the action to a device ``state`` vector.
@@ -249,7 +250,7 @@ def _make_partials(code: int, threads: int):
     TINY = 2.0**-400  # float64 squares below 2**-1022 would lose precision
 
     @cuda.jit
-    def partials(bufs, table, base, kind, p, out_s, out_k, out_f):
+    def partials(bufs, table, base, kind, p, out_s, out_m, out_f):
         c = cuda.blockIdx.x
         tid = cuda.threadIdx.x
         slot = table[c, 0]
@@ -295,17 +296,18 @@ def _make_partials(code: int, threads: int):
         s = sh_s[0]
         m = sh_m[0]
         f = sh_f[0]
-        k = 0
-        # block-uniform: recompute the chunk scaled by 2**-k (general p always;
-        # the fast paths when float64 left its range with every value finite)
+        scale = 1.0
+        # block-uniform: recompute the chunk relative to its max m (general p
+        # always; the fast paths when float64 left its range with every value
+        # finite); the partial is then s * m^p with s = sum (|x|/m)^p
         if f == 0 and m > 0.0 and (kind == 0 or (kind == 2 and (s == math.inf or m < TINY))
                                    or (kind == 1 and s == math.inf)):
-            k = math.frexp(m)[1]
+            scale = m
             pw = p if kind == 0 else (2.0 if kind == 2 else 1.0)
             t = 0.0
             i = start + tid
             while i < stop:
-                y = math.ldexp(abs(load(x[i])), -k)
+                y = abs(load(x[i])) / scale
                 if pw == 2.0:
                     t += y * y
                 elif pw == 1.0:
@@ -327,7 +329,7 @@ def _make_partials(code: int, threads: int):
             s = m
         if tid == 0:
             out_s[base + c] = 0.0 if f else s
-            out_k[base + c] = 0 if f else k
+            out_m[base + c] = 1.0 if f else scale
             out_f[base + c] = f
 
     return partials
@@ -340,39 +342,39 @@ def _make_finalize(threads: int):
     INT_MIN = -(2**31)
 
     @cuda.jit
-    def finalize(out_s, out_k, out_f, n, cpu_norm, cpu_flags, kind, p, max_norm, policy, state):
+    def finalize(out_s, out_m, out_f, n, cpu_norm, cpu_flags, kind, p, max_norm, policy, state):
+        # partial i contributes out_s[i] * out_m[i]^p; the CPU buffers of a
+        # mixed list come in as one more partial, s = 1 and m = their norm
         tid = cuda.threadIdx.x
         sh_a = cuda.shared.array(threads, float64)
-        sh_k = cuda.shared.array(threads, int32)
         sh_f = cuda.shared.array(threads, int32)
         f = 0
-        kmax = INT_MIN
+        big = 0.0
         i = tid
         while i < n:
             f |= out_f[i]
-            if out_s[i] > 0.0 and out_k[i] > kmax:
-                kmax = out_k[i]
+            if out_s[i] > 0.0 and out_m[i] > big:
+                big = out_m[i]
             i += threads
-        cpu_k = 0
+        cpu = cpu_norm > 0.0 and cpu_norm < math.inf
         if tid == 0:
             f |= cpu_flags
-            if cpu_norm > 0.0 and cpu_norm < math.inf:
-                cpu_k = math.frexp(cpu_norm)[1]
-                if cpu_k > kmax:
-                    kmax = cpu_k
-        sh_k[tid] = kmax
+            if cpu and cpu_norm > big:
+                big = cpu_norm
+        sh_a[tid] = big
         sh_f[tid] = f
         cuda.syncthreads()
         step = threads // 2
         while step > 0:
             if tid < step:
-                if sh_k[tid + step] > sh_k[tid]:
-                    sh_k[tid] = sh_k[tid + step]
+                if sh_a[tid + step] > sh_a[tid]:
+                    sh_a[tid] = sh_a[tid + step]
                 sh_f[tid] |= sh_f[tid + step]
             cuda.syncthreads()
             step //= 2
-        kmax = int(sh_k[0])  # int(): the simulator's math.ldexp wants a Python int
+        big = sh_a[0]
         f = sh_f[0]
+        cuda.syncthreads()  # every thread has read sh_a[0]
         pw = p if kind == 0 else (2.0 if kind == 2 else 1.0)
         # each thread adds its partials in order, then a fixed tree
         a = 0.0
@@ -382,19 +384,20 @@ def _make_finalize(threads: int):
                 if out_s[i] > a:
                     a = out_s[i]
             elif out_s[i] > 0.0:
+                r = out_m[i] / big
                 if pw == 2.0:
-                    a += math.ldexp(out_s[i], int(2 * (out_k[i] - kmax)))
+                    a += out_s[i] * (r * r)
                 elif pw == 1.0:
-                    a += math.ldexp(out_s[i], int(out_k[i] - kmax))
+                    a += out_s[i] * r
                 else:
-                    a += out_s[i] * math.pow(2.0, pw * (out_k[i] - kmax))
+                    a += out_s[i] * math.pow(r, pw)
             i += threads
-        if tid == 0 and cpu_norm > 0.0 and cpu_norm < math.inf:
+        if tid == 0 and cpu:
             if kind == 3:
                 if cpu_norm > a:
                     a = cpu_norm
             else:
-                a += math.pow(math.ldexp(cpu_norm, int(-kmax)), pw)
+                a += math.pow(cpu_norm / big, pw)
         sh_a[tid] = a
         cuda.syncthreads()
         step = threads // 2
@@ -411,14 +414,14 @@ def _make_finalize(threads: int):
             total = sh_a[0]
             if kind == 3:
                 norm = total
-            elif kmax == INT_MIN:
+            elif big == 0.0:
                 norm = 0.0
             elif pw == 2.0:
-                norm = math.ldexp(math.sqrt(total), kmax)
+                norm = big * math.sqrt(total)
             elif pw == 1.0:
-                norm = math.ldexp(total, kmax)
+                norm = big * total
             else:
-                norm = math.ldexp(math.pow(total, 1.0 / pw), kmax)
+                norm = big * math.pow(total, 1.0 / pw)
             if f & 1:
                 norm = math.nan
             elif f & 2:
@@ -536,7 +539,7 @@ def signatures(code: int):
     f64v = types.Array(types.float64, 1, "C")
     i32v = types.Array(types.int32, 1, "C")
     return {
-        "partials": (bufs, table, types.int64, types.int64, types.float64, f64v, i32v, i32v),
+        "partials": (bufs, table, types.int64, types.int64, types.float64, f64v, f64v, i32v),
         "scale": (bufs, table, f64v),
         "clamp": (bufs, table, types.float64),
     }
@@ -547,7 +550,7 @@ def finalize_signature():
 
     f64v = types.Array(types.float64, 1, "C")
     i32v = types.Array(types.int32, 1, "C")
-    return (f64v, i32v, i32v, types.int64, types.float64, types.int64, types.int64, types.float64,
+    return (f64v, f64v, i32v, types.int64, types.float64, types.int64, types.int64, types.float64,
             types.float64, types.int64, f64v)
 
 

@@ -11,8 +11,9 @@
  * Arithmetic contract (docs/DESIGN.md, "Accuracy"):
  *   - reductions accumulate in float64 whatever the storage type;
  *   - a chunk whose float64 accumulator overflows (or whose float64 squares
- *     underflow) while every value is finite is recomputed with an exact
- *     power-of-two scaling, and its partial is kept as  s * 2^(p*k);
+ *     underflow) while every value is finite is recomputed relative to its
+ *     max m, and its partial is kept as  s * m^p  with s = sum (|x|/m)^p;
+ *     general p is always computed that way;
  *   - scaling multiplies in float64 for float64/float32 data and in float32
  *     for the 16-bit types, rounding once to the storage type.
  *
@@ -40,12 +41,16 @@ typedef struct {
     int32_t buf;
 } fc_chunk;
 
-/* One chunk's partial result.  The chunk's contribution is s * 2^(p*k)
- * (p-norms) or s (inf-norm: s is the max |x|).  flags: FC_HAS_NAN/INF. */
+/* One chunk's partial result.  The chunk's contribution to sum |x|^p is
+ * s * m^p: m = 1 for the plain fast paths; for a scaled chunk m is its max
+ * |x| and s = sum (|x|/m)^p, in [1, n], which neither overflows nor
+ * underflows for any p.  For the inf-norm, s is the max |x|.
+ * flags: FC_HAS_NAN / FC_HAS_INF. */
 typedef struct {
     double  s;
-    int32_t k;
+    double  m;
     int32_t flags;
+    int32_t pad;
 } fc_partial;
 
 #define FC_CHUNK ((int64_t)32768)
@@ -177,12 +182,17 @@ FC_CLONES static void fc_amax_##SFX(const void *p, int64_t n, double *mx, double
     });                                                                              \
     *mx = fc_lanes_max(m); *z = fc_lanes_sum(zz);                                    \
 }                                                                                    \
-/* sum of (|x| * 2^-k)^p: the general and the rescue path (exact scaling). */       \
-static double fc_psum_##SFX(const void *p, int64_t n, double pw, int k)             \
+/* sum of (|x| / m)^p, m the max |x|: the general-p and the rescue path. */        \
+static double fc_psum_##SFX(const void *p, int64_t n, double pw, double m)          \
 {                                                                                    \
     const T *x = (const T *)p;                                                       \
     double s = 0.0;                                                                  \
-    for (int64_t i = 0; i < n; i++) s += pow(ldexp(fabs(LD(x[i])), -k), pw);         \
+    if (pw == 2.0)                                                                   \
+        for (int64_t i = 0; i < n; i++) { double y = fabs(LD(x[i])) / m; s += y * y; } \
+    else if (pw == 1.0)                                                              \
+        for (int64_t i = 0; i < n; i++) s += fabs(LD(x[i])) / m;                     \
+    else                                                                             \
+        for (int64_t i = 0; i < n; i++) s += pow(fabs(LD(x[i])) / m, pw);            \
     return s;                                                                        \
 }                                                                                    \
 /* flags (FC_HAS_NAN / FC_HAS_INF) and the max |x| over the finite values. */        \
@@ -332,7 +342,7 @@ typedef struct {
     void   (*ssq)(const void *, int64_t, double *, double *);
     double (*asum)(const void *, int64_t);
     void   (*amax)(const void *, int64_t, double *, double *);
-    double (*psum)(const void *, int64_t, double, int);
+    double (*psum)(const void *, int64_t, double, double);
     int    (*classify)(const void *, int64_t, double *);
     void   (*scale)(void *, int64_t, double);
     void   (*clamp)(void *, int64_t, double);
@@ -354,58 +364,52 @@ static const fc_ops FC_OPS[FC_NDTYPES] = {
 
 /* ------------------------------------------------- one chunk, one partial */
 
-/* Exponent k with max |x| * 2^-k in [0.5, 1): the exact rescue scaling. */
-static inline int fc_exponent(double finite_max) {
-    int k = 0;
-    if (finite_max > 0.0) frexp(finite_max, &k);
-    return k;
-}
-
 /* Reduce one chunk for norm `kind` (p is used by FC_NORM_P).  The common
  * case is a single vectorised pass; the scaled and classifying passes run
  * only on chunks whose fast result is not finite or has lost range. */
 static inline void fc_reduce_chunk(const fc_chunk *c, int kind, double p, fc_partial *out)
 {
     const fc_ops *op = &FC_OPS[c->dtype];
-    double s = 0.0, m = 0.0, z = 0.0, fmax = 0.0;
-    int flags = 0, k = 0;
+    double s = 0.0, m = 0.0, z = 0.0, fmax = 0.0, scale = 1.0;
+    int flags = 0;
 
     switch (kind) {
     case FC_NORM_2:
         op->ssq(c->ptr, c->n, &s, &m);
         if (!isfinite(s)) {
             flags = op->classify(c->ptr, c->n, &fmax);
-            if (!flags) { k = fc_exponent(fmax); s = op->psum(c->ptr, c->n, 2.0, k); }
+            if (!flags) { scale = fmax; s = op->psum(c->ptr, c->n, 2.0, scale); }
         } else if (op->is_f64 && m > 0.0 && m < 0x1p-400) {
             /* squares below 2^-1022 would lose precision: rescale */
-            k = fc_exponent(m);
-            s = op->psum(c->ptr, c->n, 2.0, k);
+            scale = m;
+            s = op->psum(c->ptr, c->n, 2.0, scale);
         }
         break;
     case FC_NORM_1:
         s = op->asum(c->ptr, c->n);
         if (!isfinite(s)) {
             flags = op->classify(c->ptr, c->n, &fmax);
-            if (!flags) { k = fc_exponent(fmax); s = op->psum(c->ptr, c->n, 1.0, k); }
+            if (!flags) { scale = fmax; s = op->psum(c->ptr, c->n, 1.0, scale); }
         }
         break;
     case FC_NORM_INF:
         op->amax(c->ptr, c->n, &s, &z);
         if (z != 0.0) flags = op->classify(c->ptr, c->n, &fmax);
         break;
-    default: /* general p: always scaled, so no p can overflow or underflow */
+    default: /* general p: relative to the max, so no p can overflow or underflow */
         op->amax(c->ptr, c->n, &m, &z);
         if (z != 0.0) {
             flags = op->classify(c->ptr, c->n, &fmax);
         } else if (m > 0.0) {
-            k = fc_exponent(m);
-            s = op->psum(c->ptr, c->n, p, k);
+            scale = m;
+            s = op->psum(c->ptr, c->n, p, scale);
         }
         break;
     }
     out->s = flags ? 0.0 : s;
-    out->k = flags ? 0 : k;
+    out->m = flags ? 1.0 : scale;
     out->flags = flags;
+    out->pad = 0;
 }
 
 /* Combine partials in chunk order (deterministic for any thread count).
@@ -413,12 +417,13 @@ static inline void fc_reduce_chunk(const fc_chunk *c, int kind, double p, fc_par
  * input gives NaN if any NaN was seen, else inf. */
 static inline double fc_combine(const fc_partial *part, int64_t n, int kind, double p, int *flags)
 {
-    int f = 0, kmax = INT32_MIN, any_k = 0;
+    int f = 0, scaled = 0;
+    double big = 0.0;
     for (int64_t i = 0; i < n; i++) {
         f |= part[i].flags;
         if (part[i].s > 0.0) {
-            if (part[i].k > kmax) kmax = part[i].k;
-            any_k |= part[i].k != 0;
+            if (part[i].m > big) big = part[i].m;
+            scaled |= part[i].m != 1.0;
         }
     }
     *flags = f;
@@ -431,18 +436,22 @@ static inline double fc_combine(const fc_partial *part, int64_t n, int kind, dou
         return m;
     }
     const double pw = kind == FC_NORM_2 ? 2.0 : kind == FC_NORM_1 ? 1.0 : p;
-    if (!any_k && kind != FC_NORM_P) {                  /* the common case */
+    if (!scaled && kind != FC_NORM_P) {                 /* the common case */
         double s = 0.0;
         for (int64_t i = 0; i < n; i++) s += part[i].s;
         return kind == FC_NORM_2 ? sqrt(s) : s;
     }
-    if (kmax == INT32_MIN) return 0.0;                  /* every value is zero */
+    if (big == 0.0) return 0.0;                         /* every value is zero */
+    /* sum s * (m / big)^p: every ratio is <= 1 and the biggest chunk adds
+     * s >= 1, so the total is in [1, n] */
     double s = 0.0;
-    for (int64_t i = 0; i < n; i++)
-        if (part[i].s > 0.0)
-            s += part[i].s * exp2(pw * (double)(part[i].k - kmax));
-    double r = pw == 2.0 ? sqrt(s) : pw == 1.0 ? s : pow(s, 1.0 / pw);
-    return ldexp(r, kmax);
+    for (int64_t i = 0; i < n; i++) {
+        if (part[i].s > 0.0) {
+            const double r = part[i].m / big;
+            s += part[i].s * (pw == 2.0 ? r * r : pw == 1.0 ? r : pow(r, pw));
+        }
+    }
+    return big * (pw == 2.0 ? sqrt(s) : pw == 1.0 ? s : pow(s, 1.0 / pw));
 }
 
 /* Small buffers live far apart, where the hardware prefetcher cannot follow:

@@ -28,12 +28,13 @@ def ref_norm(arrays, p=2.0):
     m = float(np.max(np.abs(x)))
     if p == math.inf or m == 0.0:
         return m
-    k = math.frexp(m)[1]
-    y = np.ldexp(np.abs(x), -k)
-    if p == 2.0:
+    if p == 2.0:  # power-of-two scaling: the squares of float32 values stay exact
+        k = math.frexp(m)[1]
+        y = np.ldexp(np.abs(x), -k)
         return math.ldexp(math.sqrt(math.fsum(y * y)), k)
+    # relative to the max: every term <= 1 and the sum >= 1, for any p
     try:
-        return math.ldexp(math.fsum(y**p) ** (1.0 / p), k)
+        return m * math.fsum((np.abs(x) / m) ** p) ** (1.0 / p)
     except OverflowError:  # the norm itself is beyond float64 (only for p < 1)
         return math.inf
 

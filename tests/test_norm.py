@@ -102,6 +102,17 @@ def test_read_only_buffers_are_measured(rng):
     assert rel(fc.global_norm([x]), ref_norm([x])) <= 1e-13
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("p", [50.0, 5000.0, 1e6, 1e300, 0.01])
+def test_extreme_p(dtype, p, rng):
+    # large p tends to the max norm; every term is taken relative to the max,
+    # so nothing underflows to a zero norm
+    bufs = [rng.standard_normal(n).astype(dtype) for n in (3, CHUNK + 9)]
+    want = ref_norm(bufs, p)
+    got = fc.global_norm(bufs, p)
+    assert rel(got, want) <= 1e-12 or (want == math.inf and got == math.inf)
+
+
 # ---------------------------------------------------------------- range
 @pytest.mark.parametrize(
     "dtype,value",

@@ -166,7 +166,7 @@ class GpuPlan:
         self.chunk_rows = np.concatenate(chunk_rows) if chunk_rows else np.zeros(0, np.int64)
         size = max(total, 1)
         self.s = cuda.device_array(size, np.float64)
-        self.k = cuda.device_array(size, np.int32)
+        self.m = cuda.device_array(size, np.float64)
         # each call's state and per-chunk flags go to the next slot of a ring, so
         # that statistics stay readable after later calls (RING of them)
         self.ring = [(cuda.to_device(np.zeros(ck.STATE_LEN)), cuda.device_array(size, np.int32))
@@ -181,8 +181,8 @@ class GpuPlan:
         self.calls += 1
         for g in self.groups:
             ck.launch("partials", g.code, g.nchunks, g.bufs, g.table, g.base, kind, p,
-                      self.s, self.k, flags)
-        ck.launch("finalize", None, 1, self.s, self.k, flags, self.nchunks, float(cpu_norm),
+                      self.s, self.m, flags)
+        ck.launch("finalize", None, 1, self.s, self.m, flags, self.nchunks, float(cpu_norm),
                   int(cpu_flags), kind, p, max_norm, ck.POLICY_CODES[policy], state)
         return state
 

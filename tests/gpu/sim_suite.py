@@ -79,6 +79,12 @@ def test_function_api_returns_float_and_clips():
     assert rel(fc.global_norm(ds), 2.0) <= 1e-6
 
 
+@pytest.mark.parametrize("p", [0.5, 7.0, 5000.0, 1e6])
+def test_any_p_including_huge(p):
+    hs, ds = dev_bufs(np.float64, sizes=(70, 30))
+    assert rel(fc.global_norm(ds, p), ref_norm(hs, p)) <= 1e-12
+
+
 def test_huge_float64_values_give_a_finite_norm():
     hs = [np.full(100, 1e200), np.full(3, 1e-200), np.ones(7)]
     ds = [cuda.to_device(h) for h in hs]
@@ -297,9 +303,9 @@ def test_offsets_beyond_2_to_the_31():
     bufs = (huge,) * ck.K
     table = cuda.to_device(np.array([[0, 2**31 + 100, 50], [3, 2**31 - 10, 40]], dtype=np.int64))
     s = cuda.to_device(np.zeros(2))
-    k = cuda.to_device(np.zeros(2, np.int32))
+    m = cuda.to_device(np.zeros(2))
     f = cuda.to_device(np.zeros(2, np.int32))
-    ck.kernel("partials", ck.F32)[2, ck.THREADS](bufs, table, 0, ck.NORM_2, 2.0, s, k, f)
+    ck.kernel("partials", ck.F32)[2, ck.THREADS](bufs, table, 0, ck.NORM_2, 2.0, s, m, f)
     np.testing.assert_array_equal(s.copy_to_host(), [50 * 2.25, 40 * 2.25])
 
 
