@@ -479,7 +479,7 @@ static inline double fc_combine(const fc_partial *part, int64_t n, int kind, dou
 
 /* Small buffers live far apart, where the hardware prefetcher cannot follow:
  * fetch the first lines of a chunk that will be needed soon (the table loops
- * call this two chunks ahead). */
+ * call this PREFETCH_AHEAD rows ahead, cpu.pyx). */
 static inline void fc_prefetch_chunk(const fc_chunk *c) {
     const int64_t bytes = c->n * FC_OPS[c->dtype].itemsize;
     const int64_t lim = bytes < 2048 ? bytes : 2048;
