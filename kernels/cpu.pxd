@@ -32,6 +32,7 @@ cdef extern from "simd.h" nogil:
     const char *FC_SIMD_DISPATCH
     void fc_reduce_chunk(const fc_chunk *c, int kind, double p, fc_partial *out)
     double fc_combine(const fc_partial *part, int64_t n, int kind, double p, int *flags)
+    double fc_clip_scale(const fc_partial *part, int64_t n, int kind, double p, double v)
     void fc_scale_chunk(const fc_chunk *c, double s)
     void fc_clamp_chunk(const fc_chunk *c, double v)
     void fc_zero_chunk(const fc_chunk *c)

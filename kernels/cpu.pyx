@@ -380,6 +380,13 @@ cdef class Table:
             r = table_norm(self._c, self.nchunks, kind, p, self._p, nt, par, &flags)
         return r, flags
 
+    def clip_scale(self, int kind, double p, double max_norm):
+        """max_norm / norm from the last ``norm`` call's partials.  Equal to
+        ``max_norm / norm`` where the norm is finite; also right where finite
+        data have a norm beyond float64's range (``norm`` returned inf with no
+        flags), which a plain division would turn into 0."""
+        return fc_clip_scale(self._p, self.nchunks, kind, p, max_norm)
+
     def flagged_rows(self):
         """Rows whose chunks held inf or NaN in the last ``norm`` call."""
         flags = self.partials["flags"]

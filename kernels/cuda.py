@@ -327,6 +327,12 @@ def _make_partials(code: int, threads: int):
             s = sh_s[0]
         if kind == 3:
             s = m
+        elif scale == 1.0 and s > 0.0 and f == 0:
+            # a plain L1/L2 partial becomes (1, its chunk's norm): the finalize
+            # then combines every partial relative to the largest, so a total
+            # beyond float64's range cannot overflow (issue 7)
+            scale = math.sqrt(s) if kind == 2 else s
+            s = 1.0
         if tid == 0:
             out_s[base + c] = 0.0 if f else s
             out_m[base + c] = 1.0 if f else scale
@@ -432,7 +438,12 @@ def _make_finalize(threads: int):
             if f == 0:
                 if norm > max_norm:
                     action = 1
-                    scale = max_norm / norm
+                    if kind == 3 or norm < math.inf:
+                        scale = max_norm / norm
+                    else:  # finite data whose norm is beyond float64: norm = big * root
+                        root = math.sqrt(total) if pw == 2.0 else (
+                            total if pw == 1.0 else math.pow(total, 1.0 / pw))
+                        scale = (max_norm / big) / root
                     clipped = 1.0
             elif policy == 2:  # zero
                 action = 2

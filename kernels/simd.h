@@ -435,46 +435,99 @@ static inline void fc_reduce_chunk(const fc_chunk *c, int kind, double p, fc_par
     out->pad = 0;
 }
 
-/* Combine partials in chunk order (deterministic for any thread count).
- * Returns the norm; *flags gets the OR of the chunk flags.  A non-finite
- * input gives NaN if any NaN was seen, else inf. */
-static inline double fc_combine(const fc_partial *part, int64_t n, int kind, double p, int *flags)
+/* A partial as (s, m) with s in [1, n] or s == 0: the plain L1/L2 partials
+ * (m == 1) become (1, s^(1/p)), the chunk's own norm, so that no partial's
+ * value is held in s, where a sum of them can overflow. */
+static inline void fc_rel_partial(const fc_partial *q, int kind, double *s, double *m) {
+    if (q->m == 1.0 && q->s > 0.0 && (kind == FC_NORM_2 || kind == FC_NORM_1)) {
+        *s = 1.0;
+        *m = kind == FC_NORM_2 ? sqrt(q->s) : q->s;
+    } else {
+        *s = q->s;
+        *m = q->m;
+    }
+}
+
+/* Combine partials in chunk order (deterministic for any thread count) into
+ * (big, t) with norm = big * t^(1/p) (t^(1/2) = sqrt(t); for the inf-norm
+ * t = 1).  Returns the OR of the chunk flags; with flags set, big and t are
+ * meaningless.
+ *
+ * The common case (L1/L2, no chunk scaled) is the plain sum, big = 1.
+ * Otherwise, and whenever that sum overflows although every partial is
+ * finite (finite values whose total leaves float64's range), the partials
+ * are combined relative to big, the largest m: t = sum s (m/big)^p.  Every
+ * ratio is <= 1 and the partial holding big adds s >= 1, so t lies in
+ * [1, n]: the pair is finite for every finite input, even where the norm
+ * itself is beyond float64 (then fc_combine returns inf, but a clip scale
+ * computed as (v / big) / t^(1/p) is still right). */
+static inline int fc_combine_rel(const fc_partial *part, int64_t n, int kind, double p,
+                                 double *big_out, double *t_out)
 {
     int f = 0, scaled = 0;
-    double big = 0.0;
     for (int64_t i = 0; i < n; i++) {
         f |= part[i].flags;
-        if (part[i].s > 0.0) {
-            if (part[i].m > big) big = part[i].m;
-            scaled |= part[i].m != 1.0;
-        }
+        scaled |= part[i].s > 0.0 && part[i].m != 1.0;
     }
-    *flags = f;
-    if (f & FC_HAS_NAN) return NAN;
-    if (f & FC_HAS_INF) return INFINITY;
-
+    *big_out = 1.0; *t_out = 0.0;
+    if (f) return f;
     if (kind == FC_NORM_INF) {
         double m = 0.0;
         for (int64_t i = 0; i < n; i++) m = part[i].s > m ? part[i].s : m;
-        return m;
+        *big_out = m; *t_out = m > 0.0 ? 1.0 : 0.0;
+        return 0;
     }
-    const double pw = kind == FC_NORM_2 ? 2.0 : kind == FC_NORM_1 ? 1.0 : p;
     if (!scaled && kind != FC_NORM_P) {                 /* the common case */
         double s = 0.0;
         for (int64_t i = 0; i < n; i++) s += part[i].s;
-        return kind == FC_NORM_2 ? sqrt(s) : s;
+        *t_out = s;
+        if (s < INFINITY) return 0;
+        /* only the total overflowed: combine relative to the largest chunk */
     }
-    if (big == 0.0) return 0.0;                         /* every value is zero */
-    /* sum s * (m / big)^p: every ratio is <= 1 and the biggest chunk adds
-     * s >= 1, so the total is in [1, n] */
-    double s = 0.0;
+    const double pw = kind == FC_NORM_2 ? 2.0 : kind == FC_NORM_1 ? 1.0 : p;
+    double big = 0.0, s, m;
     for (int64_t i = 0; i < n; i++) {
-        if (part[i].s > 0.0) {
-            const double r = part[i].m / big;
-            s += part[i].s * (pw == 2.0 ? r * r : pw == 1.0 ? r : pow(r, pw));
+        fc_rel_partial(&part[i], kind, &s, &m);
+        if (s > 0.0 && m > big) big = m;
+    }
+    double t = 0.0;
+    if (big > 0.0) {
+        for (int64_t i = 0; i < n; i++) {
+            fc_rel_partial(&part[i], kind, &s, &m);
+            if (s > 0.0) {
+                const double r = m / big;
+                t += s * (pw == 2.0 ? r * r : pw == 1.0 ? r : pow(r, pw));
+            }
         }
     }
-    return big * (pw == 2.0 ? sqrt(s) : pw == 1.0 ? s : pow(s, 1.0 / pw));
+    *big_out = big > 0.0 ? big : 1.0; *t_out = t;
+    return 0;
+}
+
+static inline double fc_root(double t, int kind, double p) {
+    return kind == FC_NORM_2 ? sqrt(t) : (kind == FC_NORM_1 || kind == FC_NORM_INF) ? t : pow(t, 1.0 / p);
+}
+
+/* The norm from the partials; *flags gets the OR of the chunk flags.  A
+ * non-finite input gives NaN if any NaN was seen, else inf.  A finite input
+ * gives a finite, correct norm whenever the norm is within float64's range. */
+static inline double fc_combine(const fc_partial *part, int64_t n, int kind, double p, int *flags)
+{
+    double big, t;
+    const int f = fc_combine_rel(part, n, kind, p, &big, &t);
+    *flags = f;
+    if (f & FC_HAS_NAN) return NAN;
+    if (f & FC_HAS_INF) return INFINITY;
+    return big * fc_root(t, kind, p);
+}
+
+/* The clip scale v / norm, also where the norm overflowed (finite data whose
+ * norm is beyond float64): (v / big) / t^(1/p), finite and > 0 then. */
+static inline double fc_clip_scale(const fc_partial *part, int64_t n, int kind, double p, double v)
+{
+    double big, t;
+    fc_combine_rel(part, n, kind, p, &big, &t);
+    return (v / big) / fc_root(t, kind, p);
 }
 
 /* Small buffers live far apart, where the hardware prefetcher cannot follow:

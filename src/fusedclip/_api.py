@@ -16,6 +16,7 @@ from ._buffers import plan_buffers
 from ._policy import ClipStats, NonFiniteError
 
 Buffers = Union[Any, Iterable[Any]]
+_INF = float("inf")
 
 
 class Clipper:
@@ -81,7 +82,9 @@ class Clipper:
         norm, flags = plan.table.norm(self._kind, self.norm_type, nt)
         if not flags:
             if norm > t:
-                scale = t / norm
+                # a finite gradient can have a norm beyond float64 (inf): the
+                # table's relative combine still gives the right scale then
+                scale = t / norm if norm < _INF else plan.table.clip_scale(self._kind, self.norm_type, t)
                 plan.table.scale(scale, nt)
                 plan.write_back()
                 return ClipStats(norm, scale, True, True, t, ())

@@ -94,6 +94,31 @@ def test_huge_float64_values_give_a_finite_norm():
     assert np.isfinite(host(ds[0])).all() and rel(fc.global_norm(ds), 1.0) <= 1e-14
 
 
+@pytest.mark.parametrize("layout", ["chunks", "buffers"])
+def test_only_the_total_overflows(layout):
+    # 48-element chunks: 48 squares of 1e153 are finite, 130 of them are not
+    # (issue 7: the finalize added plain partials with no rescue and zeroed x)
+    hs = [np.full(130, 1e153)] if layout == "chunks" else [np.full(40, 1e153) for _ in range(4)]
+    ds = [cuda.to_device(h) for h in hs]
+    want = ref_norm(hs)
+    for p in P:
+        assert rel(fc.global_norm(ds, p), ref_norm(hs, p)) <= 1e-13
+    stats = fc.Clipper(ds, 1.0, nonfinite="skip")().result()
+    assert stats.finite and stats.clipped and rel(stats.norm, want) <= 1e-13
+    for h, d in zip(hs, ds):
+        np.testing.assert_array_equal(host(d), scaled(h, stats.scale))
+    assert rel(ref_norm([host(d) for d in ds]), 1.0) <= 1e-13
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0])
+def test_norm_beyond_float64_still_clips(p):
+    h = np.full(130, 1.7e308 if p == 2.0 else 4e306)
+    d = cuda.to_device(h)
+    stats = fc.Clipper([d], 1.0, p, nonfinite="skip")().result()
+    assert stats.norm == math.inf and stats.finite and stats.clipped and stats.scale > 0.0
+    assert np.max(np.abs(host(d) * 130 ** (1 / p) - 1.0)) <= 1e-12
+
+
 def test_same_memory_counts_once_and_partial_overlap_is_rejected(launches):
     h = np.arange(1.0, 101.0)
     d = cuda.to_device(h)
@@ -306,7 +331,9 @@ def test_offsets_beyond_2_to_the_31():
     m = cuda.to_device(np.zeros(2))
     f = cuda.to_device(np.zeros(2, np.int32))
     ck.kernel("partials", ck.F32)[2, ck.THREADS](bufs, table, 0, ck.NORM_2, 2.0, s, m, f)
-    np.testing.assert_array_equal(s.copy_to_host(), [50 * 2.25, 40 * 2.25])
+    # plain L2 partials are stored as (1, the chunk's norm)
+    np.testing.assert_array_equal(s.copy_to_host(), [1.0, 1.0])
+    np.testing.assert_array_equal(m.copy_to_host(), np.sqrt([50 * 2.25, 40 * 2.25]))
 
 
 # ---------------------------------------------------------------- conversions
