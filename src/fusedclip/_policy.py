@@ -89,14 +89,22 @@ def check_policy(nonfinite: Any) -> str:
     return nonfinite
 
 
+#: The most threads a call accepts: see ``kernels.cpu.MAX_THREADS`` (libgomp
+#: kills the process when it cannot create the threads it is asked for).
+MAX_THREADS = cpu.MAX_THREADS
+
+
 def check_threads(num_threads: Any) -> int | None:
+    """An int in [1, MAX_THREADS] or None; TypeError/ValueError naming num_threads."""
     if num_threads is None:
         return None
     if isinstance(num_threads, (bool, np.bool_)) or not isinstance(num_threads, numbers.Integral):
         raise TypeError(f"num_threads must be an int or None, got {type(num_threads).__name__}")
-    if num_threads < 1:
-        raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}")
-    return int(num_threads)
+    n = int(num_threads)
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"num_threads must be between 1 and {MAX_THREADS} "
+                         f"or None, got {n}")
+    return n
 
 
 def make_rng(rng: Any) -> np.random.Generator:
