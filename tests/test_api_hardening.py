@@ -306,3 +306,52 @@ def test_assigning_num_threads_takes_effect():
     assert rel(c().norm, ref_norm(g)) <= 1e-12
     c.num_threads = None
     assert c.num_threads is None
+
+
+# ------------------------------------------------------------------ item 8: the random policy
+UNIT = {np.dtype(np.float64): 2.0**-53, np.dtype(np.float32): 2.0**-24,
+        np.dtype(ml_dtypes.bfloat16): 2.0**-8, np.dtype(np.float16): 2.0**-11}
+
+
+def test_random_step_too_large_for_float16_raises_and_writes_nothing():
+    g = [np.ones(50, np.float32), np.full(1000, np.inf, np.float16), np.ones(3, np.float64)]
+    snap = snapshot(g)
+    c = fc.Clipper(g, 1e6, nonfinite="random", rng=0)
+    with pytest.raises(ValueError, match=r"buffer 1 \(float16") as e:
+        c()
+    assert "max_norm" in str(e.value) and "'zero'" in str(e.value)
+    assert_untouched(g, snap)
+    c.max_norm = 10.0  # usable afterwards
+    s = c()
+    assert s.clipped and not s.finite
+    assert np.isfinite(np.concatenate([b.astype(np.float64) for b in g])).all()
+    assert abs(ref_norm(g) - 10.0) <= 4 * UNIT[np.dtype(np.float16)] * 10.0
+
+
+def test_random_step_under_errstate_raise_writes_all_or_nothing():
+    g = [np.ones(50, np.float32), np.full(1000, np.inf, np.float16)]
+    snap = snapshot(g)
+    with np.errstate(all="raise"):
+        with pytest.raises(ValueError, match="buffer 1"):  # not a FloatingPointError halfway
+            fc.Clipper(g, 1e6, nonfinite="random", rng=0)()
+        assert_untouched(g, snap)  # buffer 0 used to be written first
+        s = fc.Clipper(g, 2.0, nonfinite="random", rng=0)()
+    assert s.clipped and s.nonfinite_buffers == (1,)
+    assert abs(ref_norm(g) - 2.0) <= 4 * UNIT[np.dtype(np.float16)] * 2.0
+
+
+def test_random_step_too_small_for_float16_raises_and_writes_nothing():
+    g = [np.ones(3, np.float32), np.full(1000, np.nan, np.float16)]
+    snap = snapshot(g)
+    with pytest.raises(ValueError, match=r"buffer 1 is float16"):
+        fc.Clipper(g, 1e-9, nonfinite="random", rng=0)()
+    assert_untouched(g, snap)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf, 3.0])
+def test_random_step_has_the_promised_norm(dtype, p):
+    g = [np.ones((3, 5), dtype), np.full(2 * cpu.CHUNK + 9, np.nan, dtype)]
+    s = fc.Clipper(g, 0.5, p, nonfinite="random", rng=3)()
+    assert s.clipped and not s.finite and s.scale == 0.0
+    assert abs(ref_norm(g, p) - 0.5) <= (4 * UNIT[np.dtype(dtype)] + 1e-12) * 0.5

@@ -150,15 +150,23 @@ class Clipper:
 
 
     def _write_random(self) -> None:
-        """Replace every buffer, CPU and GPU, with one joint random direction."""
+        """Replace every buffer, CPU and GPU, with one joint random direction.
+
+        Every buffer's step is drawn and rounded to its dtype, and checked,
+        before the first buffer is written (``random_step`` raises otherwise).
+        """
+        from .kernels import cpu
+
         plan, g = self._plan, self._gpu
         shapes = [a.shape for a in plan.arrays] + ([(b.n,) for b in g.rows] if g else [])
-        draws = _policy.random_direction(shapes, self._max_norm, self._kind, self.norm_type,
-                                         self._rng, self.num_threads)
-        for a, z in zip(plan.arrays, draws):
-            a[...] = z.astype(a.dtype)
+        dtypes = [a.dtype for a in plan.arrays] + ([cpu.DTYPES[b.code] for b in g.rows] if g else [])
+        callers = [int(i) for i in plan.rows] + ([b.caller for b in g.rows] if g else [])
+        steps = _policy.random_step(shapes, dtypes, callers, self._max_norm, self._kind,
+                                    self._norm_type, self._rng, self._num_threads)
+        for a, z in zip(plan.arrays, steps):
+            a[...] = z
         if g is not None:
-            g.write_random(draws[len(plan.arrays):])
+            g.write_random(steps[len(plan.arrays):])
 
     def _call_gpu(self):
         """GPU (or mixed) buffers: no host wait unless the host must act (see _gpu)."""
