@@ -22,6 +22,9 @@ from cpython.sequence cimport PySequence_Fast_ITEMS
 cimport numpy as cnp
 cimport openmp
 
+import operator
+import os
+
 import numpy as np
 import ml_dtypes
 
@@ -117,13 +120,52 @@ CODE_NOT_ARRAY, CODE_BAD_DTYPE = _NOT_ARRAY, _BAD_DTYPE
 WRITEABLE, CONTIGUOUS, ALIGNED, NATIVE = _WRITEABLE, _CONTIGUOUS, _ALIGNED, _NATIVE
 
 
+#: The most threads any call accepts (``num_threads`` above it is a
+#: ValueError).  libgomp aborts the process, or segfaults, when it cannot
+#: create the threads asked for (20,000 here; a value near 2**31 asks for
+#: hundreds of GB of stacks), so the bound is checked before OpenMP sees the
+#: number.  1024 is above the logical-CPU count of any single machine this
+#: runs on, and safe to create on any Linux host; the work is split into at
+#: most one thread per chunk anyway (see ``Table``).
+MAX_THREADS = 1024
+cdef int _MAX_THREADS = MAX_THREADS
+
+# Set in a child process created by fork(): libgomp's thread pool does not
+# survive a fork (the child would wait forever for the parent's workers on
+# its first parallel region), so a forked child runs every call on its
+# calling thread, as torch does.  The results are bitwise the same.
+cdef bint _forked = False
+
+
+def _after_fork_in_child():
+    global _forked
+    _forked = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def forked():
+    """True in a process forked from the one that imported this module: calls
+    then run on one thread (libgomp is not fork-safe)."""
+    return bool(_forked)
+
+
 cdef inline int _nthreads(object nthreads) except -1:
+    """The thread count for a call: None -> the OpenMP default; 1 after a fork."""
+    cdef object n
     if nthreads is None:
-        return openmp.omp_get_max_threads()
-    cdef int n = nthreads
-    if n < 1:
-        raise ValueError(f"num_threads must be >= 1 or None, got {nthreads}")
-    return n
+        return 1 if _forked else openmp.omp_get_max_threads()
+    if isinstance(nthreads, (bool, np.bool_)):
+        raise TypeError(f"num_threads must be an int or None, got {type(nthreads).__name__}")
+    try:
+        n = operator.index(nthreads)
+    except TypeError:
+        raise TypeError(f"num_threads must be an int or None, got {type(nthreads).__name__}") from None
+    if n < 1 or n > MAX_THREADS:
+        raise ValueError(f"num_threads must be between 1 and {MAX_THREADS} "
+                         f"or None, got {nthreads}")
+    return 1 if _forked else <int>n
 
 
 def max_threads():
@@ -145,12 +187,26 @@ def info():
 
 
 # ------------------------------------------------------------ nogil table ops
+cdef inline int _team_size(int nthreads, Py_ssize_t nchunks, bint *parallel) noexcept nogil:
+    """Threads for a loop over nchunks: never more than the chunks or
+    MAX_THREADS, and one (serial) in a forked child."""
+    if nthreads <= 0:
+        nthreads = openmp.omp_get_max_threads()
+    if nthreads > nchunks:
+        nthreads = <int>nchunks
+    if nthreads > _MAX_THREADS:
+        nthreads = _MAX_THREADS
+    if nthreads <= 1 or _forked:
+        nthreads = 1
+        parallel[0] = False
+    return nthreads
+
+
 cdef double table_norm(const fc_chunk *chunks, Py_ssize_t n, int kind, double p,
                        fc_partial *partials, int nthreads, bint parallel,
                        int *flags) noexcept nogil:
     cdef Py_ssize_t i
-    if nthreads <= 0:
-        nthreads = openmp.omp_get_max_threads()
+    nthreads = _team_size(nthreads, n, &parallel)
     for i in prange(n, schedule="static", num_threads=nthreads, use_threads_if=parallel):
         if i + PREFETCH_AHEAD < n:
             fc_prefetch_chunk(&chunks[i + PREFETCH_AHEAD])
@@ -167,8 +223,7 @@ cdef enum:
 cdef void _table_write(const fc_chunk *chunks, Py_ssize_t n, int op, double v,
                        int nthreads, bint parallel) noexcept nogil:
     cdef Py_ssize_t i
-    if nthreads <= 0:
-        nthreads = openmp.omp_get_max_threads()
+    nthreads = _team_size(nthreads, n, &parallel)
     for i in prange(n, schedule="static", num_threads=nthreads, use_threads_if=parallel):
         if i + PREFETCH_AHEAD < n:
             fc_prefetch_chunk(&chunks[i + PREFETCH_AHEAD])
@@ -425,8 +480,10 @@ def floor_read(cnp.ndarray a, nthreads=None):
     cdef uint64_t *x = <uint64_t *>cnp.PyArray_DATA(a)
     cdef uint64_t acc = 0
     cdef int64_t nblk = (n + FC_CHUNK - 1) // FC_CHUNK
+    cdef bint par = True
     with nogil:
-        for i in prange(nblk, schedule="static", num_threads=nt):
+        nt = _team_size(nt, nblk, &par)
+        for i in prange(nblk, schedule="static", num_threads=nt, use_threads_if=par):
             acc ^= fc_floor_read(x + i * FC_CHUNK, min(FC_CHUNK, n - i * FC_CHUNK))
     return int(acc)
 
@@ -438,6 +495,8 @@ def floor_rw(cnp.ndarray a, nthreads=None):
     cdef uint64_t *x = <uint64_t *>cnp.PyArray_DATA(a)
     cdef int64_t nblk = (n + FC_CHUNK - 1) // FC_CHUNK
     cdef uint64_t mask = 0
+    cdef bint par = True
     with nogil:
-        for i in prange(nblk, schedule="static", num_threads=nt):
+        nt = _team_size(nt, nblk, &par)
+        for i in prange(nblk, schedule="static", num_threads=nt, use_threads_if=par):
             fc_floor_rw(x + i * FC_CHUNK, min(FC_CHUNK, n - i * FC_CHUNK), mask)

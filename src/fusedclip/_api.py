@@ -32,6 +32,13 @@ class Clipper:
     a contiguous copy, are the exception).  A Clipper is not thread-safe:
     give each thread its own.  On GPU buffers it returns ``DeviceClipStats``
     (docs/GPU.md says when it waits for the device).
+
+    ``max_norm``, ``norm_type``, ``nonfinite`` and ``num_threads`` may be
+    assigned between calls: each assignment is validated like the argument
+    (a bad value raises and changes nothing) and the next call uses it.
+    ``num_threads`` is 1 to 1024 (``kernels.cpu.MAX_THREADS``) or None; in a
+    process forked from this one every call runs on one thread (libgomp is
+    not fork-safe), with the same results.
     """
 
     def __init__(
@@ -47,12 +54,12 @@ class Clipper:
         self._setup(buffers, max_norm, norm_type, nonfinite, num_threads, rng, "Clipper")
 
     def _setup(self, buffers, max_norm, norm_type, nonfinite, num_threads, rng, fn: str) -> None:
-        self.nonfinite = _policy.check_policy(nonfinite)
-        self.max_norm = max_norm
-        self._kind, self.norm_type = _policy.norm_kind(norm_type)
-        self.num_threads = _policy.check_threads(num_threads)
+        self._nonfinite_policy = policy = _policy.check_policy(nonfinite)
+        self.max_norm = max_norm  # after the policy: "random" needs a finite max_norm
+        self.norm_type = norm_type
+        self.num_threads = num_threads
         self._rng = rng
-        if nonfinite == "random":
+        if policy == "random":
             self._rng = _policy.make_rng(rng)
         self._plan, self._gpu = plan_buffers(buffers, writable=True, fn=fn)
 
@@ -64,9 +71,42 @@ class Clipper:
     @max_norm.setter
     def max_norm(self, value: float) -> None:
         v = _policy.check_max_norm(value)
-        if v == float("inf") and getattr(self, "nonfinite", None) == "random":
+        if v == float("inf") and getattr(self, "_nonfinite_policy", None) == "random":
             raise ValueError("nonfinite='random' needs a finite max_norm (the step's length)")
         self._max_norm = v
+
+    @property
+    def norm_type(self) -> float:
+        """The p of the norm; assignable between calls (validated like the argument)."""
+        return self._norm_type
+
+    @norm_type.setter
+    def norm_type(self, value: float) -> None:
+        self._kind, self._norm_type = _policy.norm_kind(value)
+
+    @property
+    def nonfinite(self) -> str:
+        """The inf/NaN policy; assignable between calls (validated like the argument;
+        switching to "random" needs a finite max_norm and makes the rng then)."""
+        return self._nonfinite_policy
+
+    @nonfinite.setter
+    def nonfinite(self, value: str) -> None:
+        policy = _policy.check_policy(value)
+        if policy == "random":
+            if self._max_norm == float("inf"):
+                raise ValueError("nonfinite='random' needs a finite max_norm (the step's length)")
+            self._rng = _policy.make_rng(self._rng)
+        self._nonfinite_policy = policy
+
+    @property
+    def num_threads(self) -> int | None:
+        """Threads per call (None: the OpenMP default); assignable between calls."""
+        return self._num_threads
+
+    @num_threads.setter
+    def num_threads(self, value: int | None) -> None:
+        self._num_threads = _policy.check_threads(value)
 
     def __repr__(self) -> str:
         return (
@@ -77,9 +117,9 @@ class Clipper:
     def __call__(self) -> ClipStats:
         if self._gpu is not None:
             return self._call_gpu()
-        plan, nt, t = self._plan, self.num_threads, self._max_norm
+        plan, nt, t = self._plan, self._num_threads, self._max_norm
         plan.refresh()
-        norm, flags = plan.table.norm(self._kind, self.norm_type, nt)
+        norm, flags = plan.table.norm(self._kind, self._norm_type, nt)
         if not flags:
             if norm > t:
                 # a finite gradient can have a norm beyond float64 (inf): the
@@ -113,15 +153,23 @@ class Clipper:
 
 
     def _write_random(self) -> None:
-        """Replace every buffer, CPU and GPU, with one joint random direction."""
+        """Replace every buffer, CPU and GPU, with one joint random direction.
+
+        Every buffer's step is drawn and rounded to its dtype, and checked,
+        before the first buffer is written (``random_step`` raises otherwise).
+        """
+        from .kernels import cpu
+
         plan, g = self._plan, self._gpu
         shapes = [a.shape for a in plan.arrays] + ([(b.n,) for b in g.rows] if g else [])
-        draws = _policy.random_direction(shapes, self._max_norm, self._kind, self.norm_type,
-                                         self._rng, self.num_threads)
-        for a, z in zip(plan.arrays, draws):
-            a[...] = z.astype(a.dtype)
+        dtypes = [a.dtype for a in plan.arrays] + ([cpu.DTYPES[b.code] for b in g.rows] if g else [])
+        callers = [int(i) for i in plan.rows] + ([b.caller for b in g.rows] if g else [])
+        steps = _policy.random_step(shapes, dtypes, callers, self._max_norm, self._kind,
+                                    self._norm_type, self._rng, self._num_threads)
+        for a, z in zip(plan.arrays, steps):
+            a[...] = z
         if g is not None:
-            g.write_random(draws[len(plan.arrays):])
+            g.write_random(steps[len(plan.arrays):])
 
     def _call_gpu(self):
         """GPU (or mixed) buffers: no host wait unless the host must act (see _gpu)."""

@@ -11,6 +11,7 @@ import math
 import numbers
 from typing import Any, NamedTuple
 
+import ml_dtypes
 import numpy as np
 
 from .kernels import cpu
@@ -89,14 +90,22 @@ def check_policy(nonfinite: Any) -> str:
     return nonfinite
 
 
+#: The most threads a call accepts: see ``kernels.cpu.MAX_THREADS`` (libgomp
+#: kills the process when it cannot create the threads it is asked for).
+MAX_THREADS = cpu.MAX_THREADS
+
+
 def check_threads(num_threads: Any) -> int | None:
+    """An int in [1, MAX_THREADS] or None; TypeError/ValueError naming num_threads."""
     if num_threads is None:
         return None
     if isinstance(num_threads, (bool, np.bool_)) or not isinstance(num_threads, numbers.Integral):
         raise TypeError(f"num_threads must be an int or None, got {type(num_threads).__name__}")
-    if num_threads < 1:
-        raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}")
-    return int(num_threads)
+    n = int(num_threads)
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"num_threads must be between 1 and {MAX_THREADS} "
+                         f"or None, got {n}")
+    return n
 
 
 def make_rng(rng: Any) -> np.random.Generator:
@@ -122,3 +131,50 @@ def random_direction(shapes: list[tuple[int, ...]], max_norm: float, kind: int, 
     for z in draws:
         z *= s
     return draws
+
+
+def random_step(shapes: list[tuple[int, ...]], dtypes: list, callers: list[int], max_norm: float,
+                kind: int, p: float, rng: np.random.Generator, nt) -> list[np.ndarray]:
+    """The "random" policy's step, already rounded to each buffer's dtype.
+
+    Draws one direction (``random_direction``), converts every buffer's part
+    to its dtype and checks the result before the caller writes anything:
+    every value finite, and the step's norm equal to ``max_norm`` within 4u,
+    u the coarsest dtype's unit roundoff (2**-8 for bfloat16, 2**-11 for
+    float16; rounding normal values moves the norm by at most u).  Otherwise
+    ValueError naming the buffer (its caller index) and dtype, with nothing
+    written: a max_norm too large for float16 (65504) would write inf, one
+    too small would write zeros.
+    Floating-point errors are handled here, not by ``np.errstate``.
+    """
+    with np.errstate(all="ignore"):
+        draws = random_direction(shapes, max_norm, kind, p, rng, nt)
+        steps = [z.astype(dt) for z, dt in zip(draws, dtypes)]
+    codes = [cpu.DTYPES.index(np.dtype(dt)) for dt in dtypes]
+    t = cpu.Table([z.ctypes.data for z in steps], [z.size for z in steps], codes)
+    got, flags = t.norm(kind, p, nt)
+    hint = ("; nothing was modified. Use a smaller max_norm, or nonfinite='zero'"
+            if flags else "; nothing was modified. Use a larger max_norm, or nonfinite='zero'")
+    if flags:
+        r = int(t.flagged_rows()[0])
+        raise ValueError(
+            f"nonfinite='random': a step of norm max_norm={max_norm} does not fit buffer "
+            f"{callers[r]} ({np.dtype(dtypes[r]).name}, largest value "
+            f"{float(ml_dtypes.finfo(dtypes[r]).max)}): it would write inf{hint}")
+    live = [i for i, z in enumerate(steps) if z.size]
+    if not live:
+        return steps
+    # Rounding a normal value changes it by at most u relative, so the norm of
+    # the rounded step is within u of max_norm (any p); the slack covers the
+    # kernels' float64 sums.  Values below a dtype's normal range lose more:
+    # if that moves the norm past the bound (max_norm too small for the
+    # dtype: float16 flushes |x| < 3e-8 to zero), the step is refused.
+    u = max(float(ml_dtypes.finfo(dtypes[i]).eps) / 2 for i in live)
+    tol = (4.0 * u + 1e-8) * max_norm
+    if not abs(got - max_norm) <= tol:
+        worst = max(live, key=lambda i: float(ml_dtypes.finfo(dtypes[i]).smallest_subnormal))
+        raise ValueError(
+            f"nonfinite='random': a step of norm max_norm={max_norm} rounds to norm {got} in "
+            f"the buffers' dtypes (buffer {callers[worst]} is {np.dtype(dtypes[worst]).name}, "
+            f"smallest value {float(ml_dtypes.finfo(dtypes[worst]).smallest_subnormal)}){hint}")
+    return steps

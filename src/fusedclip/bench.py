@@ -426,7 +426,10 @@ def main(args) -> int:
         return 2
     # not-triggered first: the triggered mode shrinks the data
     modes = [m for m in ("not-triggered", "triggered") if m in (args.mode or ["triggered", "not-triggered"])]
-    reps = args.reps or (5 if args.quick else 21)
+    reps = args.reps if args.reps is not None else (5 if args.quick else 21)
+    if reps < 1:  # the CLI's argparse type rejects it first; this guards direct callers
+        print(f"fusedclip bench: --reps must be >= 1, got {reps}", file=sys.stderr)
+        return 2
     if "torch" not in sys.modules:
         try:
             import torch  # noqa: F401

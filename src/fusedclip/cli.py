@@ -1,4 +1,5 @@
 """The ``fusedclip`` command: ``info`` (build and run-time facts) and ``bench``."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,6 +7,9 @@ import importlib.util
 import os
 import platform
 import sys
+
+# argparse prints descriptions as they are: no reST markup in them.
+DESCRIPTION = "fusedclip: build and run-time facts (info) and the benchmark (bench)."
 
 
 def _gpu_state() -> str:
@@ -49,8 +53,61 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench.main(args)
 
 
+def _count(what: str, most: int | None = None):
+    """An argparse type: an int in [1, most]; anything else is a usage error (exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+        if v < 1 or (most is not None and v > most):
+            bound = f"between 1 and {most}" if most is not None else ">= 1"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {v}")
+        return v
+
+    parse.__name__ = what  # argparse names the type in some messages
+    return parse
+
+
+def _max_threads() -> int:
+    from fusedclip.kernels import cpu
+
+    return cpu.MAX_THREADS
+
+
+def _writable(path: str) -> str | None:
+    """Why ``path`` cannot be written, or None; checked before a long run."""
+    if os.path.isdir(path):
+        return "is a directory"
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return f"its directory {parent} does not exist"
+    if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        return "is not writable"
+    return None
+
+
+def check_bench_outputs(args: argparse.Namespace) -> str | None:
+    """What would make the run fail at its end (it writes its results last), or None."""
+    for flag, path in (("--json", args.json), ("--markdown", args.markdown)):
+        if path is not None and (why := _writable(path)) is not None:
+            return f"{flag} {path}: {why}"
+    if args.plot:
+        png = os.path.splitext(args.json)[0] + ".png"
+        if (why := _writable(png)) is not None:
+            return f"--plot writes {png}, which {why}"
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            return "--plot needs matplotlib, which is not installed (pip install matplotlib)"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="fusedclip", description=__doc__)
+    import fusedclip
+
+    p = argparse.ArgumentParser(prog="fusedclip", description=DESCRIPTION)
+    p.add_argument("--version", action="version", version=f"fusedclip {fusedclip.__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="version, compiler flags, SIMD level, OpenMP threads, CUDA state")
     b = sub.add_parser(
@@ -66,12 +123,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="keep only these dtypes; repeatable")
     b.add_argument("--mode", action="append", choices=["triggered", "not-triggered"],
                    help="keep only this mode; repeatable")
-    b.add_argument("--threads", type=int, default=None, help="threads for every implementation")
-    b.add_argument("--reps", type=int, default=None, help="timed repetitions (default 21, quick 5)")
+    most = _max_threads()
+    b.add_argument("--threads", type=_count("--threads", most), default=None, metavar="N",
+                   help=f"threads for every implementation, 1 to {most} (default: OpenMP's)")
+    b.add_argument("--reps", type=_count("--reps"), default=None, metavar="N",
+                   help="timed repetitions, >= 1 (default 21, quick 5)")
     b.add_argument("--json", default="bench.json", metavar="PATH", help="where to write the results")
-    b.add_argument("--plot", action="store_true", help="also write a PNG beside the JSON")
+    b.add_argument("--plot", action="store_true", help="also write a PNG beside the JSON (needs matplotlib)")
     b.add_argument("--markdown", metavar="PATH", help="also write a Markdown summary table")
     args = p.parse_args(argv)
+    if args.cmd == "bench" and (why := check_bench_outputs(args)) is not None:
+        b.error(why)  # exit code 2, before the run rather than after it
     return {"info": cmd_info, "bench": cmd_bench}[args.cmd](args)
 
 
