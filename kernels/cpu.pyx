@@ -80,6 +80,8 @@ cdef enum:
     PREFETCH_AHEAD = 4
 
 NORM_P, NORM_1, NORM_2, NORM_INF = FC_NORM_P, FC_NORM_1, FC_NORM_2, FC_NORM_INF
+#: dtype codes (simd.h's FC_F64 .. FC_F16): the one source for every engine.
+F64, F32, BF16, F16 = FC_F64, FC_F32, FC_BF16, FC_F16
 HAS_NAN, HAS_INF = FC_HAS_NAN, FC_HAS_INF
 
 CHUNK_DTYPE = np.dtype([("ptr", np.uintp), ("n", np.int64), ("dtype", np.int32), ("buf", np.int32)])

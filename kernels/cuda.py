@@ -1,69 +1,83 @@
-"""fusedclip GPU kernels (Numba CUDA): one chunk table, K buffers per launch.
+"""fusedclip GPU kernels (Numba CUDA), v2: one address table, three launches.
 
 Nothing here is compiled, and numba is not even imported, until the first
 kernel is asked for: ``import fusedclip`` works on machines without CUDA.
 
-Design (docs/GPU.md has the traffic model and the ptxas figures):
+Design (docs/GPU.md has the traffic model, the launch path and the figures):
 
-* **Chunk table.** Every buffer is cut into chunks of ``CHUNK`` elements; a
-  table row is ``(slot, start, length)`` in int64, so offsets past 2**31 are
-  plain arithmetic.  Buffers of one dtype go ``K`` at a time into a launch,
-  as a ``UniTuple`` of K 1-D arrays (Apex's multi_tensor_apply idea); one
-  block reduces one chunk.  A call makes one partials launch and one scale
-  launch per K buffers, plus one finalize launch.
+* **One table for every buffer and dtype.** Each buffer is cut into chunks of
+  ``CHUNK`` elements; a table row is four int64 ``(address, length, dtype
+  code, row)``, the address already pointing at the chunk's first element.
+  One block reduces (or scales) one chunk, and branches once, block-uniformly,
+  on its dtype.  So a norm clip is **three launches whatever the number of
+  buffers and the mix of dtypes** (partials, finalize, scale), and a value
+  clip one (clamp).  Apex's ``multi_tensor_apply`` has the same chunk table;
+  here the whole list goes in one launch because the table is in device
+  memory instead of the kernel's parameter space.
+* **Kernel arguments are raw addresses and scalars**, never numba arrays.
+  ``as_ptr`` (an ``intrinsic`` whose code is one ``inttoptr``) makes a typed
+  pointer of an int64 address on the GPU; under the simulator it is a numpy
+  view of that host address, so the same kernel source runs in both.
+* **Numba writes the kernels; cuda.core launches them.**  ``cuda.compile_ptx``
+  turns each kernel into PTX once per compute capability, cuda.core's
+  ``Program`` makes a cubin of it (cached on disk, see ``CACHE_DIR``), and
+  ``cuda.core.launch`` starts it: about 5 µs of host time, against 25-150 µs
+  through numba's dispatcher.  A plan's three launches are captured once as
+  a CUDA graph and replayed (``_gpu.py``).
 * **partials** -- each block reduces its chunk in float64 (sum of squares,
   sum of |x|, or max |x|; general p as a second pass relative to the chunk's
-  max), with inf/NaN flags, and writes one partial ``(s, m, flags)``
-  meaning s * m^p.  A float64 chunk whose sum overflows (or whose squares
-  underflow) while every value is finite is recomputed by the same block as
-  sum((|x|/m)^p), as the CPU kernels do, so finite inputs always give a
-  finite, correct norm, for any p.
-* **finalize** -- one block combines all partials in a fixed order (strided
-  per thread, then a fixed tree), adds the CPU buffers' norm when the list is
-  mixed, and writes norm, scale and the action to a device ``state`` vector.
-  Deterministic for a given table and block size.
-* **scale** -- reads the action and scale from ``state`` and returns at once
-  when there is nothing to do: no host sync inside a clip, and no write when
-  nothing is clipped.
+  max), with inf/NaN flags, and writes one partial ``(s, m)`` meaning
+  s * m^p, always in relative form: a plain L1/L2 sum S becomes
+  (1, S^(1/p)), the chunk's own norm; a float64 chunk whose sum overflows or
+  whose squares underflow is recomputed as sum (|x|/m)^p.  So s is in
+  [1, n] and no sum of partials can overflow.
+* **finalize** -- one block combines the partials in a fixed order
+  (relative to the largest m), decides the action from the norm, the
+  threshold (read from device memory, so changing it needs no new graph)
+  and the non-finite policy, and writes the state vector.  The state and
+  the per-chunk flags go to slot ``ctr % RING`` of a ring, and ``ctr`` is
+  advanced on the device, so that RING calls' statistics stay readable.
+* **scale** -- reads the action and scale from the state and returns at
+  once when there is nothing to do: no host wait inside a clip, and no
+  write when nothing is clipped.
 * **clamp** -- element-wise clipping.
 
-float16 and bfloat16 travel as uint16 and are converted by bit manipulation
-(the same algorithms as kernels/simd.h), computing in float32; numba's float16
-operators pull in shims that standalone ptxas cannot resolve.
-
-Device helpers are ``inline="always"`` device functions.  Bit casts go
-through a one-element local array viewed as the other type: the simulator
-runs that as numpy, and NVVM turns it into a register move (ptxas reports no
-stack frame).
+float16 and bfloat16 are read as uint16 and converted by bit manipulation
+(the same algorithms as kernels/simd.h), computing in float32.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import re
+from pathlib import Path
 
 import numpy as np
 
-#: Buffers per launch (the UniTuple's length).
-K = 16
+from . import cpu
+
 #: Threads per block; a power of two.
 THREADS = 256
 #: Elements per chunk (one block's work in the partials and scale kernels).
 CHUNK = 1 << 16
+#: How many calls' statistics (state and flags) a plan keeps on the device.
+RING = 8
 
-# dtype codes, as in kernels/simd.h
-F64, F32, BF16, F16 = 0, 1, 2, 3
+# The codes: dtypes and norm kinds come from simd.h through kernels.cpu.
+F64, F32, BF16, F16 = cpu.F64, cpu.F32, cpu.BF16, cpu.F16
 DTYPE_NAMES = {F64: "float64", F32: "float32", BF16: "bfloat16", F16: "float16"}
-# norm kinds, as in kernels/simd.h
-NORM_P, NORM_1, NORM_2, NORM_INF = 0, 1, 2, 3
-# non-finite policies
-POLICY_CODES = {"error": 0, "skip": 1, "zero": 2, "random": 3, "propagate": 4}
-# state vector
-S_NORM, S_SCALE, S_ACTION, S_CLIPPED, S_FINITE, S_FLAGS, S_THRESHOLD = range(7)
-STATE_LEN = 8
-A_NONE, A_SCALE, A_ZERO = 0, 1, 2
+NORM_P, NORM_1, NORM_2, NORM_INF = cpu.NORM_P, cpu.NORM_1, cpu.NORM_2, cpu.NORM_INF
+HAS_NAN, HAS_INF = cpu.HAS_NAN, cpu.HAS_INF
+# non-finite policies and actions: one table, in _policy
+from .._policy import A_NONE, A_SCALE, A_ZERO, POLICY_CODES  # noqa: E402
 
-#: Kernel launches made so far (the tests count them).
-launches = 0
+_ZERO_POLICY, _PROPAGATE_POLICY = POLICY_CODES["zero"], POLICY_CODES["propagate"]
+#: the state vector, one per call (float64): the norm is big * t^(1/p)
+S_NORM, S_SCALE, S_ACTION, S_CLIPPED, S_FINITE, S_FLAGS, S_THRESHOLD, S_BIG, S_T = range(9)
+STATE_LEN = 16
+#: table row: address, length, dtype code, row (int64 each)
+ROW = 4
 
 #: numba.cuda, imported on first use.  A module global on purpose: the
 #: simulator swaps module globals that are numba.cuda for its fake module.
@@ -78,6 +92,7 @@ def _numba_cuda():
         cuda = _cuda
     return cuda
 
+
 _kernels: dict = {}
 
 
@@ -85,17 +100,15 @@ def simulator() -> bool:
     return os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 
 
-def configure(threads: int | None = None, chunk: int | None = None, k: int | None = None) -> None:
+def configure(threads: int | None = None, chunk: int | None = None) -> None:
     """Change the launch geometry (the simulator tests use small blocks)."""
-    global THREADS, CHUNK, K
+    global THREADS, CHUNK
     if threads is not None:
         if threads < 2 or threads & (threads - 1):
             raise ValueError("threads must be a power of two >= 2")
         THREADS = threads
     if chunk is not None:
         CHUNK = int(chunk)
-    if k is not None:
-        K = int(k)
     _kernels.clear()
 
 
@@ -215,15 +228,15 @@ def _device_helpers():
     def accum(v, kind, s, m, f):
         a = abs(v)
         if v != v:
-            f |= 1
+            f |= HAS_NAN
         elif a == math.inf:
-            f |= 2
+            f |= HAS_INF
         else:
             if a > m:
                 m = a
-            if kind == 2:
+            if kind == NORM_2:
                 s += v * v
-            elif kind == 1:
+            elif kind == NORM_1:
                 s += a
         return s, m, f
 
@@ -242,32 +255,68 @@ def _helpers():
     return _kernels["helpers"]
 
 
-def _make_partials(code: int, threads: int):
-    from numba import float64, int32
+_ELEM = {F64: "float64", F32: "float32", BF16: "uint16", F16: "uint16", "i64": "int64",
+         "i32": "int32"}
 
-    load = _helpers()[code][0]
-    accum = _helpers()["accum"]
-    TINY = 2.0**-400  # float64 squares below 2**-1022 would lose precision
 
-    @cuda.jit
-    def partials(bufs, table, base, kind, p, out_s, out_m, out_f):
-        c = cuda.blockIdx.x
-        tid = cuda.threadIdx.x
-        slot = table[c, 0]
-        start = table[c, 1]
-        stop = start + table[c, 2]
-        x = bufs[slot]
-        sh_s = cuda.shared.array(threads, float64)
-        sh_m = cuda.shared.array(threads, float64)
-        sh_f = cuda.shared.array(threads, int32)
+def _pointer(elem: str):
+    """as_ptr(address, length) -> something indexable as elem[length].
+
+    On the GPU: an intrinsic whose code is one ``inttoptr`` (length unused).
+    Under the simulator, kernels run as Python on host memory: a numpy view
+    of the address."""
+    from numba import types
+
+    if simulator():
+        from .._launch import launcher
+
+        def as_ptr(addr, n):
+            return launcher().view(addr, n, elem)
+
+        return cuda.jit(device=True)(as_ptr)
+
+    from numba.cuda.extending import intrinsic
+
+    nbtype = getattr(types, elem)
+
+    @intrinsic
+    def as_ptr(typingctx, addr, n):
+        sig = types.CPointer(nbtype)(types.int64, types.int64)
+
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], context.get_value_type(types.CPointer(nbtype)))
+
+        return sig, codegen
+
+    return as_ptr
+
+
+def _pointers():
+    if "ptrs" not in _kernels:
+        _numba_cuda()
+        _kernels["ptrs"] = {k: _pointer(v) for k, v in _ELEM.items()}
+    return _kernels["ptrs"]
+
+
+def _per_dtype(code: int, threads: int):
+    """The loops over one chunk of dtype ``code``: each thread's share."""
+    from numba import float64
+
+    h = _helpers()
+    load, mul, clamp = h[code]
+    accum = h["accum"]
+    as_ptr = _pointers()[code]
+
+    @cuda.jit(device=True, inline="always")
+    def thread_sum(addr, n, tid, kind):
+        # four loads in flight per thread, so that enough bytes are in flight
+        # to cover the memory latency (docs/GPU.md)
+        x = as_ptr(addr, n)
         s = 0.0
         m = 0.0
         f = 0
-        # int64 indices (start and stop come from the int64 table); four loads
-        # in flight per thread, so that enough bytes are in flight to cover
-        # the memory latency (docs/GPU.md)
-        i = start + tid
-        while i + 3 * threads < stop:
+        i = tid
+        while i + 3 * threads < n:
             v0 = load(x[i])
             v1 = load(x[i + threads])
             v2 = load(x[i + 2 * threads])
@@ -277,9 +326,110 @@ def _make_partials(code: int, threads: int):
             s, m, f = accum(v2, kind, s, m, f)
             s, m, f = accum(v3, kind, s, m, f)
             i += 4 * threads
-        while i < stop:
+        while i < n:
             s, m, f = accum(load(x[i]), kind, s, m, f)
             i += threads
+        return s, m, f
+
+    @cuda.jit(device=True, inline="always")
+    def thread_psum(addr, n, tid, pw, scale):
+        # sum (|x| / scale)^pw: the general-p and the rescue path
+        x = as_ptr(addr, n)
+        t = 0.0
+        i = tid
+        while i < n:
+            y = abs(load(x[i])) / scale
+            if pw == 2.0:
+                t += y * y
+            elif pw == 1.0:
+                t += y
+            else:
+                t += math.pow(y, pw)
+            i += threads
+        return t
+
+    @cuda.jit(device=True, inline="always")
+    def thread_scale(addr, n, tid, action, s):
+        x = as_ptr(addr, n)
+        i = tid
+        if action == A_ZERO:
+            while i < n:
+                x[i] = 0
+                i += threads
+            return
+        while i + 3 * threads < n:  # four loads in flight, as in thread_sum
+            v0 = x[i]
+            v1 = x[i + threads]
+            v2 = x[i + 2 * threads]
+            v3 = x[i + 3 * threads]
+            x[i] = mul(v0, s)
+            x[i + threads] = mul(v1, s)
+            x[i + 2 * threads] = mul(v2, s)
+            x[i + 3 * threads] = mul(v3, s)
+            i += 4 * threads
+        while i < n:
+            x[i] = mul(x[i], s)
+            i += threads
+
+    @cuda.jit(device=True, inline="always")
+    def thread_clamp(addr, n, tid, v):
+        x = as_ptr(addr, n)
+        i = tid
+        while i < n:
+            x[i] = clamp(x[i], v)
+            i += threads
+
+    return thread_sum, thread_psum, thread_scale, thread_clamp
+
+
+# Kernel parameters: every pointer is an int64 address, so the four kernels
+# have these fixed signatures (and cuda.core passes Python ints).
+_I, _D = "int64", "float64"
+SIGNATURES = {
+    # table, nchunks, kind, p, out_s, out_m, out_f, ctr
+    "partials": (_I, _I, _I, _D, _I, _I, _I, _I),
+    # out_s, out_m, out_f, nchunks, kind, p, params, policy, state, ctr
+    "finalize": (_I, _I, _I, _I, _I, _D, _I, _I, _I, _I),
+    # table, nchunks, state, ctr
+    "scale": (_I, _I, _I, _I),
+    # table, nchunks, v
+    "clamp": (_I, _I, _D),
+}
+#: params vector (float64, device): what a captured graph reads at run time
+P_MAX_NORM = 0
+PARAMS_LEN = 4
+
+
+def _make_partials(threads: int):
+    from numba import float64, int32
+
+    loops = [_per_dtype(c, threads) for c in (F64, F32, BF16, F16)]
+    sum64, psum64 = loops[F64][0], loops[F64][1]
+    sum32, psum32 = loops[F32][0], loops[F32][1]
+    sumbf, psumbf = loops[BF16][0], loops[BF16][1]
+    sumh, psumh = loops[F16][0], loops[F16][1]
+    P = _pointers()
+    p_i64, p_f64, p_i32 = P["i64"], P[F64], P["i32"]
+    TINY = 2.0**-400  # float64 squares below 2**-1022 would lose precision
+
+    def partials(table, nchunks, kind, p, out_s, out_m, out_f, ctr):
+        c = cuda.blockIdx.x
+        tid = cuda.threadIdx.x
+        tb = p_i64(table, nchunks * ROW)
+        addr = tb[c * ROW]
+        n = tb[c * ROW + 1]
+        code = tb[c * ROW + 2]
+        sh_s = cuda.shared.array(threads, float64)
+        sh_m = cuda.shared.array(threads, float64)
+        sh_f = cuda.shared.array(threads, int32)
+        if code == F64:
+            s, m, f = sum64(addr, n, tid, kind)
+        elif code == F32:
+            s, m, f = sum32(addr, n, tid, kind)
+        elif code == BF16:
+            s, m, f = sumbf(addr, n, tid, kind)
+        else:
+            s, m, f = sumh(addr, n, tid, kind)
         sh_s[tid] = s
         sh_m[tid] = m
         sh_f[tid] = f
@@ -300,21 +450,18 @@ def _make_partials(code: int, threads: int):
         # block-uniform: recompute the chunk relative to its max m (general p
         # always; the fast paths when float64 left its range with every value
         # finite); the partial is then s * m^p with s = sum (|x|/m)^p
-        if f == 0 and m > 0.0 and (kind == 0 or (kind == 2 and (s == math.inf or m < TINY))
-                                   or (kind == 1 and s == math.inf)):
+        if f == 0 and m > 0.0 and (kind == NORM_P or (kind == NORM_2 and (s == math.inf or m < TINY))
+                                   or (kind == NORM_1 and s == math.inf)):
             scale = m
-            pw = p if kind == 0 else (2.0 if kind == 2 else 1.0)
-            t = 0.0
-            i = start + tid
-            while i < stop:
-                y = abs(load(x[i])) / scale
-                if pw == 2.0:
-                    t += y * y
-                elif pw == 1.0:
-                    t += y
-                else:
-                    t += math.pow(y, pw)
-                i += threads
+            pw = p if kind == NORM_P else (2.0 if kind == NORM_2 else 1.0)
+            if code == F64:
+                t = psum64(addr, n, tid, pw, scale)
+            elif code == F32:
+                t = psum32(addr, n, tid, pw, scale)
+            elif code == BF16:
+                t = psumbf(addr, n, tid, pw, scale)
+            else:
+                t = psumh(addr, n, tid, pw, scale)
             cuda.syncthreads()  # every thread has read sh_s[0]
             sh_s[tid] = t
             cuda.syncthreads()
@@ -325,18 +472,18 @@ def _make_partials(code: int, threads: int):
                 cuda.syncthreads()
                 step //= 2
             s = sh_s[0]
-        if kind == 3:
+        if kind == NORM_INF:
             s = m
         elif scale == 1.0 and s > 0.0 and f == 0:
-            # a plain L1/L2 partial becomes (1, its chunk's norm): the finalize
-            # then combines every partial relative to the largest, so a total
-            # beyond float64's range cannot overflow (issue 7)
-            scale = math.sqrt(s) if kind == 2 else s
+            # a plain L1/L2 partial becomes (1, its chunk's norm): no sum of
+            # partials can then overflow (issue 7)
+            scale = math.sqrt(s) if kind == NORM_2 else s
             s = 1.0
         if tid == 0:
-            out_s[base + c] = 0.0 if f else s
-            out_m[base + c] = 1.0 if f else scale
-            out_f[base + c] = f
+            slot = p_i64(ctr, 1)[0] % RING
+            p_f64(out_s, nchunks)[c] = 0.0 if f else s
+            p_f64(out_m, nchunks)[c] = 1.0 if f else scale
+            p_i32(out_f, nchunks * RING)[slot * nchunks + c] = f
 
     return partials
 
@@ -344,29 +491,27 @@ def _make_partials(code: int, threads: int):
 def _make_finalize(threads: int):
     from numba import float64, int32
 
-    _numba_cuda()
-    INT_MIN = -(2**31)
+    P = _pointers()
+    p_i64, p_f64, p_i32 = P["i64"], P[F64], P["i32"]
 
-    @cuda.jit
-    def finalize(out_s, out_m, out_f, n, cpu_norm, cpu_flags, kind, p, max_norm, policy, state):
-        # partial i contributes out_s[i] * out_m[i]^p; the CPU buffers of a
-        # mixed list come in as one more partial, s = 1 and m = their norm
+    def finalize(out_s, out_m, out_f, nchunks, kind, p, params, policy, state, ctr):
+        # partial i contributes S[i] * M[i]^p, with S[i] in [1, n] or 0
         tid = cuda.threadIdx.x
+        S = p_f64(out_s, nchunks)
+        M = p_f64(out_m, nchunks)
+        C = p_i64(ctr, 1)
+        slot = C[0] % RING
+        Fl = p_i32(out_f, nchunks * RING)
         sh_a = cuda.shared.array(threads, float64)
         sh_f = cuda.shared.array(threads, int32)
         f = 0
         big = 0.0
         i = tid
-        while i < n:
-            f |= out_f[i]
-            if out_s[i] > 0.0 and out_m[i] > big:
-                big = out_m[i]
+        while i < nchunks:
+            f |= Fl[slot * nchunks + i]
+            if S[i] > 0.0 and M[i] > big:
+                big = M[i]
             i += threads
-        cpu = cpu_norm > 0.0 and cpu_norm < math.inf
-        if tid == 0:
-            f |= cpu_flags
-            if cpu and cpu_norm > big:
-                big = cpu_norm
         sh_a[tid] = big
         sh_f[tid] = f
         cuda.syncthreads()
@@ -381,35 +526,29 @@ def _make_finalize(threads: int):
         big = sh_a[0]
         f = sh_f[0]
         cuda.syncthreads()  # every thread has read sh_a[0]
-        pw = p if kind == 0 else (2.0 if kind == 2 else 1.0)
+        pw = p if kind == NORM_P else (2.0 if kind == NORM_2 else 1.0)
         # each thread adds its partials in order, then a fixed tree
         a = 0.0
         i = tid
-        while i < n:
-            if kind == 3:
-                if out_s[i] > a:
-                    a = out_s[i]
-            elif out_s[i] > 0.0:
-                r = out_m[i] / big
+        while i < nchunks:
+            if kind == NORM_INF:
+                if S[i] > a:
+                    a = S[i]
+            elif S[i] > 0.0:
+                r = M[i] / big
                 if pw == 2.0:
-                    a += out_s[i] * (r * r)
+                    a += S[i] * (r * r)
                 elif pw == 1.0:
-                    a += out_s[i] * r
+                    a += S[i] * r
                 else:
-                    a += out_s[i] * math.pow(r, pw)
+                    a += S[i] * math.pow(r, pw)
             i += threads
-        if tid == 0 and cpu:
-            if kind == 3:
-                if cpu_norm > a:
-                    a = cpu_norm
-            else:
-                a += math.pow(cpu_norm / big, pw)
         sh_a[tid] = a
         cuda.syncthreads()
         step = threads // 2
         while step > 0:
             if tid < step:
-                if kind == 3:
+                if kind == NORM_INF:
                     if sh_a[tid + step] > sh_a[tid]:
                         sh_a[tid] = sh_a[tid + step]
                 else:
@@ -418,181 +557,222 @@ def _make_finalize(threads: int):
             step //= 2
         if tid == 0:
             total = sh_a[0]
-            if kind == 3:
-                norm = total
+            max_norm = p_f64(params, PARAMS_LEN)[P_MAX_NORM]
+            if kind == NORM_INF:
+                big = total
+                total = 1.0 if big > 0.0 else 0.0
+                root = total
             elif big == 0.0:
-                norm = 0.0
+                big = 1.0
+                total = 0.0
+                root = 0.0
             elif pw == 2.0:
-                norm = big * math.sqrt(total)
+                root = math.sqrt(total)
             elif pw == 1.0:
-                norm = big * total
+                root = total
             else:
-                norm = big * math.pow(total, 1.0 / pw)
-            if f & 1:
+                root = math.pow(total, 1.0 / pw)
+            norm = big * root
+            if f & HAS_NAN:
                 norm = math.nan
-            elif f & 2:
+            elif f & HAS_INF:
                 norm = math.inf
-            action = 0
+            # the decision: the same table as _policy.decide (error and random: none;
+            # the host acts on them)
+            action = A_NONE
             scale = 1.0
-            clipped = 0.0
             if f == 0:
                 if norm > max_norm:
-                    action = 1
-                    if kind == 3 or norm < math.inf:
-                        scale = max_norm / norm
-                    else:  # finite data whose norm is beyond float64: norm = big * root
-                        root = math.sqrt(total) if pw == 2.0 else (
-                            total if pw == 1.0 else math.pow(total, 1.0 / pw))
-                        scale = (max_norm / big) / root
-                    clipped = 1.0
-            elif policy == 2:  # zero
-                action = 2
+                    action = A_SCALE
+                    # finite data whose norm is beyond float64: v / inf would
+                    # zero them; (v / big) / root is right
+                    scale = max_norm / norm if norm < math.inf else (max_norm / big) / root
+            elif policy == _ZERO_POLICY:
+                action = A_ZERO
                 scale = 0.0
-                clipped = 1.0
-            elif policy == 4:  # propagate: 0 for an inf norm, NaN for a NaN norm
-                action = 1
+            elif policy == _PROPAGATE_POLICY:  # 0 for an inf norm, NaN for a NaN norm, as torch
+                action = A_SCALE
                 scale = max_norm / norm
-                clipped = 1.0
-            state[0] = norm
-            state[1] = scale
-            state[2] = action
-            state[3] = clipped
-            state[4] = 1.0 if f == 0 else 0.0
-            state[5] = f
-            state[6] = max_norm
+            st = p_f64(state, STATE_LEN * RING)
+            o = slot * STATE_LEN
+            st[o + S_NORM] = norm
+            st[o + S_SCALE] = scale
+            st[o + S_ACTION] = action
+            st[o + S_CLIPPED] = 1.0 if action != A_NONE else 0.0
+            st[o + S_FINITE] = 1.0 if f == 0 else 0.0
+            st[o + S_FLAGS] = f
+            st[o + S_THRESHOLD] = max_norm
+            st[o + S_BIG] = big
+            st[o + S_T] = total
+            C[0] = C[0] + 1  # the next call's slot; scale reads slot ctr - 1
 
     return finalize
 
 
-def _make_scale(code: int, threads: int):
-    mul = _helpers()[code][1]
+def _make_scale(threads: int):
+    loops = [_per_dtype(c, threads) for c in (F64, F32, BF16, F16)]
+    sc64, sc32, scbf, sch = (loops[c][2] for c in (F64, F32, BF16, F16))
+    P = _pointers()
+    p_i64, p_f64 = P["i64"], P[F64]
 
-    @cuda.jit
-    def scale(bufs, table, state):
-        action = state[2]
-        if action == 0:  # nothing to write: return before touching memory
+    def scale(table, nchunks, state, ctr):
+        slot = (p_i64(ctr, 1)[0] - 1) % RING
+        st = p_f64(state, STATE_LEN * RING)
+        action = int(st[slot * STATE_LEN + S_ACTION])
+        if action == A_NONE:  # nothing to write: return before touching memory
             return
+        s = st[slot * STATE_LEN + S_SCALE]
         c = cuda.blockIdx.x
-        x = bufs[table[c, 0]]
-        start = table[c, 1]
-        stop = start + table[c, 2]
-        s = state[1]
-        i = start + cuda.threadIdx.x
-        if action == 2:
-            while i < stop:
-                x[i] = 0
-                i += threads
+        tid = cuda.threadIdx.x
+        tb = p_i64(table, nchunks * ROW)
+        addr = tb[c * ROW]
+        n = tb[c * ROW + 1]
+        code = tb[c * ROW + 2]
+        if code == F64:
+            sc64(addr, n, tid, action, s)
+        elif code == F32:
+            sc32(addr, n, tid, action, s)
+        elif code == BF16:
+            scbf(addr, n, tid, action, s)
         else:
-            while i + 3 * threads < stop:  # four loads in flight, as in partials
-                v0 = x[i]
-                v1 = x[i + threads]
-                v2 = x[i + 2 * threads]
-                v3 = x[i + 3 * threads]
-                x[i] = mul(v0, s)
-                x[i + threads] = mul(v1, s)
-                x[i + 2 * threads] = mul(v2, s)
-                x[i + 3 * threads] = mul(v3, s)
-                i += 4 * threads
-            while i < stop:
-                x[i] = mul(x[i], s)
-                i += threads
+            sch(addr, n, tid, action, s)
 
     return scale
 
 
-def _make_clamp(code: int, threads: int):
-    clamp = _helpers()[code][2]
+def _make_clamp(threads: int):
+    loops = [_per_dtype(c, threads) for c in (F64, F32, BF16, F16)]
+    cl64, cl32, clbf, clh = (loops[c][3] for c in (F64, F32, BF16, F16))
+    p_i64 = _pointers()["i64"]
 
-    @cuda.jit
-    def clamp_kernel(bufs, table, v):
+    def clamp(table, nchunks, v):
         c = cuda.blockIdx.x
-        x = bufs[table[c, 0]]
-        start = table[c, 1]
-        stop = start + table[c, 2]
-        i = start + cuda.threadIdx.x
-        while i < stop:
-            x[i] = clamp(x[i], v)
-            i += threads
-
-    return clamp_kernel
-
-
-_FACTORIES = {"partials": _make_partials, "scale": _make_scale, "clamp": _make_clamp}
-
-
-def kernel(name: str, code: int | None = None):
-    """The (lazily built, lazily compiled) kernel ``name`` for dtype ``code``."""
-    key = (name, code, THREADS)
-    if key not in _kernels:
-        if name == "finalize":
-            _kernels[key] = _make_finalize(THREADS)
+        tid = cuda.threadIdx.x
+        tb = p_i64(table, nchunks * ROW)
+        addr = tb[c * ROW]
+        n = tb[c * ROW + 1]
+        code = tb[c * ROW + 2]
+        if code == F64:
+            cl64(addr, n, tid, v)
+        elif code == F32:
+            cl32(addr, n, tid, v)
+        elif code == BF16:
+            clbf(addr, n, tid, v)
         else:
-            _kernels[key] = _FACTORIES[name](code, THREADS)
+            clh(addr, n, tid, v)
+
+    return clamp
+
+
+_FACTORIES = {"partials": _make_partials, "finalize": _make_finalize, "scale": _make_scale,
+              "clamp": _make_clamp}
+KERNELS = tuple(_FACTORIES)
+
+
+def py_kernel(name: str):
+    """The Python source function of kernel ``name`` (built once per geometry)."""
+    key = ("py", name, THREADS)
+    if key not in _kernels:
+        _numba_cuda()
+        _kernels[key] = _FACTORIES[name](THREADS)
     return _kernels[key]
 
 
-def launch(name: str, code: int | None, blocks: int, *args) -> None:
-    """Launch a kernel (counted in ``launches``)."""
-    global launches
-    launches += 1
-    kernel(name, code)[blocks, THREADS](*args)
-
-
-# --------------------------------------------------------------------------- real compile
-def signatures(code: int):
-    """Argument types of every kernel for dtype ``code``, for compile_ptx."""
+def signature(name: str):
     from numba import types
 
-    elem = {F64: types.float64, F32: types.float32, BF16: types.uint16, F16: types.uint16}[code]
-    arr = types.Array(elem, 1, "C")
-    bufs = types.UniTuple(arr, K)
-    table = types.Array(types.int64, 2, "C")
-    f64v = types.Array(types.float64, 1, "C")
-    i32v = types.Array(types.int32, 1, "C")
-    return {
-        "partials": (bufs, table, types.int64, types.int64, types.float64, f64v, f64v, i32v),
-        "scale": (bufs, table, f64v),
-        "clamp": (bufs, table, types.float64),
-    }
+    return tuple(getattr(types, t) for t in SIGNATURES[name])
 
 
-def finalize_signature():
-    from numba import types
+def _target_cc(cc):
+    """numba-cuda asks the driver for the current device's compute capability
+    when it compiles a device function called from a kernel: answer with the
+    target ``cc`` (there may be no driver at all here)."""
+    import contextlib
 
-    f64v = types.Array(types.float64, 1, "C")
-    i32v = types.Array(types.int32, 1, "C")
-    return (f64v, f64v, i32v, types.int64, types.float64, types.int64, types.int64, types.float64,
-            types.float64, types.int64, f64v)
+    import numba.cuda.dispatcher as dispatcher
+
+    @contextlib.contextmanager
+    def patched():
+        class _Target:
+            compute_capability = cc
+            id = 0
+
+        saved = dispatcher.get_current_device
+        dispatcher.get_current_device = lambda: _Target
+        try:
+            yield
+        finally:
+            dispatcher.get_current_device = saved
+
+    return patched()
+
+
+def compile_ptx(name: str, cc: tuple[int, int]) -> str:
+    """PTX of kernel ``name`` for compute capability ``cc``; needs no GPU."""
+    if simulator():
+        raise RuntimeError("compile_ptx cannot run under NUMBA_ENABLE_CUDASIM")
+    _numba_cuda()
+    with _target_cc(cc):
+        ptx, _ = cuda.compile_ptx(py_kernel(name), signature(name), cc=cc)
+    return ptx
 
 
 def compile_all_ptx(cc: tuple[int, int]) -> dict[str, str]:
-    """PTX for every kernel specialisation, without a GPU.
+    """PTX for every kernel (each handles every dtype), without a GPU."""
+    return {name: compile_ptx(name, cc) for name in KERNELS}
 
-    numba-cuda asks the driver for the current device's compute capability
-    when it compiles a device function called from a kernel; there is no
-    driver here, so the question is answered with the target ``cc``.  The
-    compilation itself is numba's own.  Must not run under the simulator.
-    """
-    if simulator():
-        raise RuntimeError("compile_all_ptx cannot run under NUMBA_ENABLE_CUDASIM")
-    import numba.cuda.dispatcher as dispatcher
 
-    _numba_cuda()
+def entry_name(ptx: str) -> str:
+    return re.search(r"\.entry\s+([\w$]+)", ptx).group(1)
 
-    class _Target:
-        compute_capability = cc
-        id = 0
 
-    saved = dispatcher.get_current_device
-    dispatcher.get_current_device = lambda: _Target
+#: Where cubins are cached: one file per kernel, geometry and compute
+#: capability, named by a hash of this source file and numba-cuda's version,
+#: so that a new process pays no JIT.  FUSEDCLIP_CACHE_DIR overrides it.
+CACHE_DIR = Path(os.environ.get("FUSEDCLIP_CACHE_DIR")
+                 or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fusedclip")
+
+
+def _source_hash() -> str:
+    if "hash" not in _kernels:
+        import numba_cuda
+
+        h = hashlib.sha256(Path(__file__).read_bytes())
+        h.update(getattr(numba_cuda, "__version__", "?").encode())
+        _kernels["hash"] = h.hexdigest()[:16]
+    return _kernels["hash"]
+
+
+def cubin(name: str, cc: tuple[int, int]) -> tuple[bytes, str]:
+    """(cubin bytes, entry name) of kernel ``name`` for ``cc``, from the disk
+    cache or compiled now (numba -> PTX, cuda.core Program -> cubin)."""
+    tag = f"{name}-t{THREADS}-sm{cc[0]}{cc[1]}-{_source_hash()}"
+    path, ename = CACHE_DIR / f"{tag}.cubin", CACHE_DIR / f"{tag}.entry"
     try:
-        out = {}
-        for code, dname in DTYPE_NAMES.items():
-            for name, sig in signatures(code).items():
-                ptx, _ = cuda.compile_ptx(kernel(name, code).py_func, sig, cc=cc)
-                out[f"{name}_{dname}"] = ptx
-        ptx, _ = cuda.compile_ptx(kernel("finalize").py_func, finalize_signature(), cc=cc)
-        out["finalize"] = ptx
-        return out
-    finally:
-        dispatcher.get_current_device = saved
+        return path.read_bytes(), ename.read_text()
+    except OSError:
+        pass
+    ptx = compile_ptx(name, cc)
+    from .._launch import core
+
+    Program, ProgramOptions = core("Program"), core("ProgramOptions")
+    obj = Program(ptx, code_type="ptx", options=ProgramOptions(arch=f"sm_{cc[0]}{cc[1]}")).compile("cubin")
+    data, entry = bytes(obj.code), entry_name(ptx)
+    try:  # best effort: an unwritable cache only costs the next process a compile
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        ename.write_text(entry)
+    except OSError:
+        pass
+    return data, entry
+
+
+def sim_kernel(name: str):
+    """The simulator's kernel object for ``name``."""
+    key = ("sim", name, THREADS)
+    if key not in _kernels:
+        _kernels[key] = _numba_cuda().jit(py_kernel(name))
+    return _kernels[key]

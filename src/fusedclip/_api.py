@@ -116,41 +116,33 @@ class Clipper:
 
     def __call__(self) -> ClipStats:
         if self._gpu is not None:
-            return self._call_gpu()
+            return self._call_gpu() if self._plan.table.nchunks == 0 else self._call_mixed()
         plan, nt, t = self._plan, self._num_threads, self._max_norm
         plan.refresh()
         norm, flags = plan.table.norm(self._kind, self._norm_type, nt)
-        if not flags:
-            if norm > t:
-                # a finite gradient can have a norm beyond float64 (inf): the
-                # table's relative combine still gives the right scale then
-                scale = t / norm if norm < _INF else plan.table.clip_scale(self._kind, self.norm_type, t)
-                plan.table.scale(scale, nt)
-                plan.write_back()
-                return ClipStats(norm, scale, True, True, t, ())
+        if not flags and not norm > t:  # the common case: nothing to write
             return ClipStats(norm, 1.0, False, True, t, ())
-        return self._nonfinite(norm)
+        return self._act(norm, flags, lambda: plan.callers(plan.table.flagged_rows()))
 
-    def _nonfinite(self, norm: float) -> ClipStats:
-        plan, nt, t = self._plan, self.num_threads, self._max_norm
-        bad = plan.callers(plan.table.flagged_rows())
-        policy = self.nonfinite
-        if policy == "error":
-            raise NonFiniteError(norm, bad)
-        if policy == "skip":
-            return ClipStats(norm, 1.0, False, False, t, bad)
-        if policy == "zero":
-            plan.table.zero(nt)
-            plan.write_back()
-            return ClipStats(norm, 0.0, True, False, t, bad)
-        if policy == "random":
+    def _act(self, norm: float, flags: int, bad) -> ClipStats:
+        """Apply the decision for this norm to every engine (CPU plan, GPU plan)."""
+        plan, g, nt, t = self._plan, self._gpu, self._num_threads, self._max_norm
+        d = _policy.decide(norm, flags, t, self._nonfinite_policy,
+                           lambda: plan.table.clip_scale(self._kind, self._norm_type, t))
+        callers = bad() if flags else ()
+        if d.action == _policy.A_RAISE:
+            raise NonFiniteError(norm, callers)
+        if d.action == _policy.A_RANDOM:
             self._write_random()
-            return ClipStats(norm, 0.0, True, False, t, bad)
-        scale = t / norm  # "propagate": 0 for an inf norm, NaN for a NaN norm, as torch
-        plan.table.scale(scale, nt)
-        plan.write_back()
-        return ClipStats(norm, scale, True, False, t, bad)
-
+        elif d.action != _policy.A_NONE:
+            if d.action == _policy.A_SCALE:
+                plan.table.scale(d.scale, nt)
+            else:
+                plan.table.zero(nt)
+            plan.write_back()
+            if g is not None:
+                g.apply(d.action, d.scale)
+        return ClipStats(norm, d.scale, d.clipped, not flags, t, callers)
 
     def _write_random(self) -> None:
         """Replace every buffer, CPU and GPU, with one joint random direction.
@@ -158,11 +150,9 @@ class Clipper:
         Every buffer's step is drawn and rounded to its dtype, and checked,
         before the first buffer is written (``random_step`` raises otherwise).
         """
-        from .kernels import cpu
-
         plan, g = self._plan, self._gpu
-        shapes = [a.shape for a in plan.arrays] + ([(b.n,) for b in g.rows] if g else [])
-        dtypes = [a.dtype for a in plan.arrays] + ([cpu.DTYPES[b.code] for b in g.rows] if g else [])
+        shapes = [a.shape for a in plan.arrays] + (g.shapes() if g else [])
+        dtypes = [a.dtype for a in plan.arrays] + (g.dtypes() if g else [])
         callers = [int(i) for i in plan.rows] + ([b.caller for b in g.rows] if g else [])
         steps = _policy.random_step(shapes, dtypes, callers, self._max_norm, self._kind,
                                     self._norm_type, self._rng, self._num_threads)
@@ -172,41 +162,39 @@ class Clipper:
             g.write_random(steps[len(plan.arrays):])
 
     def _call_gpu(self):
-        """GPU (or mixed) buffers: no host wait unless the host must act (see _gpu)."""
-        from ._gpu import DeviceClipStats
+        """GPU buffers only: the device decides; no host wait unless the policy
+        needs the outcome on the host ("error" raises, "random" draws)."""
+        from ._gpu import DeviceClipStats, stats_from_state
         from .kernels import cuda as ck
 
-        plan, g, nt, t, policy = self._plan, self._gpu, self.num_threads, self._max_norm, self.nonfinite
-        mixed = plan.table.nchunks > 0
-        cpu_norm, cpu_flags = 0.0, 0
-        if mixed:
-            plan.refresh()
-            cpu_norm, cpu_flags = plan.table.norm(self._kind, self.norm_type, nt)
-            if cpu_flags:
-                cpu_norm = 0.0
-        state = g.reduce(self._kind, self.norm_type, t, policy, cpu_norm, cpu_flags)
-        if not mixed and policy not in ("error", "random"):
-            g.scale(state)  # the device decides whether to write
-            return DeviceClipStats(g, state, g.calls)
-        st = state.copy_to_host()  # the host must act on the outcome: one wait
-        norm, scale, action = float(st[ck.S_NORM]), float(st[ck.S_SCALE]), int(st[ck.S_ACTION])
-        if not st[ck.S_FINITE]:
-            bad = tuple(sorted(set(g.flagged_callers()) | set(plan.callers(plan.table.flagged_rows()))))
-            if policy == "error":
-                raise NonFiniteError(norm, bad)
-            if policy == "random":
-                self._write_random()
-                return ClipStats(norm, 0.0, True, False, t, bad)
-        else:
-            bad = ()
-        g.scale(state)
-        if action == ck.A_SCALE:
-            plan.table.scale(scale, nt)
-            plan.write_back()
-        elif action == ck.A_ZERO:
-            plan.table.zero(nt)
-            plan.write_back()
-        return ClipStats(norm, scale, bool(st[ck.S_CLIPPED]), bool(st[ck.S_FINITE]), t, bad)
+        g, policy = self._gpu, self._nonfinite_policy
+        call = g.clip(self._kind, self._norm_type, self._max_norm, policy)
+        if policy not in ("error", "random"):
+            return DeviceClipStats(g, call)
+        st = g.state_of(call)  # the one wait
+        stats = stats_from_state(g, call, st)
+        if not stats.finite:  # the device wrote nothing for these policies
+            return self._act(stats.norm, int(st[ck.S_FLAGS]), lambda: stats.nonfinite_buffers)
+        return stats
+
+    def _call_mixed(self) -> ClipStats:
+        """CPU and GPU buffers in one list: the only code that knows about
+        mixing.  Both engines reduce, the host combines the two norms (one
+        wait for the GPU's), decides once, and both engines apply."""
+        from .kernels import cuda as ck
+
+        plan, g, nt = self._plan, self._gpu, self._num_threads
+        plan.refresh()
+        cn, cf = plan.table.norm(self._kind, self._norm_type, nt)
+        call = g.reduce(self._kind, self._norm_type)
+        st = g.state_of(call)
+        gf = int(st[ck.S_FLAGS])
+        norm = _policy.combine_norms([cn, float(st[ck.S_NORM])], cf | gf, self._kind, self._norm_type)
+
+        def bad():
+            return tuple(sorted(set(plan.callers(plan.table.flagged_rows())) | set(g.flagged_callers(call))))
+
+        return self._act(norm, cf | gf, bad)
 
 
 def clip_grad_norm_(
@@ -239,8 +227,10 @@ def global_norm(buffers: Buffers, norm_type: float = 2.0, *, num_threads: int | 
         return norm
     from .kernels import cuda as ck
 
-    state = g.reduce(kind, p, float("inf"), "skip", 0.0 if flags else norm, flags)
-    return float(state.copy_to_host()[ck.S_NORM])
+    st = g.state_of(g.reduce(kind, p))  # the one wait
+    if plan.table.nchunks == 0:
+        return float(st[ck.S_NORM])
+    return _policy.combine_norms([norm, float(st[ck.S_NORM])], flags | int(st[ck.S_FLAGS]), kind, p)
 
 
 def clip_grad_value_(buffers: Buffers, clip_value: float, *, num_threads: int | None = None) -> None:

@@ -1,28 +1,43 @@
-"""CUDA buffers: recognise, validate and plan them; the lazy GPU statistics.
+"""The CUDA engine: recognise, validate and plan GPU buffers; run a plan.
 
 Imported only when a buffer turns out to live on a GPU, so CPU users never
 import numba.  Everything here checks and builds tables on the host; no
-kernel runs until ``GpuPlan.reduce`` / ``scale`` / ``clamp``.
+kernel runs until a plan is run.  Kernels are started through a launcher
+(``_launch.py``): cuda.core on a GPU, the simulator without one.
 
-Inputs are normalised here: under the simulator (``NUMBA_ENABLE_CUDASIM=1``)
-numba's fake device arrays (which have no ``__cuda_array_interface__``);
-on a GPU, anything with ``__cuda_array_interface__`` (numba device arrays,
-CuPy, torch CUDA tensors) is wrapped zero-copy with ``cuda.as_cuda_array``.
+Buffers accepted: torch CUDA tensors (read directly: pointer, size, dtype,
+bfloat16 included, without building ``__cuda_array_interface__``), CuPy and
+numba device arrays and anything else with ``__cuda_array_interface__``,
+objects that only speak DLPack with a CUDA device (through torch or CuPy),
+and the simulator's device arrays.  A buffer must be *dense*: its elements
+fill one contiguous range in some order (C or F order, a transpose, a
+permutation of dims); the kernels read that range, since a norm and a
+rescale do not care about element order.
 
-When does the host wait for the GPU?  ``Clipper.__call__`` on GPU buffers
-never does with the policies "skip", "zero" and "propagate": the norm, the
-scale and the decision stay on the device, and the scale kernel reads them
-there.  It waits once per call where the host must know the outcome:
-policy "error" (to raise), policy "random" (to draw the step), and lists that
-mix CPU and GPU buffers (the CPU buffers' scale depends on the GPU's norm).
-Reading a ``DeviceClipStats`` attribute waits once (then it is cached);
-``clip_grad_norm_`` and ``global_norm`` return Python floats, so they wait
-once at the end.
+A plan (``GpuPlan``) owns one device table of chunks for all its buffers,
+whatever their dtypes, the partials, a ring of RING state vectors and
+per-chunk flags, the threshold in device memory (``params``), and a
+counter ``ctr`` that the finalize kernel advances.  A norm clip is three
+launches (partials, finalize, scale); a plan records them once as a CUDA
+graph per (norm, policy) and replays it, so its host cost does not grow
+with the number of buffers.
+
+When does the host wait for the GPU?  Never in ``Clipper.__call__`` with
+the policies "skip", "zero" and "propagate": the norm, the scale and the
+decision stay on the device.  Once per call where the host must know the
+outcome: "error" (to raise), "random" (to draw the step), and lists that mix
+CPU and GPU buffers (one scale for both).  Reading a ``DeviceClipStats``
+attribute waits once (then it is cached); ``clip_grad_norm_`` and
+``global_norm`` return Python floats, so they wait once at the end.
 """
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 
+from . import _launch
 from ._policy import ClipStats
 from .kernels import cpu
 from .kernels import cuda as ck
@@ -30,175 +45,329 @@ from .kernels import cuda as ck
 _BF16 = cpu.DTYPES[ck.BF16]
 _CODES = {np.dtype(np.float64): ck.F64, np.dtype(np.float32): ck.F32, _BF16: ck.BF16,
           np.dtype(np.float16): ck.F16}
-#: How many DeviceClipStats of one plan stay readable (the state ring's length).
-RING = 8
+_ITEMSIZE = {c: cpu.DTYPES[c].itemsize for c in (ck.F64, ck.F32, ck.BF16, ck.F16)}
+_TORCH_CODES: dict = {}
+_KDL_CUDA = 2  # DLPack's device type for CUDA memory
+
+
+def _torch_codes() -> dict:
+    if not _TORCH_CODES:
+        import torch
+
+        _TORCH_CODES.update({torch.float64: ck.F64, torch.float32: ck.F32, torch.bfloat16: ck.BF16,
+                             torch.float16: ck.F16})
+    return _TORCH_CODES
+
+
+def _module(obj) -> str:
+    return type(obj).__module__ or ""
 
 
 def is_gpu(obj) -> bool:
-    """A CUDA array: it exposes __cuda_array_interface__, or it is the simulator's."""
-    return hasattr(obj, "__cuda_array_interface__") or type(obj).__module__.startswith(
-        "numba.cuda.simulator")
+    """A CUDA array: a torch CUDA tensor, the simulator's, one with
+    __cuda_array_interface__, or one whose DLPack device is CUDA."""
+    mod = _module(obj)
+    if mod.startswith("torch"):
+        return bool(getattr(obj, "is_cuda", False))
+    if mod.startswith("numba.cuda.simulator"):
+        return True
+    if hasattr(obj, "__cuda_array_interface__"):
+        return True
+    dev = getattr(obj, "__dlpack_device__", None)
+    if dev is not None and not hasattr(obj, "__array_interface__"):
+        try:
+            return int(dev()[0]) == _KDL_CUDA
+        except Exception:
+            return False
+    return False
 
 
 def _current_device() -> int:
-    from numba import cuda
-
     try:
-        return int(cuda.get_current_device().id)
+        if ck.simulator():
+            return 0
+        from cuda.bindings import runtime
+
+        err, dev = runtime.cudaGetDevice()
+        return int(dev) if int(err) == 0 else 0
     except Exception:  # pragma: no cover - no driver: the check cannot apply
         return 0
 
 
-def _device_of(obj) -> int | None:
-    dev = getattr(obj, "device", None)
-    for attr in ("id", "index"):  # CuPy's Device.id, torch's device.index
-        v = getattr(dev, attr, None)
-        if isinstance(v, int):
-            return v
-    return None
+def _dense(shape, strides, itemsize: int) -> bool:
+    """The elements fill [ptr, ptr + size*itemsize) exactly, in some order."""
+    dims = sorted((abs(st), n) for n, st in zip(shape, strides) if n != 1)
+    want = itemsize
+    for st, n in dims:
+        if st != want:
+            return False
+        want *= n
+    return all(st >= 0 for n, st in zip(shape, strides) if n != 1)
 
 
-class _Buf:
-    __slots__ = ("caller", "array", "code", "lo", "hi", "n")
+class Buf:
+    """One validated GPU buffer: caller index, address, elements, dtype code."""
 
-    def __init__(self, caller, array, code, lo, hi, n):
-        self.caller, self.array, self.code, self.lo, self.hi, self.n = caller, array, code, lo, hi, n
+    __slots__ = ("caller", "obj", "addr", "n", "code", "device", "lib")
+
+    def __init__(self, caller, obj, addr, n, code, device, lib):
+        self.caller, self.obj, self.addr, self.n, self.code = caller, obj, addr, n, code
+        self.device, self.lib = device, lib
+
+    @property
+    def lo(self) -> int:
+        return self.addr
+
+    @property
+    def hi(self) -> int:
+        return self.addr + self.n * _ITEMSIZE[self.code]
 
 
-def _describe(obj, i: int, writable: bool, fn: str) -> _Buf:
-    """Validate one CUDA buffer and return its kernel-ready 1-D view (not yet wrapped)."""
-    fake = type(obj).__module__.startswith("numba.cuda.simulator")
-    if fake:
-        dtype, shape = obj.dtype, tuple(obj.shape)
-        contiguous = obj.is_c_contiguous() or obj.is_f_contiguous()
-        ptr, readonly = obj._ary.__array_interface__["data"][0], False
-    else:
+def _bad_dtype(i: int, fn: str, dtype) -> TypeError:
+    return TypeError(
+        f"{fn}: buffer {i} (a CUDA array) has dtype {dtype}; fusedclip clips float16, "
+        "bfloat16, float32 and float64 gradients"
+    )
+
+
+def _not_dense(i: int, fn: str) -> ValueError:
+    return ValueError(
+        f"{fn}: buffer {i} (a CUDA array) is not contiguous; the GPU kernels need buffers whose "
+        "elements fill one range (cupy.ascontiguousarray / tensor.contiguous()); nothing was modified"
+    )
+
+
+def _describe(obj, i: int, writable: bool, fn: str) -> Buf:
+    """Validate one CUDA buffer (every check, nothing launched)."""
+    mod = _module(obj)
+    readonly = False
+    lib = None
+    if mod.startswith("torch"):
+        code = _torch_codes().get(obj.dtype)
+        if code is None:
+            raise _bad_dtype(i, fn, obj.dtype)
+        n = int(obj.numel())
+        if n > 1 and not _dense(tuple(obj.shape), tuple(obj.stride()), 1):
+            raise _not_dense(i, fn)
+        addr, dev, lib = int(obj.data_ptr()), obj.device.index, "torch"
+        if n > 1:  # data_ptr is the first element's; a negative-free dense view starts there
+            pass
+    elif mod.startswith("numba.cuda.simulator"):
+        a = obj._ary
+        code = _CODES.get(a.dtype)
+        if code is None:
+            raise _bad_dtype(i, fn, a.dtype)
+        n = int(a.size)
+        if n > 1 and not _dense(a.shape, a.strides, a.itemsize):
+            raise _not_dense(i, fn)
+        addr, dev = int(a.__array_interface__["data"][0]), None
+    elif hasattr(obj, "__cuda_array_interface__"):
         cai = obj.__cuda_array_interface__
         try:
             dtype = np.dtype(cai["typestr"])
         except TypeError:
             dtype = None
+        if dtype is not None and dtype.kind == "V" and dtype.itemsize == 2 and "bfloat16" in str(
+                getattr(obj, "dtype", "")):
+            dtype = _BF16  # bfloat16 exported as a 2-byte void type
+        code = _CODES.get(dtype)
+        if code is None:
+            raise _bad_dtype(i, fn, getattr(obj, "dtype", dtype))
         shape = tuple(cai["shape"])
-        ptr, readonly = cai["data"]
+        addr, readonly = cai["data"]
+        n = int(np.prod(shape, dtype=np.int64))
         strides = cai.get("strides")
-        if strides is None or dtype is None:
-            contiguous = True
-        else:
-            want, acc = [], dtype.itemsize
-            for n in reversed(shape):
-                want.append(acc)
-                acc *= n
-            contiguous = tuple(reversed(want)) == tuple(strides) or int(np.prod(shape)) <= 1
-    if dtype not in _CODES:
-        raise TypeError(
-            f"{fn}: buffer {i} (a CUDA array) has dtype {dtype}; fusedclip clips float16, "
-            "bfloat16, float32 and float64 gradients"
-        )
+        if strides is not None and n > 1 and not _dense(shape, strides, dtype.itemsize):
+            raise _not_dense(i, fn)
+        dev = getattr(getattr(obj, "device", None), "id", None)
+        lib = "cupy" if mod.startswith("cupy") else None
+        addr = int(addr or 0)
+    else:  # DLPack only: view it through torch (or CuPy) without a copy
+        return _describe(_from_dlpack(obj, i, fn), i, writable, fn)
     if writable and readonly:
         raise ValueError(
             f"{fn}: buffer {i} (a CUDA array) is read-only and {fn} writes in place; pass a "
             "writable array (nothing was modified)"
         )
-    if not contiguous:
-        raise ValueError(
-            f"{fn}: buffer {i} (a CUDA array) is not contiguous; the GPU kernels need contiguous "
-            "buffers (cupy.ascontiguousarray / tensor.contiguous()); nothing was modified"
-        )
-    dev = _device_of(obj)
-    if dev is not None and dev != _current_device():
+    if dev is not None and not isinstance(dev, bool) and int(dev) != _current_device():
         raise ValueError(
             f"{fn}: buffer {i} is on CUDA device {dev} but fusedclip runs on the current device "
             f"{_current_device()}; move it, or select that device first; nothing was modified"
         )
-    n = int(np.prod(shape, dtype=np.int64))
-    return _Buf(i, obj, _CODES[dtype], int(ptr), int(ptr) + n * dtype.itemsize, n)
+    return Buf(i, obj, addr, n, code, dev, lib)
 
 
-def _kernel_view(buf: _Buf):
-    """A 1-D numba device array over the buffer's memory (no copy)."""
-    from numba import cuda
+def _from_dlpack(obj, i: int, fn: str):
+    for name in ("torch", "cupy"):
+        try:
+            m = __import__(name)
+        except ImportError:
+            continue
+        try:
+            return m.from_dlpack(obj)
+        except Exception as e:  # pragma: no cover - depends on the producer
+            err = e
+            continue
+    raise TypeError(
+        f"{fn}: buffer {i} ({type(obj).__name__}) is a CUDA array that only speaks DLPack, and "
+        "neither torch nor CuPy is installed to read it in place"
+        + (f" ({err})" if "err" in locals() else "")
+    )
 
-    a = buf.array
-    if not type(a).__module__.startswith("numba.cuda.simulator"):
-        a = cuda.as_cuda_array(a)
-    a = a.reshape(buf.n) if a.is_c_contiguous() else a.T.reshape(buf.n)
-    if buf.code in (ck.BF16, ck.F16):
-        a = a.view(np.uint16)
-    return a
 
-
-class _Group:
-    __slots__ = ("code", "bufs", "table", "nchunks", "base")
-
-    def __init__(self, code, bufs, table, nchunks, base):
-        self.code, self.bufs, self.table, self.nchunks, self.base = code, bufs, table, nchunks, base
+# ------------------------------------------------------------------ the plan
+def chunk_table(bufs: list[Buf]) -> np.ndarray:
+    """(nchunks, 4) int64 rows: address, length, dtype code, row; vectorised."""
+    if not bufs:
+        return np.zeros((0, ck.ROW), np.int64)
+    n = np.fromiter((b.n for b in bufs), np.int64, len(bufs))
+    addr = np.fromiter((b.addr for b in bufs), np.int64, len(bufs))
+    code = np.fromiter((b.code for b in bufs), np.int64, len(bufs))
+    item = np.array([_ITEMSIZE[c] for c in range(4)], np.int64)[code]
+    per = (n + ck.CHUNK - 1) // ck.CHUNK
+    rows = np.repeat(np.arange(len(bufs), dtype=np.int64), per)
+    first = np.repeat(np.cumsum(per) - per, per)
+    k = np.arange(rows.size, dtype=np.int64) - first  # chunk index within its buffer
+    t = np.empty((rows.size, ck.ROW), np.int64)
+    start = k * ck.CHUNK
+    t[:, 0] = addr[rows] + start * item[rows]
+    t[:, 1] = np.minimum(ck.CHUNK, n[rows] - start)
+    t[:, 2] = code[rows]
+    t[:, 3] = rows
+    return t
 
 
 class GpuPlan:
-    """Validated CUDA buffers in K-buffer groups with their device chunk tables."""
+    """Validated CUDA buffers as one device chunk table, with partials, a state
+    ring and the captured graphs."""
 
-    def __init__(self, bufs: list[_Buf], dups: dict[int, list[int]]):
-        from numba import cuda
-
-        self.rows = bufs                       # unique buffers, one per row
+    def __init__(self, bufs: list[Buf], dups: dict[int, list[int]], stream: Any = None):
+        L = self.launcher = _launch.launcher()
+        self.rows = bufs                       # unique non-empty buffers, one per row
         self.dups = dups                       # row -> further caller indices
-        views = [_kernel_view(b) for b in bufs]
-        chunk_rows: list[np.ndarray] = []
-        self.groups: list[_Group] = []
-        total = 0
-        for code in sorted({b.code for b in bufs}):
-            rows = [r for r, b in enumerate(bufs) if b.code == code and b.n > 0]
-            dummy = cuda.to_device(np.zeros(1, np.uint16 if code in (ck.BF16, ck.F16)
-                                            else cpu.DTYPES[code]))
-            for g in range(0, len(rows), ck.K):
-                grp = rows[g:g + ck.K]
-                parts = []
-                for slot, r in enumerate(grp):
-                    starts = np.arange(0, bufs[r].n, ck.CHUNK, dtype=np.int64)
-                    lens = np.minimum(ck.CHUNK, bufs[r].n - starts)
-                    parts.append(np.stack([np.full_like(starts, slot), starts, lens], axis=1))
-                    chunk_rows.append(np.full(len(starts), r, dtype=np.int64))
-                table = np.ascontiguousarray(np.concatenate(parts), dtype=np.int64)
-                tup = tuple(views[r] for r in grp) + (dummy,) * (ck.K - len(grp))
-                self.groups.append(_Group(code, tup, cuda.to_device(table), len(table), total))
-                total += len(table)
-        self.nchunks = total
-        self.chunk_rows = np.concatenate(chunk_rows) if chunk_rows else np.zeros(0, np.int64)
-        size = max(total, 1)
-        self.s = cuda.device_array(size, np.float64)
-        self.m = cuda.device_array(size, np.float64)
-        # each call's state and per-chunk flags go to the next slot of a ring, so
-        # that statistics stay readable after later calls (RING of them)
-        self.ring = [(cuda.to_device(np.zeros(ck.STATE_LEN)), cuda.device_array(size, np.int32))
-                     for _ in range(RING)]
+        self.lib = next((b.lib for b in bufs if b.lib), None)
+        self.stream = stream                   # explicit stream handle, or None
+        host = chunk_table(bufs)
+        self.nchunks = n = len(host)
+        self.chunk_rows = host[:, 3].copy()
+        self.table = L.alloc(host.nbytes)
+        if n:
+            L.upload(self.table, host)
+        self.s = L.alloc(8 * n)
+        self.m = L.alloc(8 * n)
+        self.f = L.alloc(4 * n * ck.RING)
+        self.state = L.alloc(8 * ck.STATE_LEN * ck.RING)
+        self.params = L.alloc(8 * ck.PARAMS_LEN)
+        self.ctr = L.alloc(8)
+        L.upload(self.ctr, np.zeros(1, np.int64))
+        L.upload(self.f, np.zeros(n * ck.RING, np.int32))
+        self.override = L.alloc(8 * ck.STATE_LEN)   # a host decision, for mixed lists
+        self.one = L.alloc(8)
+        L.upload(self.one, np.ones(1, np.int64))
         self.calls = 0
+        self._max_norm: float | None = None
+        self._graphs: dict = {}
 
-    # ------------------------------------------------------------------ kernels
-    def reduce(self, kind: int, p: float, max_norm: float, policy: str,
-               cpu_norm: float = 0.0, cpu_flags: int = 0):
-        """Partials and finalize; returns this call's state array (no sync)."""
-        state, flags = self.ring[self.calls % RING]
+    # ---------------------------------------------------------------- streams
+    def stream_handle(self) -> int | None:
+        """The stream to launch on: the explicit one, else the buffers' library's
+        current stream (torch, CuPy), else the default stream."""
+        if self.stream is not None:
+            return _stream_handle(self.stream)
+        if self.lib == "torch":
+            import torch
+
+            return torch.cuda.current_stream().cuda_stream
+        if self.lib == "cupy":
+            import cupy
+
+            return cupy.cuda.get_current_stream().ptr
+        return None
+
+    def _stream(self):
+        return self.launcher.stream_of(self.stream_handle())
+
+    # ---------------------------------------------------------------- launches
+    def _reduce_launches(self, kind: int, p: float, policy: str) -> list[tuple]:
+        n = self.nchunks
+        return [
+            ("partials", n, (self.table.addr, n, kind, float(p), self.s.addr, self.m.addr, self.f.addr,
+                             self.ctr.addr)),
+            ("finalize", 1, (self.s.addr, self.m.addr, self.f.addr, n, kind, float(p), self.params.addr,
+                             ck.POLICY_CODES[policy], self.state.addr, self.ctr.addr)),
+        ]
+
+    def _scale_launch(self, state: int, ctr: int) -> tuple:
+        return ("scale", self.nchunks, (self.table.addr, self.nchunks, state, ctr))
+
+    def _set_max_norm(self, v: float, stream) -> None:
+        if v != self._max_norm:
+            p = np.zeros(ck.PARAMS_LEN)
+            p[ck.P_MAX_NORM] = v
+            self.launcher.upload(self.params, p, stream)
+            self._max_norm = v
+
+    def _run(self, key, launches: list[tuple], stream) -> None:
+        L = self.launcher
+        if L.graphs:
+            g = self._graphs.get(key)
+            if g is None:
+                g = self._graphs[key] = L.capture(launches)
+            L.replay(g, stream)
+        else:
+            for name, grid, args in launches:
+                L.launch(name, grid, args, stream)
         self.calls += 1
-        for g in self.groups:
-            ck.launch("partials", g.code, g.nchunks, g.bufs, g.table, g.base, kind, p,
-                      self.s, self.m, flags)
-        ck.launch("finalize", None, 1, self.s, self.m, flags, self.nchunks, float(cpu_norm),
-                  int(cpu_flags), kind, p, max_norm, ck.POLICY_CODES[policy], state)
-        return state
 
-    def scale(self, state) -> None:
-        for g in self.groups:
-            ck.launch("scale", g.code, g.nchunks, g.bufs, g.table, state)
+    def clip(self, kind: int, p: float, max_norm: float, policy: str) -> int:
+        """partials + finalize + scale, decided on the device; returns the call number."""
+        stream = self._stream()
+        self._set_max_norm(max_norm, stream)
+        launches = self._reduce_launches(kind, p, policy) + [self._scale_launch(self.state.addr,
+                                                                                 self.ctr.addr)]
+        self._run(("clip", kind, p, policy), launches, stream)
+        return self.calls
+
+    def reduce(self, kind: int, p: float) -> int:
+        """partials + finalize only (no decision acted on); returns the call number."""
+        stream = self._stream()
+        self._set_max_norm(math.inf, stream)
+        self._run(("reduce", kind, p), self._reduce_launches(kind, p, "skip"), stream)
+        return self.calls
+
+    def apply(self, action: int, scale: float) -> None:
+        """Act on a host decision (mixed lists): scale or zero every buffer."""
+        if action == ck.A_NONE:
+            return
+        stream = self._stream()
+        st = np.zeros(ck.STATE_LEN)
+        st[ck.S_ACTION], st[ck.S_SCALE] = action, scale
+        self.launcher.upload(self.override, st, stream)
+        name, grid, args = self._scale_launch(self.override.addr, self.one.addr)
+        self.launcher.launch(name, grid, args, stream)
 
     def clamp(self, v: float) -> None:
-        for g in self.groups:
-            ck.launch("clamp", g.code, g.nchunks, g.bufs, g.table, v)
+        self.launcher.launch("clamp", self.nchunks, (self.table.addr, self.nchunks, float(v)),
+                             self._stream())
 
-    def flagged_callers(self, call: int | None = None) -> list[int]:
-        """Caller indices of the buffers holding inf/NaN in reduce number ``call``
-        (default: the last one).  Waits for the device."""
-        call = self.calls if call is None else call
-        f = self.ring[(call - 1) % RING][1].copy_to_host()[: self.nchunks]
+    # ---------------------------------------------------------------- results
+    def state_of(self, call: int) -> np.ndarray:
+        """The state vector of call number ``call`` (waits for the device)."""
+        if self.calls - call >= ck.RING:
+            raise RuntimeError(
+                f"these statistics were overwritten: a plan keeps its last {ck.RING} calls' "
+                "statistics on the device; read them (or call .result()) sooner"
+            )
+        out = np.empty(ck.STATE_LEN)
+        slot = (call - 1) % ck.RING
+        return self.launcher.download(out, self.state.addr + 8 * ck.STATE_LEN * slot, self._stream())
+
+    def flagged_callers(self, call: int) -> list[int]:
+        """Caller indices of the buffers holding inf/NaN in call ``call``."""
+        n = self.nchunks
+        f = np.empty(n, np.int32)
+        if n:
+            self.launcher.download(f, self.f.addr + 4 * n * ((call - 1) % ck.RING), self._stream())
         out = []
         for r in np.unique(self.chunk_rows[f != 0]).tolist():
             out.append(self.rows[r].caller)
@@ -206,14 +375,31 @@ class GpuPlan:
         return out
 
     def write_random(self, draws: list[np.ndarray]) -> None:
-        """Copy host draws (float64, one per row) into the buffers, rounded to their dtype."""
+        """Copy host steps (already rounded to each buffer's dtype) into the buffers."""
+        stream = self._stream()
         for b, z in zip(self.rows, draws):
-            if b.n == 0:
-                continue
-            host = z.astype(cpu.DTYPES[b.code]).reshape(-1)
-            if b.code in (ck.BF16, ck.F16):
-                host = host.view(np.uint16)
-            _kernel_view(b).copy_to_device(np.ascontiguousarray(host))
+            if b.n:
+                self.launcher.upload(b.addr, np.ascontiguousarray(z).reshape(-1), stream)
+
+    def shapes(self) -> list[tuple[int, ...]]:
+        return [(b.n,) for b in self.rows]
+
+    def dtypes(self) -> list[np.dtype]:
+        return [cpu.DTYPES[b.code] for b in self.rows]
+
+
+def _stream_handle(stream) -> int:
+    """An int handle from a stream object: cuda.core/torch/CuPy/numba or an int."""
+    if isinstance(stream, int):
+        return stream
+    if hasattr(stream, "__cuda_stream__"):
+        return int(stream.__cuda_stream__()[1])
+    for attr in ("cuda_stream", "ptr", "handle"):
+        v = getattr(stream, attr, None)
+        if v is not None:
+            v = getattr(v, "value", v)
+            return int(v or 0)
+    raise TypeError(f"stream must be a CUDA stream object or an int handle, got {type(stream).__name__}")
 
 
 def gpu_state() -> str:
@@ -234,6 +420,8 @@ def gpu_state() -> str:
 
 
 def _require_cuda(i: int, fn: str) -> None:
+    if isinstance(_launch._current, _launch.RecordingLauncher):
+        return
     try:
         from numba import cuda
     except ImportError:
@@ -248,8 +436,8 @@ def _require_cuda(i: int, fn: str) -> None:
         )
 
 
-def make_gpu_plan(objs: list, gpu_idx: list[int], writable: bool, fn: str) -> GpuPlan:
-    """Validate the CUDA buffers among ``objs`` (caller indices ``gpu_idx``), dedupe, plan."""
+def describe_all(objs: list, gpu_idx: list[int], writable: bool, fn: str):
+    """Validate the CUDA buffers among ``objs``; dedupe; (rows, dups)."""
     _require_cuda(gpu_idx[0], fn)
     bufs = [_describe(objs[i], i, writable, fn) for i in gpu_idx]
     live = sorted((b for b in bufs if b.n > 0), key=lambda b: (b.lo, b.caller))
@@ -268,42 +456,36 @@ def make_gpu_plan(objs: list, gpu_idx: list[int], writable: bool, fn: str) -> Gp
             continue
         if reach_buf is None or b.hi > reach_buf.hi:
             reach_buf = b
-    rows = [b for b in bufs if b.caller not in dup_of]
+    rows = [b for b in bufs if b.caller not in dup_of and b.n > 0]
     row_of = {b.caller: r for r, b in enumerate(rows)}
     dups: dict[int, list[int]] = {}
     for d, root in dup_of.items():
         dups.setdefault(row_of[root], []).append(d)
-    return GpuPlan(rows, dups)
+    return rows, dups
+
+
+def make_gpu_plan(objs: list, gpu_idx: list[int], writable: bool, fn: str, stream=None) -> GpuPlan:
+    rows, dups = describe_all(objs, gpu_idx, writable, fn)
+    return GpuPlan(rows, dups, stream)
 
 
 class DeviceClipStats:
     """ClipStats whose numbers stay on the GPU until an attribute is read.
 
-    The first attribute read copies the 64-byte state to the host (one wait);
+    The first attribute read copies the state vector to the host (one wait);
     ``result()`` gives the plain ``ClipStats``.  A plan keeps the state of its
     last RING calls; reading older statistics raises RuntimeError.
     """
 
     _FIELDS = ClipStats._fields
 
-    def __init__(self, plan: GpuPlan, state, call: int):
-        self._plan, self._state, self._call = plan, state, call
-        self._host: ClipStats | None = None
+    def __init__(self, plan: GpuPlan, call: int, host: ClipStats | None = None):
+        self._plan, self._call = plan, call
+        self._host = host
 
     def result(self) -> ClipStats:
         if self._host is None:
-            if self._plan.calls - self._call >= RING:
-                raise RuntimeError(
-                    f"these statistics were overwritten: a plan keeps its last {RING} calls' "
-                    "statistics on the device; read them (or call .result()) sooner"
-                )
-            st = self._state.copy_to_host()
-            finite = bool(st[ck.S_FINITE])
-            bad: tuple[int, ...] = ()
-            if not finite:
-                bad = tuple(sorted(self._plan.flagged_callers(self._call)))
-            self._host = ClipStats(float(st[ck.S_NORM]), float(st[ck.S_SCALE]),
-                                   bool(st[ck.S_CLIPPED]), finite, float(st[ck.S_THRESHOLD]), bad)
+            self._host = stats_from_state(self._plan, self._call, self._plan.state_of(self._call))
         return self._host
 
     def __getattr__(self, name):
@@ -319,3 +501,10 @@ class DeviceClipStats:
 
     def __repr__(self) -> str:
         return "Device" + repr(self.result())
+
+
+def stats_from_state(plan: GpuPlan, call: int, st: np.ndarray) -> ClipStats:
+    finite = bool(st[ck.S_FINITE])
+    bad: tuple[int, ...] = () if finite else tuple(sorted(plan.flagged_callers(call)))
+    return ClipStats(float(st[ck.S_NORM]), float(st[ck.S_SCALE]), bool(st[ck.S_CLIPPED]), finite,
+                     float(st[ck.S_THRESHOLD]), bad)

@@ -17,6 +17,11 @@ import numpy as np
 from .kernels import cpu
 
 POLICIES = ("error", "skip", "zero", "random", "propagate")
+#: the policies' codes (the CUDA finalize kernel reads them)
+POLICY_CODES = {name: i for i, name in enumerate(POLICIES)}
+#: what a step does to the buffers: the one table of actions, host and device
+#: (kernels/cuda.py's finalize writes A_NONE/A_SCALE/A_ZERO to its state)
+A_NONE, A_SCALE, A_ZERO, A_RAISE, A_RANDOM = 0, 1, 2, 3, 4
 
 
 class ClipStats(NamedTuple):
@@ -178,3 +183,49 @@ def random_step(shapes: list[tuple[int, ...]], dtypes: list, callers: list[int],
             f"the buffers' dtypes (buffer {callers[worst]} is {np.dtype(dtypes[worst]).name}, "
             f"smallest value {float(ml_dtypes.finfo(dtypes[worst]).smallest_subnormal)}){hint}")
     return steps
+
+
+class Decision(NamedTuple):
+    action: int      # A_NONE, A_SCALE, A_ZERO, A_RAISE, A_RANDOM
+    scale: float     # ClipStats.scale
+    clipped: bool
+
+
+def decide(norm: float, flags: int, max_norm: float, policy: str, overflow_scale=None) -> Decision:
+    """The clipping rule, with the non-finite policies, for every engine.
+
+    Finite gradient: scale by max_norm / norm when norm > max_norm, else
+    nothing.  ``overflow_scale()`` gives that scale where finite data have a
+    norm beyond float64 (norm is inf, flags 0).  Non-finite: the policy.
+    The CUDA finalize kernel implements the same table on the device
+    (A_RAISE and A_RANDOM are A_NONE there: the host acts on them).
+    """
+    if not flags:
+        if norm > max_norm:
+            scale = max_norm / norm if norm < math.inf or overflow_scale is None else overflow_scale()
+            return Decision(A_SCALE, scale, True)
+        return Decision(A_NONE, 1.0, False)
+    if policy == "error":
+        return Decision(A_RAISE, math.nan, False)
+    if policy == "skip":
+        return Decision(A_NONE, 1.0, False)
+    if policy == "zero":
+        return Decision(A_ZERO, 0.0, True)
+    if policy == "random":
+        return Decision(A_RANDOM, 0.0, True)
+    return Decision(A_SCALE, max_norm / norm, True)  # propagate: 0 for inf, NaN for NaN, as torch
+
+
+def combine_norms(norms: list[float], flags: int, kind: int, p: float) -> float:
+    """The norm of a list from the norms of its parts (mixed CPU/GPU lists):
+    relative to the largest, so no finite total overflows."""
+    if flags & cpu.HAS_NAN:
+        return math.nan
+    if flags & cpu.HAS_INF:
+        return math.inf
+    big = max(norms, default=0.0)
+    if big == 0.0 or big == math.inf or kind == cpu.NORM_INF:
+        return big
+    pw = 2.0 if kind == cpu.NORM_2 else 1.0 if kind == cpu.NORM_1 else p
+    t = math.fsum((n / big) ** pw for n in norms if n > 0.0)
+    return big * (math.sqrt(t) if pw == 2.0 else t if pw == 1.0 else t ** (1.0 / pw))

@@ -18,7 +18,8 @@ def _gpu_state() -> str:
     from fusedclip._gpu import gpu_state
     from fusedclip.kernels import cuda as ck
 
-    return f"{gpu_state()}; {ck.K} buffers per launch, {ck.THREADS} threads, chunks of {ck.CHUNK}"
+    return (f"{gpu_state()}; one chunk table, 3 launches per norm clip, {ck.THREADS} threads, "
+            f"chunks of {ck.CHUNK}")
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ Run by tests/test_gpu.py in its own process, WITHOUT NUMBA_ENABLE_CUDASIM:
 
     pytest tests/gpu/ptx_suite.py
 
-Each kernel x dtype is compiled to PTX by numba (kernels.cuda.compile_all_ptx)
+Each kernel (each handles all four dtypes) is compiled to PTX by numba (kernels.cuda.compile_all_ptx)
 for sm_80 and sm_90 and assembled by ptxas -v from the pinned pip toolkit.
 The bar: no spills, no stack frame, and at most REGISTER_BOUND registers per
 thread (with 256-thread blocks, 64 registers still fit 4 blocks -- 1,024
@@ -27,7 +27,7 @@ from fusedclip.kernels import cuda as ck  # noqa: E402
 
 REGISTER_BOUND = 64
 ARCHS = [(8, 0), (9, 0)]
-NAMES = [f"{k}_{d}" for d in ck.DTYPE_NAMES.values() for k in ("partials", "scale", "clamp")] + ["finalize"]
+NAMES = list(ck.KERNELS)  # each kernel handles every dtype
 
 
 def find_ptxas() -> str | None:
@@ -90,7 +90,7 @@ def test_indices_are_64_bit(assembled):
     """The chunk table is int64 and the element index is start + tid: the
     partials loop must compare and advance 64-bit values."""
     cc, ptx, out = assembled
-    text = ptx["partials_float32"]
+    text = ptx["partials"]
     assert re.search(r"setp\.\w*\.s64", text) and re.search(r"add\.s64", text)
 
 

@@ -21,11 +21,12 @@ from numba import cuda  # noqa: E402
 from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray  # noqa: E402
 
 import fusedclip as fc  # noqa: E402
-from fusedclip import _gpu  # noqa: E402
+from fusedclip import _gpu, _launch  # noqa: E402
 from fusedclip.kernels import cuda as ck  # noqa: E402
 from conftest import DTYPE_IDS, DTYPES, ref_norm, rel, scaled  # noqa: E402
 
-ck.configure(threads=16, chunk=48, k=4)
+ck.configure(threads=16, chunk=48)
+LAUNCHER = _launch.launcher()
 P = [1.0, 2.0, math.inf, 3.0]
 # the simulator runs kernels as numpy scalars: an overflow (rescued) or an
 # inf * 0 (the propagate policy) warns where the GPU would not
@@ -49,8 +50,8 @@ def snapshot(bufs):
 
 @pytest.fixture
 def launches():
-    start = ck.launches
-    return lambda: ck.launches - start
+    start = len(LAUNCHER.launches)
+    return lambda: len(LAUNCHER.launches) - start
 
 
 # ---------------------------------------------------------------- norms and clips
@@ -143,6 +144,7 @@ def protect(d):
     """The simulator's device memory is a numpy array: make it read-only, so that
     any store by a kernel raises."""
     d._ary.flags.writeable = False
+    LAUNCHER.watch(d._ary)
     return d
 
 
@@ -173,6 +175,8 @@ def test_clipper_call_never_waits_for_the_device(policy, monkeypatch):
         raise AssertionError("host sync inside Clipper.__call__")
 
     with monkeypatch.context() as m:
+        # the launcher's download is the engine's only way to read the device
+        m.setattr(LAUNCHER, "download", forbidden)
         m.setattr(FakeCUDAArray, "copy_to_host", forbidden)
         m.setattr(cuda, "synchronize", forbidden)
         stats = clipper()
@@ -187,24 +191,20 @@ def test_clipper_call_never_waits_for_the_device(policy, monkeypatch):
         assert stats2.nonfinite_buffers == (0, 1, 2)
 
 
-def test_a_wait_would_be_caught():
+def test_a_wait_would_be_caught(monkeypatch):
     """Control: the no-wait check fails for a call that must wait (policy error)."""
     hs, ds = dev_bufs(np.float32)
     clipper = fc.Clipper(ds, 1.0, nonfinite="error")
-    orig = FakeCUDAArray.copy_to_host
-    try:
-        FakeCUDAArray.copy_to_host = lambda *a, **k: (_ for _ in ()).throw(AssertionError("sync"))
-        with pytest.raises(AssertionError, match="sync"):
-            clipper()
-    finally:
-        FakeCUDAArray.copy_to_host = orig
+    monkeypatch.setattr(LAUNCHER, "download", lambda *a, **k: (_ for _ in ()).throw(AssertionError("sync")))
+    with pytest.raises(AssertionError, match="sync"):
+        clipper()
 
 
 def test_statistics_are_lazy_and_expire():
     hs, ds = dev_bufs(np.float32)
     first = fc.Clipper(ds, 1e9, nonfinite="skip")
     s0 = first()
-    for _ in range(_gpu.RING):
+    for _ in range(ck.RING):
         first()
     with pytest.raises(RuntimeError, match="overwritten"):
         _ = s0.norm
@@ -212,17 +212,43 @@ def test_statistics_are_lazy_and_expire():
     assert s.norm == s.result().norm and "DeviceClipStats" in repr(s)
 
 
+def test_every_ring_slot_keeps_its_own_outcome():
+    hs, ds = dev_bufs(np.float64)
+    c = fc.Clipper(ds, 1e9, nonfinite="skip")
+    got = []
+    for k in range(ck.RING):
+        c.max_norm = 1e9 if k % 2 else 1e-3 / 2**k   # alternate: not clipped / clipped
+        got.append(c())
+    for k, s in enumerate(got):
+        assert s.clipped == (k % 2 == 0) and s.threshold == (1e9 if k % 2 else 1e-3 / 2**k)
+
+
 # ---------------------------------------------------------------- launches
 @pytest.mark.parametrize("nbuf", [1, 4, 5, 10, 17])
 def test_launches_per_call(nbuf, launches):
     rng = np.random.default_rng(1)
-    ds = [cuda.to_device(rng.standard_normal(int(n)).astype(np.float32)) for n in rng.integers(1, 200, nbuf)]
+    dts = [np.float32, np.float64, ml_dtypes.bfloat16, np.float16]
+    ds = [cuda.to_device(rng.standard_normal(int(n)).astype(dts[i % 4]))
+          for i, n in enumerate(rng.integers(1, 200, nbuf))]
     c = fc.Clipper(ds, 1e-3, nonfinite="skip")
     n0 = launches()
     c()
-    used = launches() - n0
-    bound = 2 + 2 * math.ceil(nbuf / ck.K)
-    assert used == 1 + 2 * math.ceil(nbuf / ck.K) <= bound
+    assert launches() - n0 == 3  # partials, finalize, scale: any count, any dtype mix
+    n0 = launches()
+    fc.clip_grad_value_(ds, 1.0)
+    assert launches() - n0 == 1
+
+
+def test_chunk_table_offsets_are_64_bit():
+    """Chunk addresses are computed on the host in int64: a buffer of more
+    than 2**31 elements gets the right address for every chunk."""
+    n = 2**31 + 200
+    b = _gpu.Buf(0, None, 1 << 40, n, ck.F32, None, None)
+    t = _gpu.chunk_table([b])
+    assert len(t) == -(-n // ck.CHUNK)
+    k = 2**31 // ck.CHUNK + 1
+    assert t[k, 0] == (1 << 40) + 4 * k * ck.CHUNK and t[-1, 1] == n - (len(t) - 1) * ck.CHUNK
+    assert (t[:, 2] == ck.F32).all() and (t[:, 3] == 0).all()
 
 
 # ---------------------------------------------------------------- policies
@@ -321,21 +347,6 @@ def test_mixed_cpu_and_gpu(p):
     assert math.isnan(s.norm) and s.nonfinite_buffers == (2, 3)
 
 
-# ---------------------------------------------------------------- 64-bit indexing
-def test_offsets_beyond_2_to_the_31():
-    n = 2**31 + 200
-    huge = FakeCUDAArray(np.broadcast_to(np.float32(1.5), (n,)))  # no memory behind it
-    bufs = (huge,) * ck.K
-    table = cuda.to_device(np.array([[0, 2**31 + 100, 50], [3, 2**31 - 10, 40]], dtype=np.int64))
-    s = cuda.to_device(np.zeros(2))
-    m = cuda.to_device(np.zeros(2))
-    f = cuda.to_device(np.zeros(2, np.int32))
-    ck.kernel("partials", ck.F32)[2, ck.THREADS](bufs, table, 0, ck.NORM_2, 2.0, s, m, f)
-    # plain L2 partials are stored as (1, the chunk's norm)
-    np.testing.assert_array_equal(s.copy_to_host(), [1.0, 1.0])
-    np.testing.assert_array_equal(m.copy_to_host(), np.sqrt([50 * 2.25, 40 * 2.25]))
-
-
 # ---------------------------------------------------------------- conversions
 @pytest.mark.parametrize("dt", [np.float16, ml_dtypes.bfloat16], ids=["f16", "bf16"])
 def test_16_bit_conversions_match_the_cpu(dt):
@@ -343,13 +354,12 @@ def test_16_bit_conversions_match_the_cpu(dt):
     for s in (0.7, 3.0):
         d = cuda.to_device(x.copy())
         want = x.copy()
-        ck.configure(threads=16, chunk=4096, k=4)
+        ck.configure(threads=16, chunk=4096)
         try:
             g = _gpu.make_gpu_plan([d], [0], True, "t")
-            state = cuda.to_device(np.array([0, s, ck.A_SCALE, 0, 0, 0, 0, 0], np.float64))
-            g.scale(state)
+            g.apply(ck.A_SCALE, s)
         finally:
-            ck.configure(threads=16, chunk=48, k=4)
+            ck.configure(threads=16, chunk=48)
         fc.kernels.cpu.Table([want.ctypes.data], [want.size], [3 if dt == np.float16 else 2]).scale(s)
         got = host(d)
         with np.errstate(invalid="ignore"):

@@ -1,0 +1,304 @@
+"""How GPU kernels are started, and where GPU memory comes from: the launchers.
+
+A launcher owns device memory (``alloc``, ``upload``, ``download``), starts
+kernels by name with raw addresses and scalars (``launch``), and records a
+sequence of launches as a replayable graph (``capture``/``replay``).  The
+GPU engine (``_gpu.py``) talks to nothing else, so the same engine code runs
+
+* on a GPU, through ``CoreLauncher``: Numba-compiled cubins launched by
+  ``cuda.core`` (~5 µs of host time per launch), CUDA graphs for plans;
+* under the Numba CUDA simulator, through ``SimLauncher``: host memory and
+  the simulator's kernels (the kernels' logic, tested without a GPU);
+* in tests, through ``RecordingLauncher``: host memory and no kernel at all,
+  only a record of what would have been launched (launch counts and host
+  cost for 10 or 10,000 buffers, without a GPU and without the simulator's
+  slowness).
+
+``launcher()`` picks the first two automatically; ``use_launcher`` is the
+one test hook.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import numpy as np
+
+_lock = threading.Lock()
+_current: Any = None
+
+
+def core(name: str):
+    """A name from cuda.core (newer releases) or cuda.core.experimental."""
+    try:
+        import cuda.core as m
+
+        return getattr(m, name)
+    except (ImportError, AttributeError):
+        import cuda.core.experimental as m
+
+        return getattr(m, name)
+
+
+def launcher():
+    """The process's launcher: the simulator's or the GPU's, made on first use."""
+    global _current
+    if _current is None:
+        with _lock:
+            if _current is None:
+                _current = SimLauncher() if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else CoreLauncher()
+    return _current
+
+
+def use_launcher(new):
+    """Replace the process's launcher (tests); returns the previous one."""
+    global _current
+    old, _current = _current, new
+    return old
+
+
+class DeviceArray:
+    """Device memory owned by a plan: ``addr`` is its address; freed with it."""
+
+    __slots__ = ("addr", "nbytes", "_free", "__weakref__")
+
+    def __init__(self, addr: int, nbytes: int, free):
+        self.addr, self.nbytes, self._free = addr, nbytes, free
+
+    def __del__(self):
+        if self._free is not None:
+            try:
+                self._free(self.addr)
+            except Exception:  # pragma: no cover - interpreter shutdown
+                pass
+            self._free = None
+
+
+# ------------------------------------------------------------------ host memory
+class _HostMemory:
+    """Device memory simulated by host arrays (simulator and recorder)."""
+
+    def __init__(self):
+        self._live: dict[int, np.ndarray] = {}
+        self.launches: list[tuple] = []
+
+    def alloc(self, nbytes: int) -> DeviceArray:
+        a = np.zeros(max(nbytes, 8), np.uint8)
+        addr = a.ctypes.data
+        self._live[addr] = a
+        return DeviceArray(addr, nbytes, self._live.pop)
+
+    def upload(self, dst: DeviceArray | int, host: np.ndarray, stream=None) -> None:
+        addr = dst.addr if isinstance(dst, DeviceArray) else dst
+        host = np.ascontiguousarray(host)
+        np.copyto(self._view(addr, host.nbytes), host.view(np.uint8).reshape(-1))
+
+    def download(self, host: np.ndarray, src: DeviceArray | int, stream=None) -> np.ndarray:
+        addr = src.addr if isinstance(src, DeviceArray) else src
+        host.view(np.uint8).reshape(-1)[...] = self._view(addr, host.nbytes)
+        return host
+
+    @staticmethod
+    def _view(addr: int, nbytes: int) -> np.ndarray:
+        import ctypes
+
+        return np.frombuffer((ctypes.c_char * nbytes).from_address(addr), np.uint8)
+
+    def stream_of(self, handle: int | None):
+        return handle
+
+    def synchronize(self, stream=None) -> None:
+        pass
+
+    # a "graph" here is the list of launches, replayed one by one
+    def capture(self, launches: list[tuple]):
+        return list(launches)
+
+    def replay(self, graph, stream=None) -> None:
+        for name, grid, args in graph:
+            self.launch(name, grid, args, stream)
+
+
+class SimLauncher(_HostMemory):
+    """The Numba CUDA simulator: kernels run as Python on host memory.
+
+    ``view`` is how the kernels' ``as_ptr`` reads an address here.  Host
+    arrays registered with ``watch`` keep their numpy write protection in
+    kernels (a view into a non-writeable one is read-only), which is how the
+    tests prove that a kernel stores nothing."""
+
+    kind = "simulator"
+    graphs = False
+
+    def __init__(self):
+        super().__init__()
+        self.watched: list[np.ndarray] = []
+
+    def watch(self, host_array: np.ndarray) -> None:
+        self.watched.append(host_array)
+
+    def view(self, addr: int, n: int, dtype) -> np.ndarray:
+        import ctypes
+
+        dt = np.dtype(dtype)
+        nbytes = max(int(n), 1) * dt.itemsize
+        v = np.frombuffer((ctypes.c_char * nbytes).from_address(int(addr)), dtype=dt)
+        for a in self.watched:
+            lo = a.__array_interface__["data"][0]
+            if lo <= addr < lo + a.nbytes and not a.flags.writeable:
+                v.flags.writeable = False
+        return v
+
+    def launch(self, name: str, grid: int, args: tuple, stream=None) -> None:
+        from .kernels import cuda as ck
+
+        self.launches.append((name, grid, args))
+        if grid > 0:
+            ck.sim_kernel(name)[grid, ck.THREADS](*args)
+
+
+class RecordingLauncher(_HostMemory):
+    """Records launches and runs nothing: for launch counts and host cost."""
+
+    kind = "recording"
+    graphs = True
+
+    def __init__(self):
+        super().__init__()
+        self.replays = 0
+
+    def launch(self, name: str, grid: int, args: tuple, stream=None) -> None:
+        self.launches.append((name, grid, args))
+
+    def replay(self, graph, stream=None) -> None:
+        self.replays += 1
+        self.launches.extend(graph)
+
+
+# ------------------------------------------------------------------ the GPU
+class CoreLauncher:
+    """Numba-compiled cubins, launched through cuda.core on the caller's stream."""
+
+    kind = "cuda.core"
+    graphs = True
+
+    def __init__(self):
+        from cuda.bindings import driver
+
+        self._drv = driver
+        self.device = core("Device")()
+        self.device.set_current()
+        cc = self.device.compute_capability
+        self.cc = (int(cc[0]), int(cc[1]))
+        self._kernels: dict[str, Any] = {}
+        self._streams: dict[int, Any] = {}
+        self._LaunchConfig = core("LaunchConfig")
+        self._launch = core("launch")
+        self._configs: dict[int, Any] = {}
+        self._private = self.device.create_stream()  # graphs are captured here
+        self.launches: list[tuple] | None = None  # set to a list to record
+
+    def _check(self, res):
+        err = res[0] if isinstance(res, tuple) else res
+        if int(err) != 0:
+            _, msg = self._drv.cuGetErrorString(err)
+            raise RuntimeError(f"CUDA driver error {int(err)}: {msg.decode() if msg else err}")
+        return res[1] if isinstance(res, tuple) and len(res) == 2 else res
+
+    def kernel(self, name: str):
+        k = self._kernels.get(name)
+        if k is None:
+            from .kernels import cuda as ck
+
+            data, entry = ck.cubin(name, self.cc)
+            k = core("ObjectCode").from_cubin(data).get_kernel(entry)
+            self._kernels[name] = k
+        return k
+
+    def warm(self) -> None:
+        """Load (compile or read from the disk cache) every kernel now."""
+        from .kernels import cuda as ck
+
+        for name in ck.KERNELS:
+            self.kernel(name)
+
+    # memory
+    def alloc(self, nbytes: int) -> DeviceArray:
+        d = self._drv
+        self.device.set_current()
+        addr = int(self._check(d.cuMemAlloc(max(nbytes, 8))))
+        return DeviceArray(addr, nbytes, lambda a: d.cuMemFree(a))
+
+    def upload(self, dst, host: np.ndarray, stream=None) -> None:
+        addr = dst.addr if isinstance(dst, DeviceArray) else dst
+        host = np.ascontiguousarray(host)
+        self._check(self._drv.cuMemcpyHtoDAsync(addr, host.ctypes.data, host.nbytes, self._handle(stream)))
+        self.synchronize(stream)  # the host array may be a temporary
+
+    def download(self, host: np.ndarray, src, stream=None) -> np.ndarray:
+        addr = src.addr if isinstance(src, DeviceArray) else src
+        self._check(self._drv.cuMemcpyDtoHAsync(host.ctypes.data, addr, host.nbytes, self._handle(stream)))
+        self.synchronize(stream)
+        return host
+
+    def synchronize(self, stream=None) -> None:
+        self._check(self._drv.cuStreamSynchronize(self._handle(stream)))
+
+    @staticmethod
+    def _handle(stream) -> Any:
+        if stream is None:
+            return 0
+        if isinstance(stream, int):
+            return stream
+        return int(stream.handle)
+
+    def stream_of(self, handle: int | None):
+        """A cuda.core Stream over a raw handle (0 or None: the legacy default)."""
+        h = int(handle or 0)
+        s = self._streams.get(h)
+        if s is None:
+            s = core("Stream").from_handle(h)
+            self._streams[h] = s
+        return s
+
+    def _config(self, grid: int):
+        from .kernels import cuda as ck
+
+        c = self._configs.get(grid)
+        if c is None:
+            c = self._LaunchConfig(grid=grid, block=ck.THREADS)
+            self._configs[grid] = c
+        return c
+
+    def launch(self, name: str, grid: int, args: tuple, stream=None) -> None:
+        if grid <= 0:
+            return
+        if self.launches is not None:
+            self.launches.append((name, grid, args))
+        s = stream if stream is not None else self.stream_of(0)
+        self._launch(s, self._config(grid), self.kernel(name), *_kargs(args))
+
+    def capture(self, launches: list[tuple]):
+        """A CUDA graph of these launches (captured on a private stream; it can
+        be replayed on any stream of the device)."""
+        for name, _, _ in launches:
+            self.kernel(name)  # compile/load outside the capture
+        gb = self._private.create_graph_builder()
+        gb.begin_building()
+        for name, grid, args in launches:
+            if grid > 0:
+                self._launch(gb, self._config(grid), self.kernel(name), *_kargs(args))
+        gb.end_building()
+        graph = gb.complete()
+        return graph
+
+    def replay(self, graph, stream=None) -> None:
+        if self.launches is not None:
+            self.launches.append(("graph", 0, ()))
+        graph.launch(stream if stream is not None else self.stream_of(0))
+
+
+def _kargs(args: tuple) -> list:
+    """Kernel arguments: Python ints are int64 addresses/integers, floats doubles."""
+    return [np.float64(a) if isinstance(a, float) else np.int64(a) for a in args]
