@@ -486,7 +486,7 @@ def _repeated_table(view: np.ndarray, i: int, k: int, staged: list, fn: str):
     """(Table over the core of a zero-stride view, k): the core is the view
     with its zero-stride dims taken once; the view holds it k times."""
     core = view[tuple(0 if s == 0 and n > 1 else slice(None)
-                      for n, s in zip(view.shape, view.strides))]
+                      for n, s in zip(view.shape, view.strides)) + (Ellipsis,)]  # 0-d: an array
     code = int(cpu.describe([core])[0][_F.F_CODE, 0])
     if core.flags.aligned and (core.flags.c_contiguous or core.flags.f_contiguous):
         ptr = core.ctypes.data
