@@ -371,6 +371,83 @@ def overlap_suspects(cnp.ndarray d):
     return order, sus[:ns]
 
 
+# ------------------------------------------------------------ resize check
+def owners(list arrays):
+    """The array owning each array's memory, and its data pointer and size now.
+
+    Follows ``.base`` from ndarray to ndarray (and through a non-array base
+    that holds one in its own ``.base``, as ``as_strided``'s does).  Returns
+    ``(owners, snap)``; ``moved(owners, snap)`` later finds an owner whose
+    memory was reallocated (``ndarray.resize``), which leaves every view of it
+    pointing at freed memory.  Non-arrays get None and are never reported.
+    """
+    cdef Py_ssize_t n = len(arrays), i
+    cdef cnp.ndarray snap = np.zeros((2, n), dtype=np.int64)
+    cdef int64_t[:, ::1] S = snap
+    cdef list out = [None] * n
+    cdef PyObject *b
+    cdef object o, bb
+    for i in range(n):
+        o = arrays[i]
+        if not cnp.PyArray_Check(o):
+            continue
+        while True:
+            b = <PyObject *>cnp.PyArray_BASE(<cnp.ndarray>o)
+            if b == NULL:
+                break
+            if cnp.PyArray_Check(<object>b):
+                o = <object>b
+                continue
+            bb = getattr(<object>b, "base", None)  # rare: e.g. as_strided's DummyArray
+            if cnp.PyArray_Check(bb):
+                o = bb
+                continue
+            break
+        out[i] = o
+        S[0, i] = <int64_t><uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>o)
+        S[1, i] = cnp.PyArray_SIZE(<cnp.ndarray>o)
+    return out, snap
+
+
+cdef extern from *:
+    """
+    /* First i whose array's data pointer or size differs from the snapshot, or
+     * -1; None entries are skipped.  Bound by cache misses on the array objects
+     * and their shape arrays: prefetch both ahead, as describe() does. */
+    static Py_ssize_t fc_moved(PyObject **items, Py_ssize_t n,
+                               const int64_t *ptr, const int64_t *size) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (i + 16 < n) __builtin_prefetch(items[i + 16]);
+            if (i + 8 < n && items[i + 8] != Py_None)
+                __builtin_prefetch(PyArray_DIMS((PyArrayObject *)items[i + 8]));
+            PyObject *o = items[i];
+            if (o == Py_None) continue;
+            PyArrayObject *a = (PyArrayObject *)o;
+            if ((int64_t)(uintptr_t)PyArray_DATA(a) != ptr[i]) return i;
+            /* PyArray_SIZE is a call through numpy's API table: inline it */
+            const npy_intp *dims = PyArray_DIMS(a);
+            int64_t sz = 1;
+            for (int d = 0, nd = PyArray_NDIM(a); d < nd; d++) sz *= dims[d];
+            if (sz != size[i]) return i;
+        }
+        return -1;
+    }
+    """
+    Py_ssize_t fc_moved(PyObject **items, Py_ssize_t n, const int64_t *ptr,
+                        const int64_t *size) noexcept
+
+
+def moved(list owners, const int64_t[:, ::1] snap):
+    """The first index whose owner's data pointer or size differs from ``snap``
+    (see ``owners``), or -1.  One C loop: no Python work per buffer."""
+    cdef Py_ssize_t n = len(owners)
+    if snap.shape[0] != 2 or snap.shape[1] != n:
+        raise ValueError("owners and snap do not match")
+    if n == 0:
+        return -1
+    return fc_moved(PySequence_Fast_ITEMS(owners), n, &snap[0, 0], &snap[1, 0])
+
+
 # ------------------------------------------------------------ the table
 cdef class Table:
     """A chunk table over contiguous buffers, with its partials.

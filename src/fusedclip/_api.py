@@ -115,6 +115,7 @@ class Clipper:
         )
 
     def __call__(self) -> ClipStats:
+        self._plan.check()  # RuntimeError if an array was resized since planning
         if self._gpu is not None:
             return self._call_gpu() if self._plan.table.nchunks == 0 else self._call_mixed()
         plan, nt, t = self._plan, self._num_threads, self._max_norm
@@ -222,7 +223,7 @@ def global_norm(buffers: Buffers, norm_type: float = 2.0, *, num_threads: int | 
     kind, p = _policy.norm_kind(norm_type)
     nt = _policy.check_threads(num_threads)
     plan, g = plan_buffers(buffers, writable=False, fn="global_norm")
-    norm, flags = plan.table.norm(kind, p, nt)
+    norm, flags = plan.norm(kind, p, nt)  # plan.norm: zero-stride views count k times
     if g is None:
         return norm
     from .kernels import cuda as ck

@@ -9,6 +9,7 @@ views, suspected overlap) get Python attention.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Iterable
 
@@ -29,15 +30,45 @@ class Plan:
     the caller's view and ``write_back`` copies results back.
     """
 
-    __slots__ = ("table", "arrays", "rows", "dups", "staged", "n_inputs")
+    __slots__ = ("table", "arrays", "rows", "dups", "staged", "n_inputs", "extra",
+                 "_owners", "_snap")
 
-    def __init__(self, table, arrays, rows, dups, staged, n_inputs):
+    def __init__(self, table, arrays, rows, dups, staged, n_inputs, extra=()):
         self.table = table          # kernels.cpu.Table
         self.arrays = arrays        # the caller's array of each row (kept alive)
         self.rows = rows            # row -> caller index (np.int64 array)
         self.dups = dups            # row -> [further caller indices]
         self.staged = staged        # [(caller's view, contiguous copy)]
         self.n_inputs = n_inputs
+        self.extra = list(extra)    # [(Table, k)]: read-only zero-stride views, see norm()
+        # the array owning each row's memory, with its data pointer and size now
+        self._owners, self._snap = cpu.owners(arrays)
+
+    def check(self) -> None:
+        """RuntimeError if an array's memory moved since planning (``a.resize``):
+        the table would read and write freed memory.  One C loop, no Python
+        work per buffer."""
+        r = cpu.moved(self._owners, self._snap)
+        if r >= 0:
+            i = int(self.rows[r])
+            raise RuntimeError(
+                f"buffer {i}'s memory was reallocated or resized after the plan was "
+                "built (ndarray.resize?); its plan points at freed memory; build a new "
+                "Clipper (nothing was read or written)"
+            )
+
+    def norm(self, kind: int, p: float, nthreads=None) -> tuple[float, int]:
+        """The table's norm, combined with the ``extra`` rows: a zero-stride view
+        with core norm c that holds its core k times has norm k**(1/p)*c."""
+        norm, flags = self.table.norm(kind, p, nthreads)
+        if not self.extra:
+            return norm, flags
+        parts = [(norm, 1)]
+        for t, k in self.extra:
+            c, f = t.norm(kind, p, nthreads)
+            parts.append((c, k))
+            flags |= f
+        return _combine(parts, kind, p), flags
 
     def refresh(self) -> None:
         for view, copy in self.staged:
@@ -54,6 +85,22 @@ class Plan:
             out.append(int(self.rows[r]))
             out.extend(self.dups.get(int(r), ()))
         return tuple(sorted(out))
+
+
+def _combine(parts: list, kind: int, p: float) -> float:
+    """The p-norm of norms n_i taken w_i times each, scaled by the largest so
+    that nothing overflows for finite inputs: M * (sum w_i (n_i/M)**p)**(1/p)."""
+    ns = [n for n, _ in parts]
+    if any(math.isnan(n) for n in ns):
+        return math.nan
+    m = max(ns)
+    if kind == _F.NORM_INF or m == 0.0 or m == math.inf:
+        return m
+    s = math.fsum(w * (n / m) ** p for n, w in parts)
+    try:
+        return m * s ** (1.0 / p)
+    except OverflowError:  # only a quasi-norm (p < 1) can exceed float64
+        return math.inf
 
 
 def as_list(buffers: Any, fn: str) -> list:
@@ -132,29 +179,147 @@ def _check(arrays: list, first: np.ndarray, writable: bool, fn: str) -> None:
         )
 
 
-def _same_memory(a: np.ndarray, b: np.ndarray, d: np.ndarray, i: int, j: int) -> bool:
-    """Exactly the same elements: the same array, a contiguous reshape or transpose."""
-    if d[_F.F_CODE, i] != d[_F.F_CODE, j] or d[_F.F_LO, i] != d[_F.F_LO, j]:
-        return False
-    if d[_F.F_HI, i] != d[_F.F_HI, j]:
-        return False
-    both_contig = d[_F.F_FLAGS, i] & d[_F.F_FLAGS, j] & _F.CONTIGUOUS
-    return bool(both_contig) or (
-        a.shape == b.shape and a.strides == b.strides and d[_F.F_PTR, i] == d[_F.F_PTR, j]
-    )
+# ------------------------------------------------------------ layouts
+#: Views up to this many elements get an exact element-address check when the
+#: cheap stride test cannot decide (self-overlap, or "the same elements").
+EXACT_LIMIT = 1 << 22
 
 
-def _resolve_overlaps(arrays: list, d: np.ndarray, fn: str) -> dict[int, int]:
-    """Map duplicate caller index -> the first caller index with that memory.
+class _Layout:
+    """The canonical form of a view's element set, for a non-empty array.
 
-    Raises ValueError for buffers that share memory without being the same
-    buffer.  Interleaved views (a[::2], a[1::2]) share a byte range but no
-    element, and pass.
+    ``key`` is ``(dtype code, lowest byte address, k, dims)``: size-1 dims
+    dropped, negative strides flipped, the ``k`` copies that zero strides make
+    counted apart, the other dims sorted by stride and merged where one
+    continues the other, the element itself a dim ``(1, itemsize)`` in bytes.
+    Two views with the same key address the same elements the same number of
+    times.  ``nested``: each stride is at least the previous stride times its
+    extent, which proves the non-zero-stride dims address distinct bytes;
+    then the key is unique for its element set (different keys, different
+    sets).  A view that is not nested (a sliding window, odd as_strided
+    strides) may still have distinct elements: ``offsets`` settles it exactly.
+    """
+
+    __slots__ = ("key", "k", "nested", "dims", "item", "_offs")
+
+    def __init__(self, code: int, lo: int, shape, strides, itemsize: int) -> None:
+        k = 1
+        dims = [(1, itemsize)]
+        for s, n in sorted((abs(s), n) for n, s in zip(shape, strides) if n > 1):
+            if s == 0:
+                k *= n
+                continue
+            ps, pn = dims[-1]
+            if s == ps * pn:
+                dims[-1] = (ps, pn * n)
+            else:
+                dims.append((s, n))
+        self.nested = all(dims[j][0] >= dims[j - 1][0] * dims[j - 1][1] for j in range(1, len(dims)))
+        self.k, self.dims, self.item = k, tuple(dims), itemsize
+        self.key = (code, lo, k, self.dims)
+        self._offs = None
+
+    @classmethod
+    def of(cls, a: np.ndarray, d: np.ndarray, i: int) -> "_Layout":
+        code, lo = int(d[_F.F_CODE, i]), int(d[_F.F_LO, i])
+        if d[_F.F_FLAGS, i] & _F.CONTIGUOUS:  # no need to look at the shape
+            return cls(code, lo, (int(d[_F.F_SIZE, i]),), (a.itemsize,), a.itemsize)
+        return cls(code, lo, a.shape, a.strides, a.itemsize)
+
+    def offsets(self):
+        """Sorted byte offsets (from the lowest address) of every element, with
+        the zero-stride copies left out; None if the view is too large."""
+        if self._offs is None:
+            run = self.dims[0][1] // self.item  # elements merged into the first dim
+            size = run
+            for _, n in self.dims[1:]:
+                size *= n
+            if size > EXACT_LIMIT:
+                return None
+            off = np.arange(run, dtype=np.int64) * self.item
+            for s, n in self.dims[1:]:
+                off = (off[:, None] + np.arange(n, dtype=np.int64) * s).ravel()
+            self._offs = np.sort(off)
+        return self._offs
+
+    def self_overlap(self) -> bool | None:
+        """Do two of the view's elements share a byte?  None: too large to tell."""
+        if self.k > 1:
+            return True
+        if self.nested:
+            return False
+        off = self.offsets()
+        if off is None:
+            return None
+        return bool(off.size > 1 and np.diff(off).min() < self.item)
+
+    def same_elements(self, other: "_Layout") -> bool | None:
+        """Exactly the same elements, the same number of times?  None: too large."""
+        if self.key == other.key:
+            return True
+        if self.key[:3] != other.key[:3] or (self.nested and other.nested):
+            return False  # nested keys are unique for their element set
+        a, b = self.offsets(), other.offsets()
+        if a is None or b is None:
+            return None
+        return a.shape == b.shape and bool(np.array_equal(a, b))
+
+
+def _layouts(arrays: list, d: np.ndarray, idx, cache: dict) -> list:
+    out = []
+    for i in idx:
+        L = cache.get(i)
+        if L is None:
+            L = cache[i] = _Layout.of(arrays[i], d, i)
+        out.append(L)
+    return out
+
+
+def _check_self_overlap(arrays: list, d: np.ndarray, first: np.ndarray, writable: bool,
+                        fn: str, cache: dict) -> None:
+    """Writers: reject a view that addresses one element more than once."""
+    if not writable or first[_F.S_STAGE] < 0:
+        return
+    # contiguous arrays cannot overlap themselves; only strided views are examined
+    idx = np.flatnonzero(((d[_F.F_FLAGS] & _F.CONTIGUOUS) == 0) & (d[_F.F_SIZE] > 0)).tolist()
+    for i, L in zip(idx, _layouts(arrays, d, idx, cache)):
+        over = L.self_overlap()
+        if over is False:
+            continue
+        a = arrays[i]
+        why = ("a zero stride repeats elements" if L.k > 1 else
+               "its strides address some elements more than once" if over else
+               f"it is too large ({a.size} elements) to prove that its strides never "
+               "address an element twice, so it is rejected conservatively")
+        raise ValueError(
+            f"{fn}: buffer {i} is a view whose elements overlap each other (shape "
+            f"{a.shape}, strides {a.strides}): {why}; {fn} writes in place and would "
+            "count and scale such an element several times; pass a view whose "
+            "elements are distinct (e.g. a copy); nothing was modified"
+        )
+
+
+def _resolve_overlaps(arrays: list, d: np.ndarray, fn: str, cache: dict) -> dict[int, int]:
+    """Map duplicate caller index -> the smallest caller index with that memory.
+
+    Two buffers are the same buffer when they address exactly the same elements
+    with the same dtype (``_Layout``): the same array, a reshape, a transpose,
+    a reversal, equal strided views.  Buffers that share memory otherwise
+    raise ValueError.  Interleaved views (a[::2], a[1::2]) share a byte range
+    but no element, and pass.
+
+    Near-linear: the extents are swept once (C), only the clusters of
+    overlapping extents are looked at, buffers with equal keys are grouped
+    by a dict, and ``np.shares_memory`` runs only between different views.
     """
     order, suspects = cpu.overlap_suspects(d)
     if not suspects.size:
         return {}
     lo, hi = d[_F.F_LO, order], d[_F.F_HI, order]
+    start = np.ones(order.size, bool)  # a new cluster of overlapping extents
+    start[1:] = lo[1:] >= np.maximum.accumulate(hi)[:-1]
+    cid = np.cumsum(start) - 1
+    busy = np.bincount(cid)[cid] > 1
     parent: dict[int, int] = {}
 
     def root(x: int) -> int:
@@ -162,27 +327,58 @@ def _resolve_overlaps(arrays: list, d: np.ndarray, fn: str) -> dict[int, int]:
             x = parent[x]
         return x
 
-    for pos in suspects:
-        j = int(order[pos])
-        for q in np.flatnonzero(hi[:pos] > lo[pos]):
-            i = int(order[q])
-            a, b = (i, j) if i < j else (j, i)
-            if _same_memory(arrays[a], arrays[b], d, a, b):
-                ra, rb = root(a), root(b)
-                if ra != rb:  # union: the smaller caller index is the root
-                    parent[max(ra, rb)] = min(ra, rb)
+    def union(a: int, b: int) -> None:
+        ra, rb = root(a), root(b)
+        if ra != rb:  # the smaller caller index is the root
+            parent[max(ra, rb)] = min(ra, rb)
+
+    pos = np.flatnonzero(busy)
+    idx = order[pos].tolist()
+    clusters = cid[pos].tolist()
+    layouts = _layouts(arrays, d, idx, cache)
+    groups: dict = {}  # (cluster, key) -> smallest caller index
+    reps: dict[int, list[int]] = {}  # cluster -> one caller index per distinct key
+    for i, c, L in zip(idx, clusters, layouts):
+        g = (c, L.key)
+        r = groups.get(g)
+        if r is None:
+            groups[g] = i
+            reps.setdefault(c, []).append(i)
+        else:
+            union(r, i)
+    for members in reps.values():
+        if len(members) > 1:
+            _check_distinct(arrays, d, members, cache, union, fn)
+    return {x: root(x) for x in parent}
+
+
+def _check_distinct(arrays, d, members, cache, union, fn) -> None:
+    """Pairwise checks between views with different keys whose extents overlap."""
+    members = sorted(members, key=lambda i: d[_F.F_LO, i])
+    for q, j in enumerate(members):
+        for i in members[:q]:
+            if d[_F.F_HI, i] <= d[_F.F_LO, j]:
                 continue
+            a, b = (i, j) if i < j else (j, i)
             try:
                 shared = np.shares_memory(arrays[a], arrays[b])
             except np.exceptions.TooHardError:
                 shared = True
-            if shared:
-                raise ValueError(
-                    f"{fn}: buffers {a} and {b} partially overlap in memory; each "
-                    "element must belong to one buffer (pass the same array once, "
-                    "or non-overlapping views); nothing was modified"
-                )
-    return {x: root(x) for x in parent}
+            if not shared:
+                continue
+            same = cache[a].same_elements(cache[b])
+            if same:
+                union(a, b)
+                continue
+            raise ValueError(
+                f"{fn}: buffers {a} and {b} partially overlap in memory; each "
+                "element must belong to one buffer (pass the same array once, "
+                "or non-overlapping views)"
+                + ("" if same is False else
+                   " (they are too large to compare element by element, so "
+                   "this is decided conservatively)")
+                + "; nothing was modified"
+            )
 
 
 _NO_BUFFER = np.zeros(0, np.float32)  # stands in for a GPU buffer in the CPU plan
@@ -221,15 +417,26 @@ def _make_plan(objs: list, d: np.ndarray, first: np.ndarray, writable: bool, fn:
         arrays = list(objs)
         for i in np.flatnonzero(d[_F.F_CODE] == _F.CODE_NOT_ARRAY).tolist():
             o = objs[i]
+            if writable and isinstance(o, np.generic):
+                raise _numpy_scalar(o, i, fn)
             if not _is_array_like(o) and not _has_buffer(o):
                 raise _not_array(o, i, fn)
             arrays[i] = _to_ndarray(o, i, fn)
         d, first = cpu.describe(arrays)
     _check(arrays, first, writable, fn)
+    cache: dict[int, _Layout] = {}
+    strided: list[int] = []
+    if first[_F.S_STAGE] >= 0:  # only views that need staging can repeat elements
+        strided = np.flatnonzero(((d[_F.F_FLAGS] & _F.CONTIGUOUS) == 0)
+                                 & (d[_F.F_SIZE] > 0)).tolist()
+        _layouts(arrays, d, strided, cache)
+        _check_self_overlap(arrays, d, first, writable, fn, cache)
     # buffers listed in increasing, disjoint address order cannot overlap
-    canon = _resolve_overlaps(arrays, d, fn) if first[_F.S_UNORDERED] >= 0 else {}
+    canon = _resolve_overlaps(arrays, d, fn, cache) if first[_F.S_UNORDERED] >= 0 else {}
+    # read-only views with zero strides (np.broadcast_to): measure the core once
+    repeated = [i for i in strided if cache[i].k > 1 and i not in canon]
 
-    if first[_F.S_EMPTY] < 0 and not canon:  # the common case: every buffer is a row
+    if first[_F.S_EMPTY] < 0 and not canon and not repeated:  # the common case
         rows = np.arange(len(arrays))
         kept = list(arrays)
         ptrs, sizes, codes = d[_F.F_PTR], d[_F.F_SIZE], d[_F.F_CODE]
@@ -237,6 +444,7 @@ def _make_plan(objs: list, d: np.ndarray, first: np.ndarray, writable: bool, fn:
         keep = d[_F.F_SIZE] > 0
         if canon:
             keep[list(canon)] = False
+        keep[repeated] = False
         rows = np.flatnonzero(keep)
         kept = [arrays[i] for i in rows.tolist()]
         ptrs, sizes, codes = d[_F.F_PTR, rows], d[_F.F_SIZE, rows], d[_F.F_CODE, rows]
@@ -246,16 +454,55 @@ def _make_plan(objs: list, d: np.ndarray, first: np.ndarray, writable: bool, fn:
         direct = _F.CONTIGUOUS | _F.ALIGNED
         for r in np.flatnonzero((d[_F.F_FLAGS, rows] & direct) != direct).tolist():
             view = kept[r]
-            copy = np.empty(view.shape, dtype=view.dtype)  # C order, aligned
-            np.copyto(copy, view)
+            copy = _stage(view, int(rows[r]), fn)
             staged.append((view, copy))
             ptrs[r] = copy.ctypes.data
     dups: dict[int, list[int]] = {}
     if canon:
         row_of = {c: r for r, c in enumerate(rows.tolist())}
         for dup, root in canon.items():
-            dups.setdefault(row_of[root], []).append(dup)
-    return Plan(cpu.Table(ptrs, sizes, codes), kept, rows, dups, staged, len(objs))
+            if root in row_of:
+                dups.setdefault(row_of[root], []).append(dup)
+    extra = [_repeated_table(arrays[i], i, cache[i].k, staged, fn) for i in repeated]
+    return Plan(cpu.Table(ptrs, sizes, codes), kept, rows, dups, staged, len(objs), extra)
+
+
+def _stage(view: np.ndarray, i: int, fn: str) -> np.ndarray:
+    """A C-ordered, aligned copy of a view; MemoryError naming the buffer."""
+    try:
+        copy = np.empty(view.shape, dtype=view.dtype)  # C order, aligned
+    except (MemoryError, ValueError) as e:  # ValueError: "array is too big"
+        raise MemoryError(
+            f"{fn}: buffer {i} (shape {view.shape}, strides {view.strides}, "
+            f"{view.dtype}) is not contiguous and needs a contiguous staging copy of "
+            f"{view.size * view.itemsize} bytes, which could not be allocated ({e}); "
+            "pass a contiguous array; nothing was modified"
+        ) from None
+    np.copyto(copy, view)
+    return copy
+
+
+def _repeated_table(view: np.ndarray, i: int, k: int, staged: list, fn: str):
+    """(Table over the core of a zero-stride view, k): the core is the view
+    with its zero-stride dims taken once; the view holds it k times."""
+    core = view[tuple(0 if s == 0 and n > 1 else slice(None)
+                      for n, s in zip(view.shape, view.strides)) + (Ellipsis,)]  # 0-d: an array
+    code = int(cpu.describe([core])[0][_F.F_CODE, 0])
+    if core.flags.aligned and (core.flags.c_contiguous or core.flags.f_contiguous):
+        ptr = core.ctypes.data
+    else:
+        copy = _stage(core, i, fn)
+        staged.append((core, copy))
+        ptr = copy.ctypes.data
+    return cpu.Table([ptr], [core.size], [code]), k
+
+
+def _numpy_scalar(o: Any, i: int, fn: str) -> TypeError:
+    return TypeError(
+        f"{fn}: buffer {i} is a numpy scalar ({type(o).__name__}), which is immutable: "
+        f"{fn} works in place and could only change a copy; pass an array instead, "
+        "e.g. a 0-d array np.array(x), and read the result from it"
+    )
 
 
 def _has_buffer(o: Any) -> bool:
