@@ -31,8 +31,10 @@ THREADS_PROBE = textwrap.dedent(
     def nthreads():
         return len(os.listdir("/proc/self/task"))
 
-    big = np.ones(cpu.PARALLEL_MIN, np.float32)           # the threshold, 4 chunks
-    small = np.ones(cpu.PARALLEL_MIN - 1, np.float32)     # one element short
+    # the documented threshold (DESIGN.md: 131,072 elements), not the module's
+    # constant, so that moving the threshold is caught too
+    big = np.ones(131072, np.float32)                     # the threshold, 4 chunks
+    small = np.ones(131071, np.float32)                   # one element short
     out = {}
     def step(name, f):
         before = nthreads()
@@ -56,6 +58,10 @@ THREADS_PROBE = textwrap.dedent(
     print(out)
     """
 )
+
+
+def test_documented_chunk_and_threshold():
+    assert cpu.CHUNK == 32768 and cpu.PARALLEL_MIN == 131072
 
 
 def test_parallel_path_starts_threads():
