@@ -47,7 +47,7 @@ def test_all_zero_values(p):
 
 def test_one_buffer_and_a_bare_array(rng):
     x = rng.standard_normal((30, 40)).astype(np.float32)
-    assert fc.global_norm(x) == fc.global_norm([x])
+    assert fc.global_norm(x) == fc.global_norm([x])  # agreement is the point here
     assert rel(fc.global_norm(x), ref_norm([x])) <= 1e-13
 
 
@@ -66,6 +66,7 @@ def test_mixed_dtypes_in_one_list(rng):
 def test_generators_tuples_and_foreign_arrays(rng):
     x = rng.standard_normal(100)
     want = fc.global_norm([x])
+    assert rel(want, ref_norm([x])) <= 1e-13  # the forms below must agree with a correct value
     assert fc.global_norm(a for a in [x]) == want
     assert fc.global_norm((x,)) == want
     assert fc.global_norm([memoryview(x)]) == want
