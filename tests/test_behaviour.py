@@ -51,10 +51,13 @@ THREADS_PROBE = textwrap.dedent(
     # libgomp keeps its pool and grows it for a larger team: each op asks for
     # one thread more than the last, so each must add a thread
     step("norm", lambda: t_big.norm(cpu.NORM_2, 2.0, 2))
-    step("scale", lambda: t_big.scale(1.0, 3))
-    step("clamp", lambda: t_big.clamp(np.inf, 4))
-    step("zero", lambda: t_big.zero(5))
-    step("api", lambda: fc.global_norm([big, np.ones(3)], num_threads=6))
+    # a team is never larger than the chunk count: 16 chunks for the rest
+    many = np.ones(1 << 19, np.float32)
+    t_many = cpu.Table([many.ctypes.data], [many.size], [1])
+    step("scale", lambda: t_many.scale(1.0, 3))
+    step("clamp", lambda: t_many.clamp(np.inf, 4))
+    step("zero", lambda: t_many.zero(5))
+    step("api", lambda: fc.global_norm([many, np.ones(3)], num_threads=6))
     print(out)
     """
 )

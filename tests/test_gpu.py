@@ -63,6 +63,12 @@ needs_gpu = pytest.mark.skipif(not gpu_available(), reason="no CUDA GPU here")
 
 
 @needs_gpu
+def test_real_gpu_suite():
+    """The CUDA engine on the real GPU (tests/gpu/real_suite.py)."""
+    run_suite(HERE / "gpu" / "real_suite.py", simulator=False)
+
+
+@needs_gpu
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16], ids=["f64", "f32", "f16"])
 def test_real_gpu_clip_matches_cpu(dtype):
     from numba import cuda

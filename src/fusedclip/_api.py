@@ -53,7 +53,8 @@ class Clipper:
     ) -> None:
         self._setup(buffers, max_norm, norm_type, nonfinite, num_threads, rng, "Clipper")
 
-    def _setup(self, buffers, max_norm, norm_type, nonfinite, num_threads, rng, fn: str) -> None:
+    def _setup(self, buffers, max_norm, norm_type, nonfinite, num_threads, rng, fn: str,
+               cache: bool = False) -> None:
         self._nonfinite_policy = policy = _policy.check_policy(nonfinite)
         self.max_norm = max_norm  # after the policy: "random" needs a finite max_norm
         self.norm_type = norm_type
@@ -61,7 +62,7 @@ class Clipper:
         self._rng = rng
         if policy == "random":
             self._rng = _policy.make_rng(rng)
-        self._plan, self._gpu = plan_buffers(buffers, writable=True, fn=fn)
+        self._plan, self._gpu = plan_buffers(buffers, writable=True, fn=fn, cache=cache)
 
     @property
     def max_norm(self) -> float:
@@ -214,7 +215,8 @@ def clip_grad_norm_(
     before clipping.  inf/NaN gradients follow ``nonfinite`` (see Clipper).
     """
     clipper = Clipper.__new__(Clipper)
-    clipper._setup(buffers, max_norm, norm_type, nonfinite, num_threads, rng, "clip_grad_norm_")
+    clipper._setup(buffers, max_norm, norm_type, nonfinite, num_threads, rng, "clip_grad_norm_",
+                   cache=True)
     return clipper().norm  # on a GPU: the one wait, reading the norm
 
 
@@ -222,7 +224,7 @@ def global_norm(buffers: Buffers, norm_type: float = 2.0, *, num_threads: int | 
     """The global ``norm_type`` norm over all buffers.  Never writes; accepts read-only arrays."""
     kind, p = _policy.norm_kind(norm_type)
     nt = _policy.check_threads(num_threads)
-    plan, g = plan_buffers(buffers, writable=False, fn="global_norm")
+    plan, g = plan_buffers(buffers, writable=False, fn="global_norm", cache=True)
     norm, flags = plan.norm(kind, p, nt)  # plan.norm: zero-stride views count k times
     if g is None:
         return norm
@@ -243,7 +245,7 @@ def clip_grad_value_(buffers: Buffers, clip_value: float, *, num_threads: int | 
     if not v >= 0.0:
         raise ValueError(f"clip_value must be >= 0, got {v}")
     nt = _policy.check_threads(num_threads)
-    plan, g = plan_buffers(buffers, writable=True, fn="clip_grad_value_")
+    plan, g = plan_buffers(buffers, writable=True, fn="clip_grad_value_", cache=True)
     plan.refresh()
     plan.table.clamp(v, nt)
     plan.write_back()

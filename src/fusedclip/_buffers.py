@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import OrderedDict
 from typing import Any, Iterable
 
 import numpy as np
@@ -384,14 +385,41 @@ def _check_distinct(arrays, d, members, cache, union, fn) -> None:
 _NO_BUFFER = np.zeros(0, np.float32)  # stands in for a GPU buffer in the CPU plan
 
 
-def plan_buffers(buffers: Any, *, writable: bool, fn: str):
+#: The function API's plans for GPU-only lists, by fingerprint (_gpu.fingerprint):
+#: most users call clip_grad_norm_(same tensors) every step.  Bounded (LRU).
+PLAN_CACHE_SIZE = 16
+_plan_cache: "OrderedDict[tuple, tuple]" = OrderedDict()
+
+
+def plan_buffers(buffers: Any, *, writable: bool, fn: str, cache: bool = False):
     """Validate every buffer, CPU and GPU, and plan both sides: (Plan, GpuPlan or None).
 
     Raises before anything is written or launched.  The CPU plan is built over
     the caller's list with GPU buffers replaced by empty arrays, so its rows
-    keep the caller's indices.
+    keep the caller's indices.  ``cache``: reuse the plan of an earlier call
+    over exactly the same GPU memory (GPU-only lists of torch or CuPy arrays;
+    such a plan holds no reference to the caller's arrays).
     """
     objs = as_list(buffers, fn)
+    if cache and objs and type(objs[0]) is not np.ndarray:
+        from ._gpu import fingerprint
+
+        fp = fingerprint(objs)
+        if fp is not None:
+            key = (writable, fp)
+            hit = _plan_cache.get(key)
+            if hit is not None:
+                _plan_cache.move_to_end(key)
+                return hit
+            planned = _plan(objs, writable, fn, keep_refs=False)
+            _plan_cache[key] = planned
+            if len(_plan_cache) > PLAN_CACHE_SIZE:
+                _plan_cache.popitem(last=False)
+            return planned
+    return _plan(objs, writable, fn, keep_refs=True)
+
+
+def _plan(objs: list, writable: bool, fn: str, keep_refs: bool):
     d, first = cpu.describe(objs)
     gpu_idx: list[int] = []
     if first[_F.S_NOT_ARRAY] >= 0:
@@ -408,7 +436,7 @@ def plan_buffers(buffers: Any, *, writable: bool, fn: str):
         cpu_objs[i] = _NO_BUFFER
     d, first = cpu.describe(cpu_objs)
     plan = _make_plan(cpu_objs, d, first, writable, fn)  # CPU checks first, by index
-    return plan, make_gpu_plan(objs, gpu_idx, writable, fn)
+    return plan, make_gpu_plan(objs, gpu_idx, writable, fn, keep_refs=keep_refs)
 
 
 def _make_plan(objs: list, d: np.ndarray, first: np.ndarray, writable: bool, fn: str) -> Plan:

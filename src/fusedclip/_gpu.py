@@ -308,13 +308,16 @@ class GpuPlan:
             self._max_norm = v
 
     def _run(self, key, launches: list[tuple], stream) -> None:
+        """Run these launches; from the second run of the same key on, as a
+        CUDA graph captured then (a one-off call is cheaper launched plainly)."""
         L = self.launcher
-        if L.graphs:
-            g = self._graphs.get(key)
-            if g is None:
+        g = self._graphs.get(key)
+        if L.graphs and g is not None:
+            if g is True:
                 g = self._graphs[key] = L.capture(launches)
             L.replay(g, stream)
         else:
+            self._graphs[key] = True
             for name, grid, args in launches:
                 L.launch(name, grid, args, stream)
         self.calls += 1
@@ -464,9 +467,31 @@ def describe_all(objs: list, gpu_idx: list[int], writable: bool, fn: str):
     return rows, dups
 
 
-def make_gpu_plan(objs: list, gpu_idx: list[int], writable: bool, fn: str, stream=None) -> GpuPlan:
+def make_gpu_plan(objs: list, gpu_idx: list[int], writable: bool, fn: str, stream=None,
+                  keep_refs: bool = True) -> GpuPlan:
     rows, dups = describe_all(objs, gpu_idx, writable, fn)
+    if not keep_refs:  # a cached plan must not keep the caller's tensors alive
+        for b in rows:
+            b.obj = None
     return GpuPlan(rows, dups, stream)
+
+
+def fingerprint(objs: list):
+    """What a GPU-only list's plan depends on, read cheaply: per buffer its
+    address, shape, strides, dtype and device.  None where an object is not
+    a torch CUDA tensor or a CuPy array (those lists are planned every call).
+    Two lists with equal fingerprints address exactly the same memory the
+    same way, so one plan serves both (the function API's plan cache)."""
+    out = []
+    for o in objs:
+        mod = _module(o)
+        if mod.startswith("torch") and getattr(o, "is_cuda", False):
+            out.append((o.data_ptr(), o.shape, o.stride(), o.dtype, o.get_device()))
+        elif mod.startswith("cupy") and hasattr(o, "data"):
+            out.append((o.data.ptr, o.shape, o.strides, o.dtype.str, o.device.id))
+        else:
+            return None
+    return tuple(out)
 
 
 class DeviceClipStats:

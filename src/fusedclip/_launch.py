@@ -233,8 +233,9 @@ class CoreLauncher:
     def upload(self, dst, host: np.ndarray, stream=None) -> None:
         addr = dst.addr if isinstance(dst, DeviceArray) else dst
         host = np.ascontiguousarray(host)
+        # ordered on the stream, and no wait: from pageable memory the driver
+        # stages the bytes before returning, so ``host`` may go away at once
         self._check(self._drv.cuMemcpyHtoDAsync(addr, host.ctypes.data, host.nbytes, self._handle(stream)))
-        self.synchronize(stream)  # the host array may be a temporary
 
     def download(self, host: np.ndarray, src, stream=None) -> np.ndarray:
         addr = src.addr if isinstance(src, DeviceArray) else src
