@@ -61,6 +61,9 @@ from . import cpu
 THREADS = 256
 #: Elements per chunk (one block's work in the partials and scale kernels).
 CHUNK = 1 << 16
+#: Loads in flight per thread in the partials and scale loops (4 or 8):
+#: enough bytes must be outstanding to cover HBM latency (docs/GPU.md).
+UNROLL = int(os.environ.get("FUSEDCLIP_GPU_UNROLL", "8"))
 #: How many calls' statistics (state and flags) a plan keeps on the device.
 RING = 8
 
@@ -120,30 +123,30 @@ def _device_helpers():
     _numba_cuda()
 
     # Bit arithmetic is done in int64: numba types uint32 op int64 as float64.
-    @cuda.jit(device=True, inline="always")
+    @cuda.jit(device=True)
     def as_f32(u):
         a = cuda.local.array(1, uint32)
         a[0] = u
         return a.view(np.float32)[0]
 
-    @cuda.jit(device=True, inline="always")
+    @cuda.jit(device=True)
     def as_u32(f):
         a = cuda.local.array(1, float32)
         a[0] = f
         return int64(a.view(np.uint32)[0])
 
-    @cuda.jit(device=True, inline="always")
+    @cuda.jit(device=True)
     def ld_bf16(h):
         return as_f32(int64(h) << 16)
 
-    @cuda.jit(device=True, inline="always")
+    @cuda.jit(device=True)
     def st_bf16(f):
         u = as_u32(f)
         if (u & 0x7FFFFFFF) > 0x7F800000:  # NaN stays a quiet NaN
             return uint16((u >> 16) | 0x40)
         return uint16((u + 0x7FFF + ((u >> 16) & 1)) >> 16)
 
-    @cuda.jit(device=True, inline="always")
+    @cuda.jit(device=True)
     def ld_f16(h):
         em = (int64(h) & 0x7FFF) << 13
         f = as_f32(em) * float32(5.192296858534828e33)  # 2**112: rebias, exact for subnormals
@@ -153,7 +156,7 @@ def _device_helpers():
             f = -f
         return f
 
-    @cuda.jit(device=True, inline="always")
+    @cuda.jit(device=True)
     def st_f16(f):
         u = as_u32(f)
         sign = (u >> 16) & 0x8000
@@ -167,64 +170,64 @@ def _device_helpers():
         return uint16(r | sign)
 
     # load: storage -> float64 value
-    @cuda.jit(device=True, inline="always")
+    @cuda.jit(device=True)
     def load_f64(v):
         return v
 
-    @cuda.jit(device=True, inline="always")
+    @cuda.jit(device=True)
     def load_f32(v):
         return float64(v)
 
-    @cuda.jit(device=True, inline="always")
+    @cuda.jit(device=True)
     def load_bf16(v):
         return float64(ld_bf16(v))
 
-    @cuda.jit(device=True, inline="always")
+    @cuda.jit(device=True)
     def load_f16(v):
         return float64(ld_f16(v))
 
     # scale: storage * s, rounded once to storage (float64 math for
     # float64/float32 data, float32 math for the 16-bit types, as on the CPU)
-    @cuda.jit(device=True, inline="always")
+    @cuda.jit(device=True)
     def mul_f64(v, s):
         return v * s
 
-    @cuda.jit(device=True, inline="always")
+    @cuda.jit(device=True)
     def mul_f32(v, s):
         return float32(float64(v) * s)
 
-    @cuda.jit(device=True, inline="always")
+    @cuda.jit(device=True)
     def mul_bf16(v, s):
         return st_bf16(ld_bf16(v) * float32(s))
 
-    @cuda.jit(device=True, inline="always")
+    @cuda.jit(device=True)
     def mul_f16(v, s):
         return st_f16(ld_f16(v) * float32(s))
 
     # clamp to [-c, c]; NaN stays NaN
-    @cuda.jit(device=True, inline="always")
+    @cuda.jit(device=True)
     def clamp_f64(v, c):
         return c if v > c else (-c if v < -c else v)
 
-    @cuda.jit(device=True, inline="always")
+    @cuda.jit(device=True)
     def clamp_f32(v, c):
         w = float64(v)
         return float32(c if w > c else (-c if w < -c else w))
 
-    @cuda.jit(device=True, inline="always")
+    @cuda.jit(device=True)
     def clamp_bf16(v, c):
         w = ld_bf16(v)
         cc = float32(c)
         return st_bf16(cc if w > cc else (-cc if w < -cc else w))
 
-    @cuda.jit(device=True, inline="always")
+    @cuda.jit(device=True)
     def clamp_f16(v, c):
         w = ld_f16(v)
         cc = float32(c)
         return st_f16(cc if w > cc else (-cc if w < -cc else w))
 
     # one element into the partials: flags for inf/NaN, else max |x| and the sum
-    @cuda.jit(device=True, inline="always")
+    @cuda.jit(device=True)
     def accum(v, kind, s, m, f):
         a = abs(v)
         if v != v:
@@ -300,14 +303,16 @@ def _pointers():
 
 def _per_dtype(code: int, threads: int):
     """The loops over one chunk of dtype ``code``: each thread's share."""
-    from numba import float64
+    from numba import float64, int64
+
+    unroll = UNROLL
 
     h = _helpers()
     load, mul, clamp = h[code]
     accum = h["accum"]
     as_ptr = _pointers()[code]
 
-    @cuda.jit(device=True, inline="always")
+    @cuda.jit(device=True)
     def thread_sum(addr, n, tid, kind):
         # four loads in flight per thread, so that enough bytes are in flight
         # to cover the memory latency (docs/GPU.md)
@@ -316,6 +321,25 @@ def _per_dtype(code: int, threads: int):
         m = 0.0
         f = 0
         i = tid
+        if unroll == 8:
+            while i + 7 * threads < n:
+                v0 = load(x[i])
+                v1 = load(x[i + threads])
+                v2 = load(x[i + 2 * threads])
+                v3 = load(x[i + 3 * threads])
+                v4 = load(x[i + 4 * threads])
+                v5 = load(x[i + 5 * threads])
+                v6 = load(x[i + 6 * threads])
+                v7 = load(x[i + 7 * threads])
+                s, m, f = accum(v0, kind, s, m, f)
+                s, m, f = accum(v1, kind, s, m, f)
+                s, m, f = accum(v2, kind, s, m, f)
+                s, m, f = accum(v3, kind, s, m, f)
+                s, m, f = accum(v4, kind, s, m, f)
+                s, m, f = accum(v5, kind, s, m, f)
+                s, m, f = accum(v6, kind, s, m, f)
+                s, m, f = accum(v7, kind, s, m, f)
+                i += 8 * threads
         while i + 3 * threads < n:
             v0 = load(x[i])
             v1 = load(x[i + threads])
@@ -331,7 +355,7 @@ def _per_dtype(code: int, threads: int):
             i += threads
         return s, m, f
 
-    @cuda.jit(device=True, inline="always")
+    @cuda.jit(device=True)
     def thread_psum(addr, n, tid, pw, scale):
         # sum (|x| / scale)^pw: the general-p and the rescue path
         x = as_ptr(addr, n)
@@ -348,7 +372,7 @@ def _per_dtype(code: int, threads: int):
             i += threads
         return t
 
-    @cuda.jit(device=True, inline="always")
+    @cuda.jit(device=True)
     def thread_scale(addr, n, tid, action, s):
         x = as_ptr(addr, n)
         i = tid
@@ -357,7 +381,26 @@ def _per_dtype(code: int, threads: int):
                 x[i] = 0
                 i += threads
             return
-        while i + 3 * threads < n:  # four loads in flight, as in thread_sum
+        if unroll == 8:
+            while i + 7 * threads < n:  # eight loads in flight, as in thread_sum
+                v0 = x[i]
+                v1 = x[i + threads]
+                v2 = x[i + 2 * threads]
+                v3 = x[i + 3 * threads]
+                v4 = x[i + 4 * threads]
+                v5 = x[i + 5 * threads]
+                v6 = x[i + 6 * threads]
+                v7 = x[i + 7 * threads]
+                x[i] = mul(v0, s)
+                x[i + threads] = mul(v1, s)
+                x[i + 2 * threads] = mul(v2, s)
+                x[i + 3 * threads] = mul(v3, s)
+                x[i + 4 * threads] = mul(v4, s)
+                x[i + 5 * threads] = mul(v5, s)
+                x[i + 6 * threads] = mul(v6, s)
+                x[i + 7 * threads] = mul(v7, s)
+                i += 8 * threads
+        while i + 3 * threads < n:  # four loads in flight
             v0 = x[i]
             v1 = x[i + threads]
             v2 = x[i + 2 * threads]
@@ -371,7 +414,7 @@ def _per_dtype(code: int, threads: int):
             x[i] = mul(x[i], s)
             i += threads
 
-    @cuda.jit(device=True, inline="always")
+    @cuda.jit(device=True)
     def thread_clamp(addr, n, tid, v):
         x = as_ptr(addr, n)
         i = tid
@@ -379,7 +422,78 @@ def _per_dtype(code: int, threads: int):
             x[i] = clamp(x[i], v)
             i += threads
 
-    return thread_sum, thread_psum, thread_scale, thread_clamp
+    if code not in (BF16, F16):
+        return thread_sum, thread_psum, thread_scale, thread_clamp
+
+    # 16-bit data: one element per load leaves too few bytes in flight to
+    # reach HBM bandwidth, so an 8-byte-aligned chunk is read as int64 words
+    # of four elements (four words in flight: 32 bytes per thread), and the
+    # unaligned remainder element by element.
+    as_words = _pointers()["i64"]
+
+    @cuda.jit(device=True)
+    def accum4(w, kind, s, m, f):
+        s, m, f = accum(load(w & 0xFFFF), kind, s, m, f)
+        s, m, f = accum(load((w >> 16) & 0xFFFF), kind, s, m, f)
+        s, m, f = accum(load((w >> 32) & 0xFFFF), kind, s, m, f)
+        s, m, f = accum(load((w >> 48) & 0xFFFF), kind, s, m, f)
+        return s, m, f
+
+    @cuda.jit(device=True)
+    def mul4(w, s):
+        r0 = int64(mul(w & 0xFFFF, s))
+        r1 = int64(mul((w >> 16) & 0xFFFF, s))
+        r2 = int64(mul((w >> 32) & 0xFFFF, s))
+        r3 = int64(mul((w >> 48) & 0xFFFF, s))
+        return r0 | (r1 << 16) | (r2 << 32) | (r3 << 48)
+
+    @cuda.jit(device=True)
+    def thread_sum16(addr, n, tid, kind):
+        nw = n >> 2 if (addr & 7) == 0 else 0
+        s = 0.0
+        m = 0.0
+        f = 0
+        if nw > 0:
+            x = as_words(addr, nw)
+            j = tid
+            while j + 3 * threads < nw:
+                w0 = x[j]
+                w1 = x[j + threads]
+                w2 = x[j + 2 * threads]
+                w3 = x[j + 3 * threads]
+                s, m, f = accum4(w0, kind, s, m, f)
+                s, m, f = accum4(w1, kind, s, m, f)
+                s, m, f = accum4(w2, kind, s, m, f)
+                s, m, f = accum4(w3, kind, s, m, f)
+                j += 4 * threads
+            while j < nw:
+                s, m, f = accum4(x[j], kind, s, m, f)
+                j += threads
+        s2, m2, f2 = thread_sum(addr + 8 * nw, n - 4 * nw, tid, kind)
+        return s + s2, (m2 if m2 > m else m), f | f2
+
+    @cuda.jit(device=True)
+    def thread_scale16(addr, n, tid, action, s):
+        nw = n >> 2 if ((addr & 7) == 0 and action == A_SCALE) else 0
+        if nw > 0:
+            x = as_words(addr, nw)
+            j = tid
+            while j + 3 * threads < nw:
+                w0 = x[j]
+                w1 = x[j + threads]
+                w2 = x[j + 2 * threads]
+                w3 = x[j + 3 * threads]
+                x[j] = mul4(w0, s)
+                x[j + threads] = mul4(w1, s)
+                x[j + 2 * threads] = mul4(w2, s)
+                x[j + 3 * threads] = mul4(w3, s)
+                j += 4 * threads
+            while j < nw:
+                x[j] = mul4(x[j], s)
+                j += threads
+        thread_scale(addr + 8 * nw, n - 4 * nw, tid, action, s)
+
+    return thread_sum16, thread_psum, thread_scale16, thread_clamp
 
 
 # Kernel parameters: every pointer is an int64 address, so the four kernels
@@ -671,7 +785,7 @@ KERNELS = tuple(_FACTORIES)
 
 def py_kernel(name: str):
     """The Python source function of kernel ``name`` (built once per geometry)."""
-    key = ("py", name, THREADS)
+    key = ("py", name, THREADS, UNROLL)
     if key not in _kernels:
         _numba_cuda()
         _kernels[key] = _FACTORIES[name](THREADS)
@@ -747,7 +861,7 @@ def _source_hash() -> str:
 def cubin(name: str, cc: tuple[int, int]) -> tuple[bytes, str]:
     """(cubin bytes, entry name) of kernel ``name`` for ``cc``, from the disk
     cache or compiled now (numba -> PTX, cuda.core Program -> cubin)."""
-    tag = f"{name}-t{THREADS}-sm{cc[0]}{cc[1]}-{_source_hash()}"
+    tag = f"{name}-t{THREADS}-u{UNROLL}-sm{cc[0]}{cc[1]}-{_source_hash()}"
     path, ename = CACHE_DIR / f"{tag}.cubin", CACHE_DIR / f"{tag}.entry"
     try:
         return path.read_bytes(), ename.read_text()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from collections import OrderedDict
 from typing import Any, Iterable
 
@@ -385,8 +386,12 @@ def _check_distinct(arrays, d, members, cache, union, fn) -> None:
 _NO_BUFFER = np.zeros(0, np.float32)  # stands in for a GPU buffer in the CPU plan
 
 
-#: The function API's plans for GPU-only lists, by fingerprint (_gpu.fingerprint):
-#: most users call clip_grad_norm_(same tensors) every step.  Bounded (LRU).
+#: The function API's plans for GPU-only lists of torch/CuPy arrays: most users
+#: call clip_grad_norm_(same tensors) every step.  Keyed by the objects' ids,
+#: checked through weak references and their data pointers (_gpu.pointers);
+#: bounded (LRU); no entry keeps a tensor alive.  An in-place change of a
+#: tensor's metadata that keeps its pointer (resize_, as_strided_) is not
+#: seen: build a Clipper or pass new tensors after such a change.
 PLAN_CACHE_SIZE = 16
 _plan_cache: "OrderedDict[tuple, tuple]" = OrderedDict()
 
@@ -402,17 +407,24 @@ def plan_buffers(buffers: Any, *, writable: bool, fn: str, cache: bool = False):
     """
     objs = as_list(buffers, fn)
     if cache and objs and type(objs[0]) is not np.ndarray:
-        from ._gpu import fingerprint
+        from ._gpu import pointers
 
-        fp = fingerprint(objs)
-        if fp is not None:
-            key = (writable, fp)
+        ptrs = pointers(objs)
+        if ptrs is not None:
+            key = (writable, tuple(map(id, objs)))
             hit = _plan_cache.get(key)
             if hit is not None:
-                _plan_cache.move_to_end(key)
-                return hit
+                refs, old_ptrs, planned = hit
+                # the same objects (alive: weak references) over the same memory
+                if old_ptrs == ptrs and all(r() is o for r, o in zip(refs, objs)):
+                    _plan_cache.move_to_end(key)
+                    return planned
             planned = _plan(objs, writable, fn, keep_refs=False)
-            _plan_cache[key] = planned
+            try:
+                refs = [weakref.ref(o) for o in objs]
+            except TypeError:  # objects without weak references are not cached
+                return planned
+            _plan_cache[key] = (refs, ptrs, planned)
             if len(_plan_cache) > PLAN_CACHE_SIZE:
                 _plan_cache.popitem(last=False)
             return planned

@@ -237,6 +237,15 @@ def chunk_table(bufs: list[Buf]) -> np.ndarray:
     return t
 
 
+class _Sub:
+    """An address inside a plan's one allocation."""
+
+    __slots__ = ("addr",)
+
+    def __init__(self, addr: int):
+        self.addr = addr
+
+
 class GpuPlan:
     """Validated CUDA buffers as one device chunk table, with partials, a state
     ring and the captured graphs."""
@@ -250,20 +259,22 @@ class GpuPlan:
         host = chunk_table(bufs)
         self.nchunks = n = len(host)
         self.chunk_rows = host[:, 3].copy()
-        self.table = L.alloc(host.nbytes)
-        if n:
-            L.upload(self.table, host)
-        self.s = L.alloc(8 * n)
-        self.m = L.alloc(8 * n)
-        self.f = L.alloc(4 * n * ck.RING)
-        self.state = L.alloc(8 * ck.STATE_LEN * ck.RING)
-        self.params = L.alloc(8 * ck.PARAMS_LEN)
-        self.ctr = L.alloc(8)
-        L.upload(self.ctr, np.zeros(1, np.int64))
-        L.upload(self.f, np.zeros(n * ck.RING, np.int32))
-        self.override = L.alloc(8 * ck.STATE_LEN)   # a host decision, for mixed lists
-        self.one = L.alloc(8)
-        L.upload(self.one, np.ones(1, np.int64))
+        # one allocation and one upload for everything the kernels touch
+        layout = [("table", host.nbytes), ("s", 8 * n), ("m", 8 * n), ("f", 4 * n * ck.RING),
+                  ("state", 8 * ck.STATE_LEN * ck.RING), ("params", 8 * ck.PARAMS_LEN), ("ctr", 8),
+                  ("override", 8 * ck.STATE_LEN), ("one", 8)]
+        offsets, total = {}, 0
+        for name, nbytes in layout:
+            offsets[name] = total
+            total += -(-nbytes // 16) * 16
+        self.mem = L.alloc(total)
+        for name, off in offsets.items():
+            setattr(self, name, _Sub(self.mem.addr + off))
+        init = np.zeros(total, np.uint8)
+        init[:host.nbytes] = host.view(np.uint8).reshape(-1)
+        init[offsets["one"]:offsets["one"] + 8] = np.ones(1, np.int64).view(np.uint8)
+        L.upload(self.mem, init)
+        L.synchronize()  # once per plan: later work may run on any stream
         self.calls = 0
         self._max_norm: float | None = None
         self._graphs: dict = {}
@@ -476,22 +487,20 @@ def make_gpu_plan(objs: list, gpu_idx: list[int], writable: bool, fn: str, strea
     return GpuPlan(rows, dups, stream)
 
 
-def fingerprint(objs: list):
-    """What a GPU-only list's plan depends on, read cheaply: per buffer its
-    address, shape, strides, dtype and device.  None where an object is not
-    a torch CUDA tensor or a CuPy array (those lists are planned every call).
-    Two lists with equal fingerprints address exactly the same memory the
-    same way, so one plan serves both (the function API's plan cache)."""
-    out = []
-    for o in objs:
-        mod = _module(o)
-        if mod.startswith("torch") and getattr(o, "is_cuda", False):
-            out.append((o.data_ptr(), o.shape, o.stride(), o.dtype, o.get_device()))
-        elif mod.startswith("cupy") and hasattr(o, "data"):
-            out.append((o.data.ptr, o.shape, o.strides, o.dtype.str, o.device.id))
-        else:
-            return None
-    return tuple(out)
+def pointers(objs: list):
+    """Each buffer's data pointer, read cheaply, or None where an object is
+    not a torch CUDA tensor or a CuPy array (those lists are planned on
+    every call).  The function API's plan cache keys on the objects
+    themselves (their ids, checked through weak references) and on these
+    pointers: the same objects over the same memory reuse one plan."""
+    try:
+        if all(_module(o).startswith("torch") for o in objs):
+            return tuple([o.data_ptr() for o in objs]) if all(o.is_cuda for o in objs) else None
+        if all(_module(o).startswith("cupy") for o in objs):
+            return tuple([o.data.ptr for o in objs])
+    except Exception:
+        return None
+    return None
 
 
 class DeviceClipStats:

@@ -90,12 +90,12 @@ class _HostMemory:
         return DeviceArray(addr, nbytes, self._live.pop)
 
     def upload(self, dst: DeviceArray | int, host: np.ndarray, stream=None) -> None:
-        addr = dst.addr if isinstance(dst, DeviceArray) else dst
+        addr = int(getattr(dst, "addr", dst))
         host = np.ascontiguousarray(host)
         np.copyto(self._view(addr, host.nbytes), host.view(np.uint8).reshape(-1))
 
     def download(self, host: np.ndarray, src: DeviceArray | int, stream=None) -> np.ndarray:
-        addr = src.addr if isinstance(src, DeviceArray) else src
+        addr = int(getattr(src, "addr", src))
         host.view(np.uint8).reshape(-1)[...] = self._view(addr, host.nbytes)
         return host
 
@@ -231,14 +231,14 @@ class CoreLauncher:
         return DeviceArray(addr, nbytes, lambda a: d.cuMemFree(a))
 
     def upload(self, dst, host: np.ndarray, stream=None) -> None:
-        addr = dst.addr if isinstance(dst, DeviceArray) else dst
+        addr = int(getattr(dst, "addr", dst))
         host = np.ascontiguousarray(host)
         # ordered on the stream, and no wait: from pageable memory the driver
         # stages the bytes before returning, so ``host`` may go away at once
         self._check(self._drv.cuMemcpyHtoDAsync(addr, host.ctypes.data, host.nbytes, self._handle(stream)))
 
     def download(self, host: np.ndarray, src, stream=None) -> np.ndarray:
-        addr = src.addr if isinstance(src, DeviceArray) else src
+        addr = int(getattr(src, "addr", src))
         self._check(self._drv.cuMemcpyDtoHAsync(host.ctypes.data, addr, host.nbytes, self._handle(stream)))
         self.synchronize(stream)
         return host
