@@ -226,22 +226,23 @@ def _device_helpers():
         cc = float32(c)
         return st_f16(cc if w > cc else (-cc if w < -cc else w))
 
-    # one element into the partials: flags for inf/NaN, else max |x| and the sum
+    # one element into the partials, as cheaply as the norm allows: the sum
+    # for L1/L2 (which is inf/NaN iff a value is, except float64 squares
+    # that overflow), max |x| where needed (tm), and z = sum(x * 0), NaN iff
+    # a value is inf/NaN, for the other norms.  Flags are found afterwards,
+    # by a classify pass over the rare chunks whose result is not finite.
     @cuda.jit(device=True)
-    def accum(v, kind, s, m, f):
-        a = abs(v)
-        if v != v:
-            f |= HAS_NAN
-        elif a == math.inf:
-            f |= HAS_INF
+    def accum(v, kind, s, m, z, tm):
+        if kind == NORM_2:
+            s += v * v
+        elif kind == NORM_1:
+            s += abs(v)
         else:
-            if a > m:
-                m = a
-            if kind == NORM_2:
-                s += v * v
-            elif kind == NORM_1:
-                s += a
-        return s, m, f
+            z += v * 0.0
+        if tm:
+            a = abs(v)
+            m = a if a > m else m
+        return s, m, z
 
     return {
         "accum": accum,
@@ -313,13 +314,13 @@ def _per_dtype(code: int, threads: int):
     as_ptr = _pointers()[code]
 
     @cuda.jit(device=True)
-    def thread_sum(addr, n, tid, kind):
+    def thread_sum(addr, n, tid, kind, tm):
         # four loads in flight per thread, so that enough bytes are in flight
         # to cover the memory latency (docs/GPU.md)
         x = as_ptr(addr, n)
         s = 0.0
         m = 0.0
-        f = 0
+        z = 0.0
         i = tid
         if unroll == 8:
             while i + 7 * threads < n:
@@ -331,29 +332,48 @@ def _per_dtype(code: int, threads: int):
                 v5 = load(x[i + 5 * threads])
                 v6 = load(x[i + 6 * threads])
                 v7 = load(x[i + 7 * threads])
-                s, m, f = accum(v0, kind, s, m, f)
-                s, m, f = accum(v1, kind, s, m, f)
-                s, m, f = accum(v2, kind, s, m, f)
-                s, m, f = accum(v3, kind, s, m, f)
-                s, m, f = accum(v4, kind, s, m, f)
-                s, m, f = accum(v5, kind, s, m, f)
-                s, m, f = accum(v6, kind, s, m, f)
-                s, m, f = accum(v7, kind, s, m, f)
+                s, m, z = accum(v0, kind, s, m, z, tm)
+                s, m, z = accum(v1, kind, s, m, z, tm)
+                s, m, z = accum(v2, kind, s, m, z, tm)
+                s, m, z = accum(v3, kind, s, m, z, tm)
+                s, m, z = accum(v4, kind, s, m, z, tm)
+                s, m, z = accum(v5, kind, s, m, z, tm)
+                s, m, z = accum(v6, kind, s, m, z, tm)
+                s, m, z = accum(v7, kind, s, m, z, tm)
                 i += 8 * threads
         while i + 3 * threads < n:
             v0 = load(x[i])
             v1 = load(x[i + threads])
             v2 = load(x[i + 2 * threads])
             v3 = load(x[i + 3 * threads])
-            s, m, f = accum(v0, kind, s, m, f)
-            s, m, f = accum(v1, kind, s, m, f)
-            s, m, f = accum(v2, kind, s, m, f)
-            s, m, f = accum(v3, kind, s, m, f)
+            s, m, z = accum(v0, kind, s, m, z, tm)
+            s, m, z = accum(v1, kind, s, m, z, tm)
+            s, m, z = accum(v2, kind, s, m, z, tm)
+            s, m, z = accum(v3, kind, s, m, z, tm)
             i += 4 * threads
         while i < n:
-            s, m, f = accum(load(x[i]), kind, s, m, f)
+            s, m, z = accum(load(x[i]), kind, s, m, z, tm)
             i += threads
-        return s, m, f
+        return s, m, z
+
+    @cuda.jit(device=True)
+    def thread_classify(addr, n, tid):
+        # flags (HAS_NAN / HAS_INF) and the max |x| over the finite values
+        x = as_ptr(addr, n)
+        f = 0
+        fm = 0.0
+        i = tid
+        while i < n:
+            v = load(x[i])
+            a = abs(v)
+            if v != v:
+                f |= HAS_NAN
+            elif a == math.inf:
+                f |= HAS_INF
+            elif a > fm:
+                fm = a
+            i += threads
+        return f, fm
 
     @cuda.jit(device=True)
     def thread_psum(addr, n, tid, pw, scale):
@@ -423,7 +443,7 @@ def _per_dtype(code: int, threads: int):
             i += threads
 
     if code not in (BF16, F16):
-        return thread_sum, thread_psum, thread_scale, thread_clamp
+        return thread_sum, thread_psum, thread_scale, thread_clamp, thread_classify
 
     # 16-bit data: one element per load leaves too few bytes in flight to
     # reach HBM bandwidth, so an 8-byte-aligned chunk is read as int64 words
@@ -432,12 +452,12 @@ def _per_dtype(code: int, threads: int):
     as_words = _pointers()["i64"]
 
     @cuda.jit(device=True)
-    def accum4(w, kind, s, m, f):
-        s, m, f = accum(load(w & 0xFFFF), kind, s, m, f)
-        s, m, f = accum(load((w >> 16) & 0xFFFF), kind, s, m, f)
-        s, m, f = accum(load((w >> 32) & 0xFFFF), kind, s, m, f)
-        s, m, f = accum(load((w >> 48) & 0xFFFF), kind, s, m, f)
-        return s, m, f
+    def accum4(w, kind, s, m, z, tm):
+        s, m, z = accum(load(w & 0xFFFF), kind, s, m, z, tm)
+        s, m, z = accum(load((w >> 16) & 0xFFFF), kind, s, m, z, tm)
+        s, m, z = accum(load((w >> 32) & 0xFFFF), kind, s, m, z, tm)
+        s, m, z = accum(load((w >> 48) & 0xFFFF), kind, s, m, z, tm)
+        return s, m, z
 
     @cuda.jit(device=True)
     def mul4(w, s):
@@ -448,11 +468,11 @@ def _per_dtype(code: int, threads: int):
         return r0 | (r1 << 16) | (r2 << 32) | (r3 << 48)
 
     @cuda.jit(device=True)
-    def thread_sum16(addr, n, tid, kind):
+    def thread_sum16(addr, n, tid, kind, tm):
         nw = n >> 2 if (addr & 7) == 0 else 0
         s = 0.0
         m = 0.0
-        f = 0
+        z = 0.0
         if nw > 0:
             x = as_words(addr, nw)
             j = tid
@@ -461,16 +481,16 @@ def _per_dtype(code: int, threads: int):
                 w1 = x[j + threads]
                 w2 = x[j + 2 * threads]
                 w3 = x[j + 3 * threads]
-                s, m, f = accum4(w0, kind, s, m, f)
-                s, m, f = accum4(w1, kind, s, m, f)
-                s, m, f = accum4(w2, kind, s, m, f)
-                s, m, f = accum4(w3, kind, s, m, f)
+                s, m, z = accum4(w0, kind, s, m, z, tm)
+                s, m, z = accum4(w1, kind, s, m, z, tm)
+                s, m, z = accum4(w2, kind, s, m, z, tm)
+                s, m, z = accum4(w3, kind, s, m, z, tm)
                 j += 4 * threads
             while j < nw:
-                s, m, f = accum4(x[j], kind, s, m, f)
+                s, m, z = accum4(x[j], kind, s, m, z, tm)
                 j += threads
-        s2, m2, f2 = thread_sum(addr + 8 * nw, n - 4 * nw, tid, kind)
-        return s + s2, (m2 if m2 > m else m), f | f2
+        s2, m2, z2 = thread_sum(addr + 8 * nw, n - 4 * nw, tid, kind, tm)
+        return s + s2, (m2 if m2 > m else m), z + z2
 
     @cuda.jit(device=True)
     def thread_scale16(addr, n, tid, action, s):
@@ -493,7 +513,7 @@ def _per_dtype(code: int, threads: int):
                 j += threads
         thread_scale(addr + 8 * nw, n - 4 * nw, tid, action, s)
 
-    return thread_sum16, thread_psum, thread_scale16, thread_clamp
+    return thread_sum16, thread_psum, thread_scale16, thread_clamp, thread_classify
 
 
 # Kernel parameters: every pointer is an int64 address, so the four kernels
@@ -518,10 +538,10 @@ def _make_partials(threads: int):
     from numba import float64, int32
 
     loops = [_per_dtype(c, threads) for c in (F64, F32, BF16, F16)]
-    sum64, psum64 = loops[F64][0], loops[F64][1]
-    sum32, psum32 = loops[F32][0], loops[F32][1]
-    sumbf, psumbf = loops[BF16][0], loops[BF16][1]
-    sumh, psumh = loops[F16][0], loops[F16][1]
+    sum64, psum64, cls64 = loops[F64][0], loops[F64][1], loops[F64][4]
+    sum32, psum32, cls32 = loops[F32][0], loops[F32][1], loops[F32][4]
+    sumbf, psumbf, clsbf = loops[BF16][0], loops[BF16][1], loops[BF16][4]
+    sumh, psumh, clsh = loops[F16][0], loops[F16][1], loops[F16][4]
     P = _pointers()
     p_i64, p_f64, p_i32 = P["i64"], P[F64], P["i32"]
     TINY = 2.0**-400  # float64 squares below 2**-1022 would lose precision
@@ -535,18 +555,22 @@ def _make_partials(threads: int):
         code = tb[c * ROW + 2]
         sh_s = cuda.shared.array(threads, float64)
         sh_m = cuda.shared.array(threads, float64)
+        sh_z = cuda.shared.array(threads, float64)
         sh_f = cuda.shared.array(threads, int32)
+        plain = kind == NORM_2 or kind == NORM_1
+        # max |x| is needed by the other norms, and by float64 L2 (underflow)
+        tm = not plain or (code == F64 and kind == NORM_2)
         if code == F64:
-            s, m, f = sum64(addr, n, tid, kind)
+            s, m, z = sum64(addr, n, tid, kind, tm)
         elif code == F32:
-            s, m, f = sum32(addr, n, tid, kind)
+            s, m, z = sum32(addr, n, tid, kind, tm)
         elif code == BF16:
-            s, m, f = sumbf(addr, n, tid, kind)
+            s, m, z = sumbf(addr, n, tid, kind, tm)
         else:
-            s, m, f = sumh(addr, n, tid, kind)
+            s, m, z = sumh(addr, n, tid, kind, tm)
         sh_s[tid] = s
         sh_m[tid] = m
-        sh_f[tid] = f
+        sh_z[tid] = z
         cuda.syncthreads()
         step = threads // 2
         while step > 0:  # fixed tree: deterministic
@@ -554,12 +578,38 @@ def _make_partials(threads: int):
                 sh_s[tid] += sh_s[tid + step]
                 if sh_m[tid + step] > sh_m[tid]:
                     sh_m[tid] = sh_m[tid + step]
-                sh_f[tid] |= sh_f[tid + step]
+                sh_z[tid] += sh_z[tid + step]
             cuda.syncthreads()
             step //= 2
         s = sh_s[0]
         m = sh_m[0]
-        f = sh_f[0]
+        z = sh_z[0]
+        f = 0
+        # block-uniform: a result that is not finite means inf/NaN values, or
+        # float64 squares that overflowed: classify the chunk (rare)
+        if (s == math.inf or s != s) if plain else z != 0.0:
+            if code == F64:
+                f, fm = cls64(addr, n, tid)
+            elif code == F32:
+                f, fm = cls32(addr, n, tid)
+            elif code == BF16:
+                f, fm = clsbf(addr, n, tid)
+            else:
+                f, fm = clsh(addr, n, tid)
+            cuda.syncthreads()  # every thread has read the first reduction
+            sh_m[tid] = fm
+            sh_f[tid] = f
+            cuda.syncthreads()
+            step = threads // 2
+            while step > 0:
+                if tid < step:
+                    if sh_m[tid + step] > sh_m[tid]:
+                        sh_m[tid] = sh_m[tid + step]
+                    sh_f[tid] |= sh_f[tid + step]
+                cuda.syncthreads()
+                step //= 2
+            m = sh_m[0]
+            f = sh_f[0]
         scale = 1.0
         # block-uniform: recompute the chunk relative to its max m (general p
         # always; the fast paths when float64 left its range with every value
