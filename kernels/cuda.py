@@ -611,12 +611,14 @@ def _make_partials(threads: int):
             m = sh_m[0]
             f = sh_f[0]
         scale = 1.0
+        rescaled = False
         # block-uniform: recompute the chunk relative to its max m (general p
         # always; the fast paths when float64 left its range with every value
         # finite); the partial is then s * m^p with s = sum (|x|/m)^p
         if f == 0 and m > 0.0 and (kind == NORM_P or (kind == NORM_2 and (s == math.inf or m < TINY))
                                    or (kind == NORM_1 and s == math.inf)):
             scale = m
+            rescaled = True
             pw = p if kind == NORM_P else (2.0 if kind == NORM_2 else 1.0)
             if code == F64:
                 t = psum64(addr, n, tid, pw, scale)
@@ -638,7 +640,7 @@ def _make_partials(threads: int):
             s = sh_s[0]
         if kind == NORM_INF:
             s = m
-        elif scale == 1.0 and s > 0.0 and f == 0:
+        elif not rescaled and s > 0.0 and f == 0:  # (a chunk max of 1.0 is rescaled too)
             # a plain L1/L2 partial becomes (1, its chunk's norm): no sum of
             # partials can then overflow (issue 7)
             scale = math.sqrt(s) if kind == NORM_2 else s

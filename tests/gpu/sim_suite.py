@@ -86,6 +86,15 @@ def test_any_p_including_huge(p):
     assert rel(fc.global_norm(ds, p), ref_norm(hs, p)) <= 1e-12
 
 
+@pytest.mark.parametrize("p", [3.0, 0.5])
+def test_general_p_when_a_chunk_max_is_exactly_one(p):
+    """A general-p chunk is summed relative to its max m; a max of exactly 1.0
+    was once taken for an unscaled L1/L2 partial, and the norm came out 10x
+    too large.  Chunks of ones, next to chunks that are not."""
+    hs = [np.ones(100), np.linspace(-3, 3, 40), np.full(50, 0.25)]
+    assert rel(fc.global_norm([cuda.to_device(h) for h in hs], p), ref_norm(hs, p)) <= 1e-13
+
+
 def test_huge_float64_values_give_a_finite_norm():
     hs = [np.full(100, 1e200), np.full(3, 1e-200), np.ones(7)]
     ds = [cuda.to_device(h) for h in hs]
@@ -252,39 +261,16 @@ def test_chunk_table_offsets_are_64_bit():
 
 
 # ---------------------------------------------------------------- policies
-def bad_bufs(dtype, bad):
-    hs, _ = dev_bufs(dtype, sizes=(40, 7, 33))
-    hs[1][3] = bad
-    return hs, [cuda.to_device(h) for h in hs]
+
+# The policies: the engine contract (tests/contract_policies.py), run here on
+# the CUDA engine under the simulator, as on the CPU engine and the real GPU.
+from contract_policies import *  # noqa: E402,F401,F403
+from engines import NumbaEngine  # noqa: E402
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("bad", [math.inf, math.nan], ids=["inf", "nan"])
-def test_policies(dtype, bad):
-    # error: raises, untouched
-    hs, ds = bad_bufs(dtype, bad)
-    snap = snapshot(ds)
-    with pytest.raises(fc.NonFiniteError) as e:
-        fc.clip_grad_norm_(ds, 1.0)
-    assert e.value.buffers == (1,) and math.isnan(e.value.norm) == math.isnan(bad)
-    assert snapshot(ds) == snap
-    # skip: untouched, reported
-    s = fc.Clipper(ds, 1.0, nonfinite="skip")()
-    assert (s.clipped, s.finite, s.nonfinite_buffers) == (False, False, (1,))
-    assert snapshot(ds) == snap
-    # zero
-    s = fc.Clipper(ds, 1.0, nonfinite="zero")()
-    assert s.clipped and all((host(d).astype(np.float64) == 0).all() for d in ds)
-    # random: a direction of norm max_norm
-    hs, ds = bad_bufs(dtype, bad)
-    s = fc.Clipper(ds, 0.5, nonfinite="random", rng=3)()
-    tol = {np.dtype(np.float64): 1e-13, np.dtype(np.float32): 1e-6}.get(np.dtype(dtype), 1e-2)
-    assert s.clipped and rel(fc.global_norm(ds), 0.5) <= tol
-    # propagate: torch's arithmetic
-    hs, ds = bad_bufs(dtype, bad)
-    s = fc.Clipper(ds, 1.0, nonfinite="propagate")()
-    x = host(ds[0]).astype(np.float64)
-    assert s.clipped and (np.isnan(x).all() if math.isnan(bad) else (x == 0).all())
+@pytest.fixture
+def engine():
+    return NumbaEngine("simulator")
 
 
 # ---------------------------------------------------------------- validation
@@ -366,3 +352,29 @@ def test_16_bit_conversions_match_the_cpu(dt):
             nan = np.isnan(want.astype(np.float64))
             assert np.isnan(got[nan].astype(np.float64)).all()  # NaN stays NaN (payloads may differ)
         assert got[~nan].view(np.uint16).tobytes() == want[~nan].view(np.uint16).tobytes()
+
+
+# ---------------------------------------------------------------- the GPU benchmark's plumbing
+def test_gpu_bench_runs_and_reports_every_column(tmp_path):
+    """``fusedclip bench --device cuda`` on a tiny workload, numba device arrays
+    (the simulator): every implementation, both modes, the floor, the norm's
+    error, the JSON and Markdown.  The timings mean nothing here."""
+    from fusedclip import bench_gpu
+    from fusedclip.bench import Workload
+
+    w = {"tiny/bfloat16": Workload("tiny", "bfloat16", ((40,), (7,)), "two small buffers")}
+    rows, doc = bench_gpu.run(list(w), w, ["not-triggered", "triggered"], reps=2, steps=2,
+                              be=bench_gpu.NumbaBackend())
+    assert {(r.workload, r.dtype, r.mode, r.impl) for r in rows} == {
+        ("tiny", "bfloat16", m, i) for m in ("not-triggered", "triggered")
+        for i in ("fusedclip", "fusedclip-plan")}
+    for r in rows:
+        assert r.step_s > 0 and r.host_s > 0 and r.floor_s > 0 and r.rel_err <= 1e-12
+    assert doc["backend"] == "numba" and len(doc["results"]) == len(rows)
+    md = bench_gpu.markdown(rows)
+    assert md.count("\n") == 1 + 2 and "tiny/bfloat16 | triggered" in md
+    assert "x floor" in bench_gpu.fmt_table(rows)
+    assert set(bench_gpu.workloads()) >= {"big/float32", "big/bfloat16", "gpt/float32", "gpt/bfloat16",
+                                          "gpt/float16", "gpt/float64", "small/float32",
+                                          "gpt-medium/float32", "gpt-medium/bfloat16"}
+    assert len(bench_gpu.workloads()["gpt-medium/float32"].shapes) == 292
