@@ -1,0 +1,100 @@
+"""The CUDA engine's host side, without a GPU and without the simulator: a
+recording launcher (``_launch.RecordingLauncher``) takes the launches and
+runs nothing, so launch counts and the host's per-call work can be measured
+for 10 and for 10,000 buffers in the normal test process."""
+import sys
+
+import numpy as np
+import pytest
+
+import fusedclip as fc
+
+pytest.importorskip("numba_cuda", reason="numba-cuda not installed: pip install '.[cuda]'")
+from fusedclip import _launch  # noqa: E402
+
+
+class FakeCuda:
+    """A CUDA array as the engine sees one: only __cuda_array_interface__
+    (the recorder never dereferences the address)."""
+
+    def __init__(self, addr, n, typestr="<f4"):
+        self.__cuda_array_interface__ = {"shape": (n,), "typestr": typestr, "data": (addr, False),
+                                         "strides": None, "version": 3}
+
+
+@pytest.fixture
+def recorder():
+    rec = _launch.RecordingLauncher()
+    old = _launch.use_launcher(rec)
+    yield rec
+    _launch.use_launcher(old)
+
+
+def fakes(nbuf, n=256, dtypes=("<f4",)):
+    base = 1 << 36  # disjoint, increasing addresses
+    return [FakeCuda(base + 8 * n * i, n, dtypes[i % len(dtypes)]) for i in range(nbuf)]
+
+
+def python_calls(f) -> int:
+    """How many Python-level and C-level function calls ``f()`` makes."""
+    count = [0]
+
+    def prof(frame, event, arg):
+        if event in ("call", "c_call"):
+            count[0] += 1
+
+    sys.setprofile(prof)
+    try:
+        f()
+    finally:
+        sys.setprofile(None)
+    return count[0]
+
+
+@pytest.mark.parametrize("policy", ["skip", "zero", "propagate"])
+def test_a_norm_clip_is_three_launches_for_any_buffer_count_and_dtype_mix(recorder, policy):
+    for nbuf in (1, 10, 10_000):
+        c = fc.Clipper(fakes(nbuf, dtypes=("<f4", "<f8", "<f2")), 1.0, nonfinite=policy)
+        for k in range(3):
+            n0 = len(recorder.launches)
+            c()
+            names = [x[0] for x in recorder.launches[n0:]]
+            assert names == ["partials", "finalize", "scale"], (nbuf, k, names)
+
+
+def test_a_value_clip_is_one_launch(recorder):
+    bufs = fakes(10_000)
+    n0 = len(recorder.launches)
+    fc.clip_grad_value_(bufs, 1.0)
+    assert [x[0] for x in recorder.launches[n0:]] == ["clamp"]
+
+
+def test_calls_replay_a_graph_and_a_new_max_norm_needs_no_recapture(recorder):
+    c = fc.Clipper(fakes(10), 1.0, nonfinite="skip")
+    c()                       # first call: plain launches
+    assert recorder.replays == 0
+    c()                       # second: captured, then replayed
+    c.max_norm = 0.5          # lives in device memory: the same graph
+    c()
+    assert recorder.replays == 2 and len(c._gpu._graphs) == 1
+
+
+@pytest.mark.parametrize("policy", ["skip", "zero", "propagate"])
+def test_host_work_per_call_does_not_grow_with_the_buffer_count(recorder, policy):
+    """The deterministic form of "host time per Clipper call is flat": the
+    same number of function calls for 10 and for 10,000 buffers.  (The time
+    itself is measured by ``fusedclip bench --device cuda``, not here.)"""
+    counts = []
+    for nbuf in (10, 10_000):
+        c = fc.Clipper(fakes(nbuf), 1.0, nonfinite=policy)
+        c(), c()  # plan, capture
+        counts.append(python_calls(c))
+    assert counts[0] == counts[1], counts
+    assert counts[0] < 200  # and it is small: a few dozen calls
+
+
+def test_the_counter_sees_per_buffer_work():
+    """Control: the counter would catch a per-buffer loop."""
+    small = python_calls(lambda: [abs(x) for x in range(10)])
+    big = python_calls(lambda: [abs(x) for x in range(10_000)])
+    assert big > small + 9000
