@@ -100,3 +100,15 @@ def test_bench_help_exits_0():
     assert "``" not in r.stdout
     for opt in ("--reps", "--threads", "--json", "--plot"):
         assert opt in r.stdout
+
+
+def test_bench_device_cuda_without_a_gpu_is_a_clear_error(capsys, tmp_path):
+    """This machine has no GPU: --device cuda says so (exit 2), writes nothing."""
+    from fusedclip import bench_gpu
+
+    if bench_gpu.backend() is not None:
+        pytest.skip("a CUDA GPU is usable here")
+    rc = cli.main(["bench", "--device", "cuda", "--quick", "--json", str(tmp_path / "b.json")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no CUDA GPU is usable here" in err
+    assert not (tmp_path / "b.json").exists()

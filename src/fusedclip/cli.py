@@ -49,6 +49,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.device == "cuda":
+        from fusedclip import bench_gpu
+
+        return bench_gpu.main(args)
     from fusedclip import bench
 
     return bench.main(args)
@@ -117,9 +121,11 @@ def main(argv: list[str] | None = None) -> int:
         description="Runs the built-in workloads (all of them by default), prints a table "
         "and writes JSON. Ratios are measured in one run, interleaved.",
     )
+    b.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cpu (default), or cuda: torch CUDA tensors against torch's clip and the HBM floor")
     b.add_argument("--quick", action="store_true", help="fewer workloads and repetitions (< 30 s)")
     b.add_argument("--workload", action="append", metavar="NAME",
-                   help="big, gpt, small or medium (or NAME/DTYPE); repeatable")
+                   help="big, gpt, small or medium; with --device cuda also gpt-medium (or NAME/DTYPE); repeatable")
     b.add_argument("--dtype", action="append", choices=["float32", "float64", "bfloat16", "float16"],
                    help="keep only these dtypes; repeatable")
     b.add_argument("--mode", action="append", choices=["triggered", "not-triggered"],
