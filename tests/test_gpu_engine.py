@@ -98,3 +98,42 @@ def test_the_counter_sees_per_buffer_work():
     small = python_calls(lambda: [abs(x) for x in range(10)])
     big = python_calls(lambda: [abs(x) for x in range(10_000)])
     assert big > small + 9000
+
+
+def test_an_explicit_stream_carries_every_launch(recorder):
+    bufs = fakes(20)
+    c = fc.Clipper(bufs, 1e-3, nonfinite="skip", stream=1234)
+    n0 = len(recorder.streams)
+    c(), c(), c()  # plain launches, then a captured graph's replays
+    fc.clip_grad_value_(bufs, 1.0, stream=99)
+    assert recorder.streams[n0:] == [1234] * 9 + [99]
+    c2 = fc.Clipper(bufs, 1e-3, nonfinite="skip")  # no stream: the default (None, handle 0)
+    n0 = len(recorder.streams)
+    c2()
+    assert recorder.streams[n0:] == [None] * 3
+
+
+class StreamLike:
+    """A stream object as cuda.core, torch or CuPy hand one out."""
+
+    def __init__(self, h):
+        self.handle = h
+
+
+@pytest.mark.parametrize("make", [lambda: 77, lambda: StreamLike(77)], ids=["int", "object"])
+def test_stream_objects_and_handles(recorder, make):
+    bufs = fakes(3)
+    n0 = len(recorder.streams)
+    fc.Clipper(bufs, 1e-3, nonfinite="skip", stream=make())()
+    assert recorder.streams[n0:] == [77] * 3
+
+
+@pytest.mark.parametrize("bad", ["0", 1.5, True, object()], ids=["str", "float", "bool", "object"])
+def test_a_bad_stream_is_a_type_error_before_anything(recorder, bad):
+    bufs = fakes(3)
+    n0 = len(recorder.launches)
+    for call in (lambda: fc.Clipper(bufs, 1.0, stream=bad), lambda: fc.clip_grad_norm_(bufs, 1.0, stream=bad),
+                 lambda: fc.global_norm(bufs, stream=bad), lambda: fc.clip_grad_value_(bufs, 1.0, stream=bad)):
+        with pytest.raises(TypeError, match="stream must be a CUDA stream object or an int handle"):
+            call()
+    assert len(recorder.launches) == n0

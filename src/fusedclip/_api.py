@@ -31,7 +31,9 @@ class Clipper:
     number of buffers (strided or misaligned views, which are staged through
     a contiguous copy, are the exception).  A Clipper is not thread-safe:
     give each thread its own.  On GPU buffers it returns ``DeviceClipStats``
-    (docs/GPU.md says when it waits for the device).
+    (docs/GPU.md says when it waits for the device) and launches on
+    ``stream`` (an int handle or a cuda.core, torch, CuPy or numba stream),
+    else on the buffers' library's current stream; CPU buffers ignore it.
 
     ``max_norm``, ``norm_type``, ``nonfinite`` and ``num_threads`` may be
     assigned between calls: each assignment is validated like the argument
@@ -50,11 +52,12 @@ class Clipper:
         nonfinite: str = "error",
         num_threads: int | None = None,
         rng: Any = None,
+        stream: Any = None,
     ) -> None:
-        self._setup(buffers, max_norm, norm_type, nonfinite, num_threads, rng, "Clipper")
+        self._setup(buffers, max_norm, norm_type, nonfinite, num_threads, rng, "Clipper", stream=stream)
 
     def _setup(self, buffers, max_norm, norm_type, nonfinite, num_threads, rng, fn: str,
-               cache: bool = False) -> None:
+               cache: bool = False, stream: Any = None) -> None:
         self._nonfinite_policy = policy = _policy.check_policy(nonfinite)
         self.max_norm = max_norm  # after the policy: "random" needs a finite max_norm
         self.norm_type = norm_type
@@ -62,7 +65,7 @@ class Clipper:
         self._rng = rng
         if policy == "random":
             self._rng = _policy.make_rng(rng)
-        self._plan, self._gpu = plan_buffers(buffers, writable=True, fn=fn, cache=cache)
+        self._plan, self._gpu = plan_buffers(buffers, writable=True, fn=fn, cache=cache, stream=stream)
 
     @property
     def max_norm(self) -> float:
@@ -207,6 +210,7 @@ def clip_grad_norm_(
     nonfinite: str = "error",
     num_threads: int | None = None,
     rng: Any = None,
+    stream: Any = None,
 ) -> float:
     """Clip the global ``norm_type`` norm of ``buffers`` to ``max_norm``, in place.
 
@@ -216,15 +220,16 @@ def clip_grad_norm_(
     """
     clipper = Clipper.__new__(Clipper)
     clipper._setup(buffers, max_norm, norm_type, nonfinite, num_threads, rng, "clip_grad_norm_",
-                   cache=True)
+                   cache=True, stream=stream)
     return clipper().norm  # on a GPU: the one wait, reading the norm
 
 
-def global_norm(buffers: Buffers, norm_type: float = 2.0, *, num_threads: int | None = None) -> float:
+def global_norm(buffers: Buffers, norm_type: float = 2.0, *, num_threads: int | None = None,
+                stream: Any = None) -> float:
     """The global ``norm_type`` norm over all buffers.  Never writes; accepts read-only arrays."""
     kind, p = _policy.norm_kind(norm_type)
     nt = _policy.check_threads(num_threads)
-    plan, g = plan_buffers(buffers, writable=False, fn="global_norm", cache=True)
+    plan, g = plan_buffers(buffers, writable=False, fn="global_norm", cache=True, stream=stream)
     norm, flags = plan.norm(kind, p, nt)  # plan.norm: zero-stride views count k times
     if g is None:
         return norm
@@ -236,7 +241,8 @@ def global_norm(buffers: Buffers, norm_type: float = 2.0, *, num_threads: int | 
     return _policy.combine_norms([norm, float(st[ck.S_NORM])], flags | int(st[ck.S_FLAGS]), kind, p)
 
 
-def clip_grad_value_(buffers: Buffers, clip_value: float, *, num_threads: int | None = None) -> None:
+def clip_grad_value_(buffers: Buffers, clip_value: float, *, num_threads: int | None = None,
+                     stream: Any = None) -> None:
     """Clamp every element to ``[-clip_value, clip_value]`` in place.
 
     NaN stays NaN; +-inf becomes +-clip_value (rounded to the buffer's dtype).
@@ -245,7 +251,7 @@ def clip_grad_value_(buffers: Buffers, clip_value: float, *, num_threads: int | 
     if not v >= 0.0:
         raise ValueError(f"clip_value must be >= 0, got {v}")
     nt = _policy.check_threads(num_threads)
-    plan, g = plan_buffers(buffers, writable=True, fn="clip_grad_value_", cache=True)
+    plan, g = plan_buffers(buffers, writable=True, fn="clip_grad_value_", cache=True, stream=stream)
     plan.refresh()
     plan.table.clamp(v, nt)
     plan.write_back()

@@ -396,7 +396,7 @@ PLAN_CACHE_SIZE = 16
 _plan_cache: "OrderedDict[tuple, tuple]" = OrderedDict()
 
 
-def plan_buffers(buffers: Any, *, writable: bool, fn: str, cache: bool = False):
+def plan_buffers(buffers: Any, *, writable: bool, fn: str, cache: bool = False, stream: Any = None):
     """Validate every buffer, CPU and GPU, and plan both sides: (Plan, GpuPlan or None).
 
     Raises before anything is written or launched.  The CPU plan is built over
@@ -405,13 +405,17 @@ def plan_buffers(buffers: Any, *, writable: bool, fn: str, cache: bool = False):
     over exactly the same GPU memory (GPU-only lists of torch or CuPy arrays;
     such a plan holds no reference to the caller's arrays).
     """
+    if stream is not None:  # validated first; an int handle from here on
+        from ._launch import stream_handle
+
+        stream = stream_handle(stream)
     objs = as_list(buffers, fn)
     if cache and objs and type(objs[0]) is not np.ndarray:
         from ._gpu import pointers
 
         ptrs = pointers(objs)
         if ptrs is not None:
-            key = (writable, tuple(map(id, objs)))
+            key = (writable, stream, tuple(map(id, objs)))
             hit = _plan_cache.get(key)
             if hit is not None:
                 refs, old_ptrs, planned = hit
@@ -419,7 +423,7 @@ def plan_buffers(buffers: Any, *, writable: bool, fn: str, cache: bool = False):
                 if old_ptrs == ptrs and all(r() is o for r, o in zip(refs, objs)):
                     _plan_cache.move_to_end(key)
                     return planned
-            planned = _plan(objs, writable, fn, keep_refs=False)
+            planned = _plan(objs, writable, fn, keep_refs=False, stream=stream)
             try:
                 refs = [weakref.ref(o) for o in objs]
             except TypeError:  # objects without weak references are not cached
@@ -428,10 +432,10 @@ def plan_buffers(buffers: Any, *, writable: bool, fn: str, cache: bool = False):
             if len(_plan_cache) > PLAN_CACHE_SIZE:
                 _plan_cache.popitem(last=False)
             return planned
-    return _plan(objs, writable, fn, keep_refs=True)
+    return _plan(objs, writable, fn, keep_refs=True, stream=stream)
 
 
-def _plan(objs: list, writable: bool, fn: str, keep_refs: bool):
+def _plan(objs: list, writable: bool, fn: str, keep_refs: bool, stream: Any = None):
     d, first = cpu.describe(objs)
     gpu_idx: list[int] = []
     if first[_F.S_NOT_ARRAY] >= 0:
@@ -448,7 +452,7 @@ def _plan(objs: list, writable: bool, fn: str, keep_refs: bool):
         cpu_objs[i] = _NO_BUFFER
     d, first = cpu.describe(cpu_objs)
     plan = _make_plan(cpu_objs, d, first, writable, fn)  # CPU checks first, by index
-    return plan, make_gpu_plan(objs, gpu_idx, writable, fn, keep_refs=keep_refs)
+    return plan, make_gpu_plan(objs, gpu_idx, writable, fn, stream=stream, keep_refs=keep_refs)
 
 
 def _make_plan(objs: list, d: np.ndarray, first: np.ndarray, writable: bool, fn: str) -> Plan:

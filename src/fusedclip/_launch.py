@@ -58,6 +58,24 @@ def use_launcher(new):
     return old
 
 
+def stream_handle(stream) -> int:
+    """An int handle from a stream object (cuda.core, torch, CuPy, numba) or an int;
+    TypeError for anything else (checked before any buffer is touched)."""
+    if isinstance(stream, bool):
+        raise TypeError("stream must be a CUDA stream object or an int handle, got bool")
+    if isinstance(stream, int):
+        return stream
+    if hasattr(stream, "__cuda_stream__"):
+        return int(stream.__cuda_stream__()[1])
+    for attr in ("cuda_stream", "ptr", "handle"):
+        v = getattr(stream, attr, None)
+        if v is not None:
+            v = getattr(v, "value", v)
+            return int(v or 0)
+    raise TypeError(f"stream must be a CUDA stream object or an int handle, got {type(stream).__name__}")
+
+
+
 class DeviceArray:
     """Device memory owned by a plan: ``addr`` is its address; freed with it."""
 
@@ -163,17 +181,21 @@ class RecordingLauncher(_HostMemory):
 
     kind = "recording"
     graphs = True
+    needs_cuda = False  # runs nothing: numba-cuda and a driver are not required
 
     def __init__(self):
         super().__init__()
         self.replays = 0
+        self.streams: list = []  # the stream of each recorded launch
 
     def launch(self, name: str, grid: int, args: tuple, stream=None) -> None:
         self.launches.append((name, grid, args))
+        self.streams.append(stream)
 
     def replay(self, graph, stream=None) -> None:
         self.replays += 1
         self.launches.extend(graph)
+        self.streams.extend([stream] * len(graph))
 
 
 # ------------------------------------------------------------------ the GPU

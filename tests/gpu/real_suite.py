@@ -159,6 +159,22 @@ def test_runs_on_the_current_torch_stream():
     assert rel(n, 1.0) <= 1e-6
 
 
+def test_explicit_stream_argument_orders_after_a_producer_on_that_stream():
+    """stream=side: the clip is queued behind the producer on ``side``, while
+    torch's current stream is the default one."""
+    side = torch.cuda.Stream()
+    x = torch.zeros(1 << 22, device="cuda")
+    c = fc.Clipper([x], 1e30, nonfinite="skip", stream=side)
+    c(), c()  # the second call captures the graph
+    with torch.cuda.stream(side):
+        for _ in range(5):
+            x.add_(1.0)
+    s = c()  # on side, not on the current (default) stream
+    side.synchronize()
+    assert rel(s.norm, math.sqrt(x.numel()) * 5.0) <= 1e-12
+    assert rel(fc.global_norm([x], stream=side), math.sqrt(x.numel()) * 5.0) <= 1e-12
+
+
 def test_explicit_stream_argument_is_not_needed_for_ordering_on_default():
     x = torch.full((1000,), 3.0, device="cuda")
     assert rel(fc.clip_grad_norm_([x], 1.0), math.sqrt(1000) * 3.0) <= 1e-12
