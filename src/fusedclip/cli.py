@@ -9,7 +9,8 @@ import platform
 import sys
 
 # argparse prints descriptions as they are: no reST markup in them.
-DESCRIPTION = "fusedclip: build and run-time facts (info) and the benchmark (bench)."
+DESCRIPTION = ("fusedclip: build and run-time facts (info), the benchmark (bench) and the paper's "
+               "experiments (demo).")
 
 
 def _gpu_state() -> str:
@@ -138,9 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--json", default="bench.json", metavar="PATH", help="where to write the results")
     b.add_argument("--plot", action="store_true", help="also write a PNG beside the JSON (needs matplotlib)")
     b.add_argument("--markdown", metavar="PATH", help="also write a Markdown summary table")
+    from fusedclip import demos
+
+    demos.add_parser(sub)
     args = p.parse_args(argv)
     if args.cmd == "bench" and (why := check_bench_outputs(args)) is not None:
         b.error(why)  # exit code 2, before the run rather than after it
+    if args.cmd == "demo":
+        if (why := demos.check(args)) is not None:
+            sub.choices["demo"].error(why)
+        return demos.main(args)
     return {"info": cmd_info, "bench": cmd_bench}[args.cmd](args)
 
 

@@ -1,0 +1,106 @@
+"""``fusedclip demo``: the source paper's exploding-gradient experiments, with fusedclip clipping.
+
+Pascanu, Mikolov & Bengio, *On the difficulty of training recurrent neural
+networks* (2013; ``../shared/seeds/003_*``), at laptop scale:
+
+* ``cliff`` (Fig. 3, §2.4): the wall in the error surface of a one-unit RNN,
+  and gradient descent with and without norm clipping (``cliff.py``);
+* ``temporal-order`` (Fig. 7, §4.3): success rate against sequence length,
+  SGD against clipped SGD, from the same seeds (``temporal.py``);
+* ``lr``: a learning-rate sweep of a character RNN, with and without
+  clipping (``charlm.py``).
+
+The trainers are numpy, float32, vectorised BPTT (``rnn.py``); the gradients
+are clipped in place by a ``fusedclip.Clipper`` planned once per run.
+docs/EXPERIMENTS.md sets the findings beside the paper's.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+NAMES = ("cliff", "temporal-order", "lr")
+
+
+def add_parser(sub) -> None:
+    d = sub.add_parser(
+        "demo",
+        help="reproduce the paper's experiments: cliff, temporal-order, lr (PNG + JSON/CSV)",
+        description="Runs one of the source paper's experiments at laptop scale and writes a PNG "
+        "and the numbers (JSON, or CSV for temporal-order) into --out.",
+    )
+    d.add_argument("name", choices=NAMES)
+    d.add_argument("--out", default=".", metavar="DIR", help="where to write the files (default: .)")
+    d.add_argument("--no-plot", action="store_true", help="write the numbers only (no matplotlib needed)")
+    d.add_argument("--full", action="store_true",
+                   help="temporal-order at the paper's scale (50 seeds x 100k steps x batch 1000: days), "
+                   "with a progress bar and the time left")
+    d.add_argument("--lengths", metavar="T,T,...", help="temporal-order: sequence lengths")
+    d.add_argument("--seeds", type=int, metavar="N", help="temporal-order: runs per length and method")
+    d.add_argument("--steps", type=int, metavar="N", help="temporal-order and lr: training steps per run")
+    d.add_argument("--lrs", metavar="LR,LR,...", help="lr: the learning rates to sweep")
+
+
+def check(args) -> str | None:
+    """A usage error, or None (checked before anything runs)."""
+    if not os.path.isdir(args.out):
+        return f"--out {args.out}: not a directory"
+    if not os.access(args.out, os.W_OK):
+        return f"--out {args.out}: not writable"
+    for flag in ("seeds", "steps"):
+        v = getattr(args, flag)
+        if v is not None and v < 1:
+            return f"--{flag} must be >= 1, got {v}"
+    for flag, conv in (("lengths", int), ("lrs", float)):
+        v = getattr(args, flag)
+        if v is not None:
+            try:
+                xs = [conv(x) for x in v.split(",")]
+            except ValueError:
+                return f"--{flag}: expected a comma-separated list, got {v!r}"
+            if not xs or min(xs) <= (2 if flag == "lengths" else 0):
+                return f"--{flag}: every value must be > {2 if flag == 'lengths' else 0}, got {v!r}"
+    if not args.no_plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            return "the plots need matplotlib (pip install matplotlib), or pass --no-plot"
+    return None
+
+
+def main(args) -> int:
+    out = lambda name: os.path.join(args.out, name)
+    plot = not args.no_plot
+    if args.name == "cliff":
+        from . import cliff
+
+        doc = cliff.run(out("cliff"), plot=plot)
+        print(cliff.report(doc))
+        files = ["cliff.json"] + (["cliff.png"] if plot else [])
+    elif args.name == "temporal-order":
+        from . import temporal
+
+        cfg = dict(temporal.FULL if args.full else temporal.DEFAULT)
+        if args.lengths:
+            cfg["lengths"] = tuple(int(x) for x in args.lengths.split(","))
+        if args.seeds:
+            cfg["seeds"] = args.seeds
+        if args.steps:
+            cfg["steps"] = args.steps
+        doc = temporal.run(out("temporal-order"), plot=plot, progress=True, **cfg)
+        print(temporal.report(doc))
+        files = ["temporal-order.csv", "temporal-order.json"] + (["temporal-order.png"] if plot else [])
+    else:
+        from . import charlm
+
+        kw = {}
+        if args.lrs:
+            kw["lrs"] = tuple(float(x) for x in args.lrs.split(","))
+        if args.steps:
+            kw["steps"] = args.steps
+        doc = charlm.run(out("lr"), plot=plot, **kw)
+        print(charlm.report(doc))
+        files = ["lr.json"] + (["lr.png"] if plot else [])
+    for f in files:
+        print(f"wrote {out(f)}", file=sys.stderr)
+    return 0
