@@ -39,6 +39,7 @@ def add_parser(sub) -> None:
     d.add_argument("--seeds", type=int, metavar="N", help="temporal-order: runs per length and method")
     d.add_argument("--steps", type=int, metavar="N", help="temporal-order and lr: training steps per run")
     d.add_argument("--lrs", metavar="LR,LR,...", help="lr: the learning rates to sweep")
+    d.add_argument("--lr", type=float, metavar="LR", help="temporal-order: the learning rate (default 10)")
 
 
 def check(args) -> str | None:
@@ -51,6 +52,8 @@ def check(args) -> str | None:
         v = getattr(args, flag)
         if v is not None and v < 1:
             return f"--{flag} must be >= 1, got {v}"
+    if args.lr is not None and not args.lr > 0:
+        return f"--lr must be > 0, got {args.lr}"
     for flag, conv in (("lengths", int), ("lrs", float)):
         v = getattr(args, flag)
         if v is not None:
@@ -87,6 +90,8 @@ def main(args) -> int:
             cfg["seeds"] = args.seeds
         if args.steps:
             cfg["steps"] = args.steps
+        if args.lr:
+            cfg["lr"] = args.lr
         doc = temporal.run(out("temporal-order"), plot=plot, progress=True, **cfg)
         print(temporal.report(doc))
         files = ["temporal-order.csv", "temporal-order.json"] + (["temporal-order.png"] if plot else [])

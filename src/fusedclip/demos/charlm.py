@@ -76,7 +76,7 @@ def train(text_idx: np.ndarray, vocab: int, lr: float, clip: float | None, steps
     return losses, diverged, clipped
 
 
-def run(out_prefix: str, lrs=(0.3, 1.0, 3.0, 10.0, 30.0), clip: float = 1.0, steps: int = 600,
+def run(out_prefix: str, lrs=(0.3, 1.0, 2.0, 3.0, 5.0, 10.0), clip: float = 1.0, steps: int = 1500,
         plot: bool = True) -> dict:
     import json
 
@@ -122,22 +122,22 @@ def _plot(doc: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
+    top = max(6.0, doc["config"]["initial_loss_ln_V"] + 1.5)
     lrs = sorted({r["lr"] for r in doc["runs"]})
     for i, lr in enumerate(lrs):
         for r in (r for r in doc["runs"] if r["lr"] == lr):
             y = np.array(r["losses"], float)
-            k = min(20, len(y))
-            sm = np.convolve(y, np.ones(k) / k, mode="valid") if len(y) >= k else y
+            k = 20 if len(y) >= 60 else 1          # short (diverged) runs: the raw losses
+            sm = np.convolve(y, np.ones(k) / k, mode="valid")
             ls = "--" if r["clip"] is not None else "-"
             lbl = f"lr {lr:g}, {'clipped' if r['clip'] is not None else 'plain'}"
-            ax.plot(np.arange(len(sm)) + k - 1, sm, ls, color=f"C{i}", label=lbl)
+            ax.plot(np.arange(len(sm)) + k - 1, np.minimum(sm, top), ls, color=f"C{i}", label=lbl)
             if r["diverged_at"] is not None:
-                ax.plot(r["diverged_at"] - 1, min(max(y[np.isfinite(y)], default=5.0), 8.0), "x",
-                        color=f"C{i}", ms=10, mew=2)
+                ax.plot(r["diverged_at"] - 1, top - 0.15 - 0.12 * i, "x", color=f"C{i}", ms=9, mew=2)
     ax.axhline(doc["config"]["initial_loss_ln_V"], color="k", lw=0.7, ls=":", label="ln V (uniform guess)")
-    ax.set_ylim(0, max(6.0, doc["config"]["initial_loss_ln_V"] + 1))
+    ax.set_ylim(0, top)
     ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats/char), 20-step mean")
+    ax.set_ylabel("cross-entropy (nats/char), 20-step mean, capped at the top")
     ax.set_title("Character RNN: learning-rate sweep; x = diverged (inf/NaN, or 1 nat worse than uniform)", fontsize=9)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()

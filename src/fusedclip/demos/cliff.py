@@ -98,27 +98,29 @@ def _plot(runs, grid: int, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    W, B = np.meshgrid(np.linspace(1.0, 10.0, grid), np.linspace(-7.0, 3.0, grid))
-    L, _, _ = loss_and_grad(W, B)
-    fig, ax = plt.subplots(figsize=(7.5, 6))
-    cs = ax.contourf(W, B, np.log10(L + 1e-12), levels=40, cmap="viridis")
-    fig.colorbar(cs, ax=ax, label="log10 E(w, b)")
-    for i, r in enumerate(runs):
-        col = f"C{i % 10}"
-        for kind, ls, lbl in (("plain", "-", "no clipping"), ("clipped", "--", "norm clipped (fusedclip)")):
-            pth = np.array(r[kind]["path"])
-            ax.plot(pth[:, 0], pth[:, 1], ls, color=col, lw=1.4 if kind == "plain" else 2.0,
-                    label=lbl if i == 0 else None)
-        ax.plot(*r["plain"]["start"], "o", color=col, ms=5)
-    ax.set_xlim(1.0, 10.0)
-    ax.set_ylim(-7.0, 3.0)
-    ax.set_xlabel("w")
-    ax.set_ylabel("b")
-    ax.set_title("One-unit RNN, 50 steps: the wall, and gradient descent with and without clipping",
-                 fontsize=9)
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.2), gridspec_kw={"width_ratios": [1.15, 1]})
+    views = [((1.0, 10.0), (-7.0, 3.0), "the surface; solid: no clipping, dashed: norm clipped"),
+             ((4.2, 6.3), (-3.3, -1.9), "zoom on the wall: the clipped paths stay near it")]
+    for ax, (xl, yl, title) in zip(axes, views):
+        W, B = np.meshgrid(np.linspace(*xl, grid), np.linspace(*yl, grid))
+        L, _, _ = loss_and_grad(W, B)
+        cs = ax.contourf(W, B, np.log10(L + 1e-12), levels=40, cmap="viridis")
+        for i, r in enumerate(runs):
+            col = f"C{i % 10}"
+            for kind, ls, lbl in (("plain", "-", "no clipping"), ("clipped", "--", "norm clipped (fusedclip)")):
+                pth = np.array(r[kind]["path"])
+                ax.plot(pth[:, 0], pth[:, 1], ls, color=col, lw=1.3 if kind == "plain" else 2.2,
+                        label=lbl if i == 0 else None)
+            ax.plot(*r["plain"]["start"], "o", color=col, ms=6, mec="w")
+        ax.set_xlim(*xl)
+        ax.set_ylim(*yl)
+        ax.set_xlabel("w")
+        ax.set_ylabel("b")
+        ax.set_title(title, fontsize=9)
+    fig.colorbar(cs, ax=axes, label="log10 E(w, b)", shrink=0.9)
+    axes[0].legend(loc="upper left", fontsize=8)
+    fig.suptitle("One-unit RNN x_t = w sigmoid(x_(t-1)) + b, 50 steps (Pascanu et al., Fig. 3)", fontsize=10)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
