@@ -534,6 +534,25 @@ P_MAX_NORM = 0
 PARAMS_LEN = 4
 
 
+def _tree_max_or(threads: int):
+    """A block's fixed-tree reduction of (max of sh_m, OR of sh_f), the same
+    order every call (deterministic); every thread gets the result."""
+    @cuda.jit(device=True)
+    def tree_max_or(sh_m, sh_f, tid):
+        cuda.syncthreads()
+        step = threads // 2
+        while step > 0:
+            if tid < step:
+                if sh_m[tid + step] > sh_m[tid]:
+                    sh_m[tid] = sh_m[tid + step]
+                sh_f[tid] |= sh_f[tid + step]
+            cuda.syncthreads()
+            step //= 2
+        return sh_m[0], sh_f[0]
+
+    return tree_max_or
+
+
 def _make_partials(threads: int):
     from numba import float64, int32
 
@@ -545,6 +564,7 @@ def _make_partials(threads: int):
     P = _pointers()
     p_i64, p_f64, p_i32 = P["i64"], P[F64], P["i32"]
     TINY = 2.0**-400  # float64 squares below 2**-1022 would lose precision
+    tree_max_or = _tree_max_or(threads)
 
     def partials(table, nchunks, kind, p, out_s, out_m, out_f, ctr):
         c = cuda.blockIdx.x
@@ -599,17 +619,7 @@ def _make_partials(threads: int):
             cuda.syncthreads()  # every thread has read the first reduction
             sh_m[tid] = fm
             sh_f[tid] = f
-            cuda.syncthreads()
-            step = threads // 2
-            while step > 0:
-                if tid < step:
-                    if sh_m[tid + step] > sh_m[tid]:
-                        sh_m[tid] = sh_m[tid + step]
-                    sh_f[tid] |= sh_f[tid + step]
-                cuda.syncthreads()
-                step //= 2
-            m = sh_m[0]
-            f = sh_f[0]
+            m, f = tree_max_or(sh_m, sh_f, tid)
         scale = 1.0
         rescaled = False
         # block-uniform: recompute the chunk relative to its max m (general p
@@ -659,6 +669,7 @@ def _make_finalize(threads: int):
 
     P = _pointers()
     p_i64, p_f64, p_i32 = P["i64"], P[F64], P["i32"]
+    tree_max_or = _tree_max_or(threads)
 
     def finalize(out_s, out_m, out_f, nchunks, kind, p, params, policy, state, ctr):
         # partial i contributes S[i] * M[i]^p, with S[i] in [1, n] or 0
@@ -680,17 +691,7 @@ def _make_finalize(threads: int):
             i += threads
         sh_a[tid] = big
         sh_f[tid] = f
-        cuda.syncthreads()
-        step = threads // 2
-        while step > 0:
-            if tid < step:
-                if sh_a[tid + step] > sh_a[tid]:
-                    sh_a[tid] = sh_a[tid + step]
-                sh_f[tid] |= sh_f[tid + step]
-            cuda.syncthreads()
-            step //= 2
-        big = sh_a[0]
-        f = sh_f[0]
+        big, f = tree_max_or(sh_a, sh_f, tid)
         cuda.syncthreads()  # every thread has read sh_a[0]
         pw = p if kind == NORM_P else (2.0 if kind == NORM_2 else 1.0)
         # each thread adds its partials in order, then a fixed tree

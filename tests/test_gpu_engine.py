@@ -4,7 +4,6 @@ runs nothing, so launch counts and the host's per-call work can be measured
 for 10 and for 10,000 buffers in the normal test process."""
 import sys
 
-import numpy as np
 import pytest
 
 import fusedclip as fc

@@ -399,6 +399,17 @@ def plot(rows: list[Row], path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def write_outputs(args, doc: dict, md: str) -> None:
+    """The JSON (``--json``) and the Markdown summary (``--markdown``), both benches."""
+    with open(args.json, "w") as f:
+        json.dump(doc, f, indent=1)
+    print(f"\nwrote {args.json}", file=sys.stderr)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(md + "\n")
+        print(f"wrote {args.markdown}", file=sys.stderr)
+
+
 def main(args) -> int:
     all_w = workloads()
     keys = list(all_w)
@@ -469,13 +480,7 @@ def main(args) -> int:
             for r in rows
         ],
     }
-    with open(args.json, "w") as f:
-        json.dump(doc, f, indent=1)
-    print(f"\nwrote {args.json}", file=sys.stderr)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(markdown(rows) + "\n")
-        print(f"wrote {args.markdown}", file=sys.stderr)
+    write_outputs(args, doc, markdown(rows))
     if args.plot:
         png = os.path.splitext(args.json)[0] + ".png"
         plot(rows, png)

@@ -28,17 +28,16 @@ peer, and a device-to-device copy as the floor.
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 import fusedclip as fc
-from fusedclip.bench import DTYPES, Workload, exact_norm, gpt_like_shapes
+from fusedclip.bench import DTYPES, Workload, exact_norm, gpt_like_shapes, write_outputs
 
 
 def workloads() -> dict[str, Workload]:
@@ -335,11 +334,5 @@ def main(args) -> int:
     print(fmt_table(rows))
     if args.plot:
         print("fusedclip bench --device cuda: --plot is drawn for the CPU bench only", file=sys.stderr)
-    with open(args.json, "w") as f:
-        json.dump(doc, f, indent=1)
-    print(f"\nwrote {args.json}", file=sys.stderr)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(markdown(rows) + "\n")
-        print(f"wrote {args.markdown}", file=sys.stderr)
+    write_outputs(args, doc, markdown(rows))
     return 0

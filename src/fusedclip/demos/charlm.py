@@ -17,8 +17,7 @@ import math
 
 import numpy as np
 
-import fusedclip as fc
-
+from ._out import pyplot, save
 from .rnn import RNN, one_hot
 
 MODULES = ("json", "collections", "functools", "itertools", "textwrap", "string", "random",
@@ -78,8 +77,6 @@ def train(text_idx: np.ndarray, vocab: int, lr: float, clip: float | None, steps
 
 def run(out_prefix: str, lrs=(0.3, 1.0, 2.0, 3.0, 5.0, 10.0), clip: float = 1.0, steps: int = 1500,
         plot: bool = True) -> dict:
-    import json
-
     text = corpus()
     chars = sorted(set(text))
     idx = np.frombuffer(text.encode("ascii"), np.uint8)
@@ -108,18 +105,11 @@ def run(out_prefix: str, lrs=(0.3, 1.0, 2.0, 3.0, 5.0, 10.0), clip: float = 1.0,
                       "initial_loss_ln_V": math.log(V)},
            "best_lr": {"plain": best(None), "clipped": best(clip)},
            "runs": runs}
-    with open(out_prefix + ".json", "w") as f:
-        json.dump(doc, f, indent=1)
-    if plot:
-        _plot(doc, out_prefix + ".png")
-    return doc
+    return save(doc, out_prefix, _plot, plot)
 
 
 def _plot(doc: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 5))
     top = max(6.0, doc["config"]["initial_loss_ln_V"] + 1.5)

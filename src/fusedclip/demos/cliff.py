@@ -12,12 +12,13 @@ one pass, and the exact gradient by backpropagation through the 50 steps.
 """
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 
 import fusedclip as fc
+
+from ._out import pyplot, save
 
 T, X0, TARGET = 50, 0.5, 0.7
 #: starts near the wall, and two far from it (controls: clipping must not matter there)
@@ -85,18 +86,11 @@ def run(out_prefix: str, lr: float = 0.1, steps: int = 300, clip: float = 1.0, g
                                     "clipped": r["clipped"]["final_loss"]}} for r in runs],
         "runs": runs,
     }
-    with open(out_prefix + ".json", "w") as f:
-        json.dump(doc, f, indent=1)
-    if plot:
-        _plot(runs, grid, out_prefix + ".png")
-    return doc
+    return save(doc, out_prefix, lambda d, path: _plot(runs, grid, path), plot)
 
 
 def _plot(runs, grid: int, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.2), gridspec_kw={"width_ratios": [1.15, 1]})
     views = [((1.0, 10.0), (-7.0, 3.0), "the surface; solid: no clipping, dashed: norm clipped"),

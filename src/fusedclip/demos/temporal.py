@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._out import pyplot, save
 from .rnn import RNN, one_hot
 
 SYMBOLS = "abcdXYEB"
@@ -121,7 +122,6 @@ def _fmt_secs(s: float) -> str:
 def run(out_prefix: str, lengths, seeds: int, steps: int, batch: int, lr: float, clip: float = 1.0,
         plot: bool = True, progress: bool = False) -> dict:
     import csv
-    import json
     import time
 
     bar = Progress(len(lengths) * seeds * 2 * steps) if progress else None
@@ -158,18 +158,11 @@ def run(out_prefix: str, lengths, seeds: int, steps: int, batch: int, lr: float,
     doc = {"experiment": "temporal order (Hochreiter & Schmidhuber task 6a; paper Fig. 7)",
            "scale": scale, "seconds": seconds, "lengths": list(lengths), "success_rate": rate,
            "mean_accuracy": acc}
-    with open(out_prefix + ".json", "w") as f:
-        json.dump(doc, f, indent=1)
-    if plot:
-        _plot(doc, out_prefix + ".png")
-    return doc
+    return save(doc, out_prefix, _plot, plot)
 
 
 def _plot(doc: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     L = doc["lengths"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
