@@ -90,6 +90,16 @@ def test_temporal_order_batches_follow_task_6a():
     assert (cls == want).all() and (tg[-1] == cls).all() and set(cls) == {0, 1, 2, 3}
 
 
+@pytest.mark.parametrize("T", [6, 7, 9, 13, 50])
+def test_every_length_from_the_minimum_has_both_slots_in_range(T):
+    U, tg, cls = temporal.batch(T, 300, np.random.default_rng(T))
+    seq = U.argmax(axis=-1)
+    assert (seq[0] == 6).all() and (seq[-1] == 7).all()
+    assert (((seq == 4) | (seq == 5)).sum(axis=0) == 2).all()
+    with pytest.raises(ValueError, match="T >= 6"):
+        temporal.batch(5, 3, np.random.default_rng(0))
+
+
 def test_temporal_order_tiny_run(tmp_path):
     """T = 6: both methods learn it in a few hundred steps, from the same seed;
     the CSV has a row per run and the JSON the success rates."""
@@ -141,6 +151,8 @@ def test_cli_demo_cliff_writes_its_files(tmp_path):
     (["demo", "temporal-order", "--seeds", "0"], "--seeds must be >= 1"),
     (["demo", "temporal-order", "--lengths", "5,x"], "comma-separated"),
     (["demo", "lr", "--lrs", "-1"], "must be > 0"),
+    (["demo", "temporal-order", "--lengths", "8,4"], "must be >= 6"),
+    (["demo", "temporal-order", "--lr", "0"], "--lr must be > 0"),
     (["demo", "nope"], "invalid choice"),
 ])
 def test_cli_demo_usage_errors(argv, words, capsys):

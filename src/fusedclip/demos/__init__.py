@@ -42,6 +42,12 @@ def add_parser(sub) -> None:
     d.add_argument("--lr", type=float, metavar="LR", help="temporal-order: the learning rate (default 10)")
 
 
+def temporal_min_length() -> int:
+    from .temporal import MIN_LENGTH
+
+    return MIN_LENGTH
+
+
 def check(args) -> str | None:
     """A usage error, or None (checked before anything runs)."""
     if not os.path.isdir(args.out):
@@ -61,8 +67,10 @@ def check(args) -> str | None:
                 xs = [conv(x) for x in v.split(",")]
             except ValueError:
                 return f"--{flag}: expected a comma-separated list, got {v!r}"
-            if not xs or min(xs) <= (2 if flag == "lengths" else 0):
-                return f"--{flag}: every value must be > {2 if flag == 'lengths' else 0}, got {v!r}"
+            if flag == "lengths" and min(xs) < temporal_min_length():
+                return f"--lengths: every length must be >= {temporal_min_length()} (E, B and two slots), got {v!r}"
+            if flag == "lrs" and min(xs) <= 0:
+                return f"--lrs: every value must be > 0, got {v!r}"
     if not args.no_plot:
         try:
             import matplotlib  # noqa: F401

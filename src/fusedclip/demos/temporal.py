@@ -19,11 +19,15 @@ from ._out import pyplot, save
 from .rnn import RNN, one_hot
 
 SYMBOLS = "abcdXYEB"
+#: the shortest sequence with room for E, B and the two relevant slots apart
+MIN_LENGTH = 6
 N_IN, N_OUT = len(SYMBOLS), 4
 
 
 def batch(T: int, B: int, rng: np.random.Generator):
-    """(one-hot inputs (T, B, 8), targets (T, B), class (B,))."""
+    """(one-hot inputs (T, B, 8), targets (T, B), class (B,)); T >= MIN_LENGTH."""
+    if T < MIN_LENGTH:
+        raise ValueError(f"the temporal order task needs T >= {MIN_LENGTH}, got {T}")
     seq = rng.integers(0, 4, size=(T, B))               # distractors a..d
     seq[0], seq[-1] = 6, 7                               # E ... B
     lo1, hi1 = max(1, int(0.1 * T)), max(2, int(0.2 * T))
