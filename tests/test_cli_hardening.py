@@ -112,3 +112,9 @@ def test_bench_device_cuda_without_a_gpu_is_a_clear_error(capsys, tmp_path):
     err = capsys.readouterr().err
     assert rc == 2 and "no CUDA GPU is usable here" in err
     assert not (tmp_path / "b.json").exists()
+
+
+@pytest.mark.parametrize("flag", [["--plot"], ["--threads", "2"]], ids=["plot", "threads"])
+def test_bench_device_cuda_refuses_cpu_only_options(flag, capsys):
+    err = usage_error(["bench", "--device", "cuda", "--quick"] + flag, capsys)
+    assert "applies to the CPU bench only" in err

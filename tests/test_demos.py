@@ -150,9 +150,9 @@ def test_cli_demo_cliff_writes_its_files(tmp_path):
     (["demo", "cliff", "--out", "/nonexistent-fc-dir"], "not a directory"),
     (["demo", "temporal-order", "--seeds", "0"], "--seeds must be >= 1"),
     (["demo", "temporal-order", "--lengths", "5,x"], "comma-separated"),
-    (["demo", "lr", "--lrs", "-1"], "must be > 0"),
+    (["demo", "lr", "--lrs", "-1"], "finite and > 0"),
     (["demo", "temporal-order", "--lengths", "8,4"], "must be >= 6"),
-    (["demo", "temporal-order", "--lr", "0"], "--lr must be > 0"),
+    (["demo", "temporal-order", "--lr", "0"], "--lr must be finite and > 0"),
     (["demo", "nope"], "invalid choice"),
 ])
 def test_cli_demo_usage_errors(argv, words, capsys):
@@ -161,3 +161,38 @@ def test_cli_demo_usage_errors(argv, words, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(argv)
     assert e.value.code == 2 and words in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["demo", "lr", "--lrs", "nan"], "finite and > 0"),
+    (["demo", "lr", "--lrs", "1,inf"], "finite and > 0"),
+    (["demo", "temporal-order", "--lr", "nan"], "finite and > 0"),
+    (["demo", "cliff", "--lengths", "8"], "--lengths applies to the temporal-order demo only"),
+    (["demo", "lr", "--seeds", "2"], "--seeds applies to the temporal-order demo only"),
+    (["demo", "cliff", "--lrs", "1"], "--lrs applies to the lr demo only"),
+    (["demo", "lr", "--full"], "--full applies to the temporal-order demo only"),
+])
+def test_cli_demo_rejects_what_does_not_apply_or_is_not_finite(argv, words, capsys):
+    from fusedclip import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_json_is_strict_even_for_a_diverged_run(tmp_path):
+    from fusedclip.demos import _out
+
+    _out.save({"losses": [1.0, float("inf"), float("nan")], "x": {"y": (float("-inf"),)}},
+              str(tmp_path / "d"), None, plot=False)
+    text = (tmp_path / "d.json").read_text()
+    assert json.loads(text) == {"losses": [1.0, None, None], "x": {"y": [None]}}
+    assert "NaN" not in text and "Infinity" not in text
+
+
+def test_cli_demo_cliff_takes_steps(tmp_path):
+    from fusedclip import cli
+
+    assert cli.main(["demo", "cliff", "--steps", "5", "--no-plot", "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "cliff.json").read_text())
+    assert doc["config"]["steps"] == 5 and len(doc["runs"][0]["plain"]["path"]) == 6

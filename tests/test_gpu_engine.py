@@ -4,6 +4,7 @@ runs nothing, so launch counts and the host's per-call work can be measured
 for 10 and for 10,000 buffers in the normal test process."""
 import sys
 
+import numpy as np
 import pytest
 
 import fusedclip as fc
@@ -136,3 +137,72 @@ def test_a_bad_stream_is_a_type_error_before_anything(recorder, bad):
         with pytest.raises(TypeError, match="stream must be a CUDA stream object or an int handle"):
             call()
     assert len(recorder.launches) == n0
+
+
+# ---------------------------------------------------------------- streams of a CuPy-like library
+class FakeCupy(FakeCuda):
+    """A CuPy array as the engine sees one (module name, .data.ptr, CAI)."""
+
+    def __init__(self, addr, n):
+        super().__init__(addr, n)
+        self.data = type("MemoryPointer", (), {"ptr": addr})()
+
+
+FakeCupy.__module__ = "cupy._core.core"
+
+
+@pytest.fixture
+def cupy_streams(monkeypatch):
+    """A stand-in ``cupy`` module whose current stream the test sets."""
+    import types
+
+    current = {"ptr": 111}
+    mod = types.ModuleType("cupy")
+    mod.cuda = types.SimpleNamespace(get_current_stream=lambda: types.SimpleNamespace(ptr=current["ptr"]))
+    monkeypatch.setitem(sys.modules, "cupy", mod)
+    return current
+
+
+def cupy_bufs(nbuf):
+    return [FakeCupy((1 << 37) + 4096 * i, 256) for i in range(nbuf)]
+
+
+def test_statistics_are_read_on_the_stream_the_call_ran_on(recorder, cupy_streams):
+    """`with stream: st = clipper()` then `st.norm` outside the block: the copy
+    must be ordered after the call's kernels, so it goes on the call's stream,
+    not on whatever stream is current when the statistics are read."""
+    c = fc.Clipper(cupy_bufs(4), 1.0, nonfinite="skip")
+    cupy_streams["ptr"] = 222
+    n0 = len(recorder.streams)
+    st = c()
+    assert recorder.streams[n0:] == [222] * 3
+    cupy_streams["ptr"] = 111
+    d0 = len(recorder.download_streams)
+    st.norm, st.nonfinite_buffers
+    assert recorder.download_streams[d0:] and set(recorder.download_streams[d0:]) == {222}
+
+
+def test_the_function_api_cache_keys_on_the_stream(recorder, cupy_streams):
+    from fusedclip import _buffers
+
+    _buffers._plan_cache.clear()
+    bufs = cupy_bufs(3)
+    for s in (5, 6, 5, 6):
+        n0 = len(recorder.streams)
+        fc.clip_grad_norm_(bufs, 1e30, nonfinite="skip", stream=s)
+        assert set(recorder.streams[n0:]) == {s}
+    assert len(_buffers._plan_cache) == 2  # one plan per stream, each reused
+    fc.clip_grad_norm_(bufs, 1e30, nonfinite="skip")  # the current stream: a third
+    assert len(_buffers._plan_cache) == 3
+
+
+@pytest.mark.parametrize("h,exc", [(-7, ValueError), (2**70, ValueError)])
+def test_stream_handles_out_of_range(recorder, h, exc):
+    with pytest.raises(exc, match=r"stream handle must be in \[0, 2\*\*64\)"):
+        fc.Clipper(fakes(2), 1.0, stream=h)
+
+
+def test_numpy_integer_handles_are_handles(recorder):
+    n0 = len(recorder.streams)
+    fc.Clipper(fakes(2), 1e-3, nonfinite="skip", stream=np.int64(42))()
+    assert recorder.streams[n0:] == [42] * 3

@@ -276,6 +276,7 @@ class GpuPlan:
         L.upload(self.mem, init)
         L.synchronize()  # once per plan: later work may run on any stream
         self.calls = 0
+        self._call_streams: list = [None] * ck.RING  # the stream each ring slot's call ran on
         self._max_norm: float | None = None
         self._graphs: dict = {}
         dev = next((b.device for b in bufs if b.device is not None), None)
@@ -324,6 +325,7 @@ class GpuPlan:
             for name, grid, args in launches:
                 L.launch(name, grid, args, stream)
         self.calls += 1
+        self._call_streams[(self.calls - 1) % ck.RING] = stream
 
     def clip(self, kind: int, p: float, max_norm: float, policy: str) -> int:
         """partials + finalize + scale, decided on the device; returns the call number."""
@@ -366,14 +368,18 @@ class GpuPlan:
             )
         out = np.empty(ck.STATE_LEN)
         slot = (call - 1) % ck.RING
-        return self.launcher.download(out, self.state.addr + 8 * ck.STATE_LEN * slot, self._stream())
+        # on the stream that call ran on, not today's current stream: a copy on
+        # another (non-blocking) stream would not be ordered after the kernels
+        return self.launcher.download(out, self.state.addr + 8 * ck.STATE_LEN * slot,
+                                      self._call_streams[slot])
 
     def flagged_callers(self, call: int) -> list[int]:
         """Caller indices of the buffers holding inf/NaN in call ``call``."""
         n = self.nchunks
         f = np.empty(n, np.int32)
         if n:
-            self.launcher.download(f, self.f.addr + 4 * n * ((call - 1) % ck.RING), self._stream())
+            slot = (call - 1) % ck.RING
+            self.launcher.download(f, self.f.addr + 4 * n * slot, self._call_streams[slot])
         out = []
         for r in np.unique(self.chunk_rows[f != 0]).tolist():
             out.append(self.rows[r].caller)

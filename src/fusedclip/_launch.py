@@ -59,20 +59,28 @@ def use_launcher(new):
 
 
 def stream_handle(stream) -> int:
-    """An int handle from a stream object (cuda.core, torch, CuPy, numba) or an int;
-    TypeError for anything else (checked before any buffer is touched)."""
+    """An int handle from a stream object (cuda.core, torch, CuPy, numba) or an
+    integer (numpy's too); TypeError for anything else, ValueError for a handle
+    outside [0, 2**64) (checked before any buffer is touched)."""
+    import numbers
+
     if isinstance(stream, bool):
         raise TypeError("stream must be a CUDA stream object or an int handle, got bool")
-    if isinstance(stream, int):
-        return stream
-    if hasattr(stream, "__cuda_stream__"):
-        return int(stream.__cuda_stream__()[1])
-    for attr in ("cuda_stream", "ptr", "handle"):
-        v = getattr(stream, attr, None)
-        if v is not None:
-            v = getattr(v, "value", v)
-            return int(v or 0)
-    raise TypeError(f"stream must be a CUDA stream object or an int handle, got {type(stream).__name__}")
+    if isinstance(stream, numbers.Integral):
+        h = int(stream)
+    elif hasattr(stream, "__cuda_stream__"):
+        h = int(stream.__cuda_stream__()[1])
+    else:
+        for attr in ("cuda_stream", "ptr", "handle"):
+            v = getattr(stream, attr, None)
+            if v is not None:
+                h = int(getattr(v, "value", v) or 0)
+                break
+        else:
+            raise TypeError(f"stream must be a CUDA stream object or an int handle, got {type(stream).__name__}")
+    if not 0 <= h < 2**64:
+        raise ValueError(f"stream handle must be in [0, 2**64), got {h}")
+    return h
 
 
 
@@ -187,10 +195,15 @@ class RecordingLauncher(_HostMemory):
         super().__init__()
         self.replays = 0
         self.streams: list = []  # the stream of each recorded launch
+        self.download_streams: list = []  # ... and of each device-to-host copy
 
     def launch(self, name: str, grid: int, args: tuple, stream=None) -> None:
         self.launches.append((name, grid, args))
         self.streams.append(stream)
+
+    def download(self, host: np.ndarray, src, stream=None) -> np.ndarray:
+        self.download_streams.append(stream)
+        return super().download(host, src, stream)
 
     def replay(self, graph, stream=None) -> None:
         self.replays += 1

@@ -51,6 +51,7 @@ def workloads() -> dict[str, Workload]:
         Workload("gpt", "float16", gpt, "the GPT-like set in float16"),
         Workload("gpt", "float64", gpt, "the GPT-like set in float64"),
         Workload("small", "float32", ((256,),) * 10_000, "10,000 buffers of 256 elements"),
+        Workload("medium", "float32", ((2**20,),) * 16, "16 buffers of 1M elements"),
         Workload("gpt-medium", "float32", med, "GPT-medium-like: 292 buffers, 350M elements"),
         Workload("gpt-medium", "bfloat16", med, "the GPT-medium-like set in bfloat16"),
     ]
@@ -332,7 +333,5 @@ def main(args) -> int:
     reps = args.reps if args.reps is not None else (5 if args.quick else 21)
     rows, doc = run(keys, all_w, modes, reps, steps=20 if args.quick else 100, be=be)
     print(fmt_table(rows))
-    if args.plot:
-        print("fusedclip bench --device cuda: --plot is drawn for the CPU bench only", file=sys.stderr)
     write_outputs(args, doc, markdown(rows))
     return 0

@@ -95,6 +95,10 @@ def _writable(path: str) -> str | None:
 
 def check_bench_outputs(args: argparse.Namespace) -> str | None:
     """What would make the run fail at its end (it writes its results last), or None."""
+    if args.device == "cuda":
+        for flag, given in (("--plot", args.plot), ("--threads", args.threads is not None)):
+            if given:
+                return f"{flag} applies to the CPU bench only (not to --device cuda)"
     for flag, path in (("--json", args.json), ("--markdown", args.markdown)):
         if path is not None and (why := _writable(path)) is not None:
             return f"{flag} {path}: {why}"

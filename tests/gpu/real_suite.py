@@ -175,6 +175,21 @@ def test_explicit_stream_argument_orders_after_a_producer_on_that_stream():
     assert rel(fc.global_norm([x], stream=side), math.sqrt(x.numel()) * 5.0) <= 1e-12
 
 
+def test_statistics_read_after_leaving_the_stream_block():
+    """No global sync: reading the statistics outside the ``with`` block copies
+    on the stream the call ran on, so it sees that call's result."""
+    side = torch.cuda.Stream()
+    x = torch.zeros(1 << 22, device="cuda")
+    c = fc.Clipper([x], 1e30, nonfinite="skip")
+    c(), c()
+    torch.cuda.synchronize()
+    with torch.cuda.stream(side):
+        for _ in range(20):
+            x.add_(1.0)  # keeps side busy
+        st = c()
+    assert rel(st.norm, math.sqrt(x.numel()) * 20.0) <= 1e-12
+
+
 def test_explicit_stream_argument_is_not_needed_for_ordering_on_default():
     x = torch.full((1000,), 3.0, device="cuda")
     assert rel(fc.clip_grad_norm_([x], 1.0), math.sqrt(1000) * 3.0) <= 1e-12

@@ -16,6 +16,7 @@ docs/EXPERIMENTS.md sets the findings beside the paper's.
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -37,7 +38,7 @@ def add_parser(sub) -> None:
                    "with a progress bar and the time left")
     d.add_argument("--lengths", metavar="T,T,...", help="temporal-order: sequence lengths")
     d.add_argument("--seeds", type=int, metavar="N", help="temporal-order: runs per length and method")
-    d.add_argument("--steps", type=int, metavar="N", help="temporal-order and lr: training steps per run")
+    d.add_argument("--steps", type=int, metavar="N", help="training steps per run (every demo)")
     d.add_argument("--lrs", metavar="LR,LR,...", help="lr: the learning rates to sweep")
     d.add_argument("--lr", type=float, metavar="LR", help="temporal-order: the learning rate (default 10)")
 
@@ -58,8 +59,13 @@ def check(args) -> str | None:
         v = getattr(args, flag)
         if v is not None and v < 1:
             return f"--{flag} must be >= 1, got {v}"
-    if args.lr is not None and not args.lr > 0:
-        return f"--lr must be > 0, got {args.lr}"
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        return f"--lr must be finite and > 0, got {args.lr}"
+    only = {"lengths": "temporal-order", "seeds": "temporal-order", "lr": "temporal-order",
+            "full": "temporal-order", "lrs": "lr"}
+    for flag, demo in only.items():
+        if getattr(args, flag) not in (None, False) and args.name != demo:
+            return f"--{flag} applies to the {demo} demo only"
     for flag, conv in (("lengths", int), ("lrs", float)):
         v = getattr(args, flag)
         if v is not None:
@@ -69,8 +75,8 @@ def check(args) -> str | None:
                 return f"--{flag}: expected a comma-separated list, got {v!r}"
             if flag == "lengths" and min(xs) < temporal_min_length():
                 return f"--lengths: every length must be >= {temporal_min_length()} (E, B and two slots), got {v!r}"
-            if flag == "lrs" and min(xs) <= 0:
-                return f"--lrs: every value must be > 0, got {v!r}"
+            if flag == "lrs" and not all(math.isfinite(x) and x > 0 for x in xs):
+                return f"--lrs: every value must be finite and > 0, got {v!r}"
     if not args.no_plot:
         try:
             import matplotlib  # noqa: F401
@@ -85,7 +91,7 @@ def main(args) -> int:
     if args.name == "cliff":
         from . import cliff
 
-        doc = cliff.run(out("cliff"), plot=plot)
+        doc = cliff.run(out("cliff"), plot=plot, **({"steps": args.steps} if args.steps else {}))
         print(cliff.report(doc))
         files = ["cliff.json"] + (["cliff.png"] if plot else [])
     elif args.name == "temporal-order":
