@@ -123,9 +123,11 @@ def test_progress_bar_reaches_the_end():
 
 # ---------------------------------------------------------------- learning rate
 def test_lr_sweep_clipping_survives_where_plain_diverges(tmp_path):
-    doc = charlm.run(str(tmp_path / "lr"), lrs=(1.0, 2.0), steps=120)
+    # lr 1 is on the edge for plain SGD (one spike decides, and the BLAS thread
+    # count can tip it): the test uses a safe lr and a clearly unstable one
+    doc = charlm.run(str(tmp_path / "lr"), lrs=(0.3, 2.0), steps=120)
     by = {(r["lr"], r["clip"] is not None): r for r in doc["runs"]}
-    assert by[(1.0, False)]["diverged_at"] is None and by[(1.0, True)]["diverged_at"] is None
+    assert by[(0.3, False)]["diverged_at"] is None and by[(0.3, True)]["diverged_at"] is None
     assert by[(2.0, False)]["diverged_at"] is not None         # plain SGD blows up at lr 2 ...
     assert by[(2.0, True)]["diverged_at"] is None              # ... clipped SGD trains
     assert by[(2.0, True)]["final_loss"] < math.log(doc["text"]["vocabulary"])
@@ -133,9 +135,15 @@ def test_lr_sweep_clipping_survives_where_plain_diverges(tmp_path):
     assert "best lr" in charlm.report(doc)
 
 
-def test_corpus_ships_with_python():
+def test_corpus_ships_with_python_and_does_not_depend_on_what_was_imported():
     text = charlm.corpus()
     assert len(text) > 100_000 and all(32 <= ord(c) < 127 or c == "\n" for c in text[:5000])
+    import collections.abc  # noqa: F401  submodules become attributes of their package
+    import json.tool  # noqa: F401
+    import logging.handlers  # noqa: F401
+    import unittest.mock  # noqa: F401
+
+    assert charlm.corpus() == text  # (once, the test run's imports changed the lr results)
 
 
 # ---------------------------------------------------------------- the command

@@ -206,3 +206,19 @@ def test_numpy_integer_handles_are_handles(recorder):
     n0 = len(recorder.streams)
     fc.Clipper(fakes(2), 1e-3, nonfinite="skip", stream=np.int64(42))()
     assert recorder.streams[n0:] == [42] * 3
+
+
+def test_gpu_overlap_goes_through_the_shared_extent_checker(recorder):
+    """The same range and dtype twice counts once (reported under both
+    indices); a partial overlap is the CPU plan's error, naming both buffers."""
+    base = 1 << 38
+    a, dup, other = FakeCuda(base, 64), FakeCuda(base, 64), FakeCuda(base + 4096, 8)
+    c = fc.Clipper([other, a, dup], 1.0, nonfinite="skip")
+    assert len(c._gpu.rows) == 2 and c._gpu.dups == {1: [2]}
+    for bad, pair in (([a, FakeCuda(base + 4, 64)], "0 and 1"),               # shifted by one element
+                      ([a, other, FakeCuda(base, 64, "<f8")], "0 and 2"),     # same start, other dtype
+                      ([FakeCuda(base + 128, 4), a], "0 and 1")):             # inside another
+        n0 = len(recorder.launches)
+        with pytest.raises(ValueError, match=f"buffers {pair} partially overlap in GPU memory"):
+            fc.clip_grad_norm_(bad, 1.0)
+        assert len(recorder.launches) == n0

@@ -301,6 +301,28 @@ def _check_self_overlap(arrays: list, d: np.ndarray, first: np.ndarray, writable
         )
 
 
+# ------------------------------------------------------------ extents: one checker for every engine
+def overlap_clusters(lo: np.ndarray, hi: np.ndarray, order: np.ndarray):
+    """Chained overlapping extents: with ``order`` sorting the byte extents
+    [lo, hi) by start, the cluster id of each sorted position (a new cluster
+    starts where no earlier extent reaches), and whether that cluster has
+    more than one member.  The CPU plan and the CUDA plan both use it."""
+    lo, hi = lo[order], hi[order]
+    start = np.ones(order.size, bool)
+    start[1:] = lo[1:] >= np.maximum.accumulate(hi)[:-1]
+    cid = np.cumsum(start) - 1
+    return cid, np.bincount(cid)[cid] > 1
+
+
+def partial_overlap(fn: str, a: int, b: int, where: str = "memory", why: str = "") -> ValueError:
+    """The one message for two buffers that share some but not all elements."""
+    a, b = sorted((a, b))
+    return ValueError(
+        f"{fn}: buffers {a} and {b} partially overlap in {where}; each element must belong to "
+        f"one buffer (pass the same array once, or non-overlapping views){why}; nothing was modified"
+    )
+
+
 def _resolve_overlaps(arrays: list, d: np.ndarray, fn: str, cache: dict) -> dict[int, int]:
     """Map duplicate caller index -> the smallest caller index with that memory.
 
@@ -317,11 +339,7 @@ def _resolve_overlaps(arrays: list, d: np.ndarray, fn: str, cache: dict) -> dict
     order, suspects = cpu.overlap_suspects(d)
     if not suspects.size:
         return {}
-    lo, hi = d[_F.F_LO, order], d[_F.F_HI, order]
-    start = np.ones(order.size, bool)  # a new cluster of overlapping extents
-    start[1:] = lo[1:] >= np.maximum.accumulate(hi)[:-1]
-    cid = np.cumsum(start) - 1
-    busy = np.bincount(cid)[cid] > 1
+    cid, busy = overlap_clusters(d[_F.F_LO], d[_F.F_HI], order)
     parent: dict[int, int] = {}
 
     def root(x: int) -> int:
@@ -372,15 +390,9 @@ def _check_distinct(arrays, d, members, cache, union, fn) -> None:
             if same:
                 union(a, b)
                 continue
-            raise ValueError(
-                f"{fn}: buffers {a} and {b} partially overlap in memory; each "
-                "element must belong to one buffer (pass the same array once, "
-                "or non-overlapping views)"
-                + ("" if same is False else
-                   " (they are too large to compare element by element, so "
-                   "this is decided conservatively)")
-                + "; nothing was modified"
-            )
+            raise partial_overlap(fn, a, b, why="" if same is False else (
+                " (they are too large to compare element by element, so this is decided "
+                "conservatively)"))
 
 
 _NO_BUFFER = np.zeros(0, np.float32)  # stands in for a GPU buffer in the CPU plan

@@ -459,22 +459,27 @@ def describe_all(objs: list, gpu_idx: list[int], writable: bool, fn: str):
     """Validate the CUDA buffers among ``objs``; dedupe; (rows, dups)."""
     _require_cuda(gpu_idx[0], fn)
     bufs = [_describe(objs[i], i, writable, fn) for i in gpu_idx]
-    live = sorted((b for b in bufs if b.n > 0), key=lambda b: (b.lo, b.caller))
+    # dense ranges: two that overlap are the same buffer (same range and dtype:
+    # counted once) or share some elements (an error); the clusters come from
+    # the extent checker the CPU plan uses
+    from ._buffers import overlap_clusters, partial_overlap
+
+    live = [b for b in bufs if b.n > 0]
     dup_of: dict[int, int] = {}
-    reach_buf = None
-    for b in live:
-        if reach_buf is not None and b.lo < reach_buf.hi:
-            same = b.lo == reach_buf.lo and b.hi == reach_buf.hi and b.code == reach_buf.code
-            if not same:
-                a, c = sorted((reach_buf.caller, b.caller))
-                raise ValueError(
-                    f"{fn}: buffers {a} and {c} partially overlap in GPU memory; each element "
-                    "must belong to one buffer (pass the same array once); nothing was modified"
-                )
-            dup_of[b.caller] = dup_of.get(reach_buf.caller, reach_buf.caller)
-            continue
-        if reach_buf is None or b.hi > reach_buf.hi:
-            reach_buf = b
+    if len(live) > 1:
+        lo = np.fromiter((b.lo for b in live), np.int64, len(live))
+        hi = np.fromiter((b.hi for b in live), np.int64, len(live))
+        order = np.lexsort((np.arange(len(live)), lo))  # by start, then caller
+        cid, busy = overlap_clusters(lo, hi, order)
+        first: dict[int, Buf] = {}
+        for pos in np.flatnonzero(busy).tolist():
+            b = live[order[pos]]
+            r = first.setdefault(int(cid[pos]), b)
+            if r is b:
+                continue
+            if (b.lo, b.hi, b.code) != (r.lo, r.hi, r.code):
+                raise partial_overlap(fn, r.caller, b.caller, where="GPU memory")
+            dup_of[b.caller] = r.caller
     rows = [b for b in bufs if b.caller not in dup_of and b.n > 0]
     row_of = {b.caller: r for r, b in enumerate(rows)}
     dups: dict[int, list[int]] = {}

@@ -26,7 +26,9 @@ MODULES = ("json", "collections", "functools", "itertools", "textwrap", "string"
 
 
 def corpus() -> str:
-    """The docstrings of MODULES and of their public callables, printable ASCII only."""
+    """The docstrings of MODULES and of their public names (``__all__`` where a
+    module has one), printable ASCII only: the same text in any process."""
+    import types
     import warnings
 
     parts = []
@@ -35,10 +37,15 @@ def corpus() -> str:
         for name in MODULES:
             m = importlib.import_module(name)
             parts.append(m.__doc__ or "")
-            for attr in sorted(dir(m)):
-                if attr.startswith("_"):
+            # the module's own public names: not dir(), which also lists the
+            # submodules that something else happened to import (json.decoder,
+            # logging.config), so the text would depend on the process's past
+            names = getattr(m, "__all__", None) or [a for a in dir(m) if not a.startswith("_")]
+            for attr in sorted(names):
+                obj = getattr(m, attr, None)
+                if isinstance(obj, types.ModuleType):
                     continue
-                doc = getattr(getattr(m, attr, None), "__doc__", None)
+                doc = getattr(obj, "__doc__", None)
                 if isinstance(doc, str):
                     parts.append(doc)
     text = "\n".join(parts)
