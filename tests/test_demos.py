@@ -162,16 +162,6 @@ def test_cli_demo_cliff_writes_its_files(tmp_path):
     (["demo", "temporal-order", "--lengths", "8,4"], "must be >= 6"),
     (["demo", "temporal-order", "--lr", "0"], "--lr must be finite and > 0"),
     (["demo", "nope"], "invalid choice"),
-])
-def test_cli_demo_usage_errors(argv, words, capsys):
-    from fusedclip import cli
-
-    with pytest.raises(SystemExit) as e:
-        cli.main(argv)
-    assert e.value.code == 2 and words in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("argv,words", [
     (["demo", "lr", "--lrs", "nan"], "finite and > 0"),
     (["demo", "lr", "--lrs", "1,inf"], "finite and > 0"),
     (["demo", "temporal-order", "--lr", "nan"], "finite and > 0"),
@@ -180,7 +170,8 @@ def test_cli_demo_usage_errors(argv, words, capsys):
     (["demo", "cliff", "--lrs", "1"], "--lrs applies to the lr demo only"),
     (["demo", "lr", "--full"], "--full applies to the temporal-order demo only"),
 ])
-def test_cli_demo_rejects_what_does_not_apply_or_is_not_finite(argv, words, capsys):
+def test_cli_demo_usage_errors(argv, words, capsys):
+    """Bad values, non-finite numbers and options that do not apply: exit 2, before any work."""
     from fusedclip import cli
 
     with pytest.raises(SystemExit) as e:

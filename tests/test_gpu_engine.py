@@ -217,7 +217,8 @@ def test_gpu_overlap_goes_through_the_shared_extent_checker(recorder):
     assert len(c._gpu.rows) == 2 and c._gpu.dups == {1: [2]}
     for bad, pair in (([a, FakeCuda(base + 4, 64)], "0 and 1"),               # shifted by one element
                       ([a, other, FakeCuda(base, 64, "<f8")], "0 and 2"),     # same start, other dtype
-                      ([FakeCuda(base + 128, 4), a], "0 and 1")):             # inside another
+                      ([FakeCuda(base + 128, 4), a], "0 and 1"),              # inside another
+                      ([a, FakeCuda(base, 128, "<f2")], "0 and 1")):          # same bytes, other dtype
         n0 = len(recorder.launches)
         with pytest.raises(ValueError, match=f"buffers {pair} partially overlap in GPU memory"):
             fc.clip_grad_norm_(bad, 1.0)
