@@ -15,7 +15,7 @@ partials in chunk order.  The norm is therefore bitwise identical for any
 number of threads.
 """
 from cython.parallel cimport prange
-from libc.stdint cimport int64_t, int32_t, uint64_t, uintptr_t, INT64_MIN
+from libc.stdint cimport int64_t, int32_t, int8_t, uint64_t, uintptr_t, INT64_MIN
 from libc.string cimport memset
 from cpython.object cimport PyObject
 from cpython.sequence cimport PySequence_Fast_ITEMS
@@ -204,15 +204,21 @@ cdef inline int _team_size(int nthreads, Py_ssize_t nchunks, bint *parallel) noe
     return nthreads
 
 
-cdef double table_norm(const fc_chunk *chunks, Py_ssize_t n, int kind, double p,
-                       fc_partial *partials, int nthreads, bint parallel,
-                       int *flags) noexcept nogil:
+cdef void table_reduce(const fc_chunk *chunks, Py_ssize_t n, int kind, double p,
+                       fc_partial *partials, int nthreads, bint parallel) noexcept nogil:
+    """One partial per chunk (the fused pass); the combine is the caller's."""
     cdef Py_ssize_t i
     nthreads = _team_size(nthreads, n, &parallel)
     for i in prange(n, schedule="static", num_threads=nthreads, use_threads_if=parallel):
         if i + PREFETCH_AHEAD < n:
             fc_prefetch_chunk(&chunks[i + PREFETCH_AHEAD])
         fc_reduce_chunk(&chunks[i], kind, p, &partials[i])
+
+
+cdef double table_norm(const fc_chunk *chunks, Py_ssize_t n, int kind, double p,
+                       fc_partial *partials, int nthreads, bint parallel,
+                       int *flags) noexcept nogil:
+    table_reduce(chunks, n, kind, p, partials, nthreads, parallel)
     return fc_combine(partials, n, kind, p, flags)
 
 
@@ -220,6 +226,12 @@ cdef enum:
     _OP_SCALE = 0
     _OP_CLAMP = 1
     _OP_ZERO = 2
+#: per-row actions of ``Table.scale_rows`` (the codes of _policy.A_NONE, A_SCALE, A_ZERO)
+cdef enum:
+    _ROW_NONE = 0
+    _ROW_SCALE = 1
+    _ROW_ZERO = 2
+ROW_NONE, ROW_SCALE, ROW_ZERO = _ROW_NONE, _ROW_SCALE, _ROW_ZERO
 
 
 cdef void _table_write(const fc_chunk *chunks, Py_ssize_t n, int op, double v,
@@ -458,10 +470,13 @@ cdef class Table:
     """
     cdef readonly object chunks
     cdef readonly object partials
+    cdef readonly object row_start
     cdef readonly Py_ssize_t nchunks
+    cdef readonly Py_ssize_t nrows
     cdef readonly int64_t nelem
     cdef fc_chunk *_c
     cdef fc_partial *_p
+    cdef int64_t *_rs
 
     def __init__(self, ptrs, sizes, codes):
         cdef const int64_t[::1] P = np.ascontiguousarray(ptrs, dtype=np.int64)
@@ -483,7 +498,11 @@ cdef class Table:
         self._c = <fc_chunk *>cnp.PyArray_DATA(self.chunks)
         self._p = <fc_partial *>cnp.PyArray_DATA(self.partials)
         self.nchunks = count
+        self.nrows = rows
         self.nelem = total
+        # row r's chunks are [row_start[r], row_start[r + 1]): rows are in order
+        self.row_start = np.zeros(rows + 1, dtype=np.int64)
+        self._rs = <int64_t *>cnp.PyArray_DATA(self.row_start)
         cdef int itemsize
         cdef int sizes_of[FC_NDTYPES]
         for r in range(FC_NDTYPES):
@@ -501,6 +520,8 @@ cdef class Table:
                 self._c[k].buf = <int32_t>r
                 off += FC_CHUNK
                 k += 1
+        for r in range(rows):
+            self._rs[r + 1] = self._rs[r] + (S[r] + FC_CHUNK - 1) // FC_CHUNK
 
     cdef inline bint _parallel(self, int nt):
         return nt > 1 and self.nelem >= PARALLEL_MIN and self.nchunks > 1
@@ -520,6 +541,71 @@ cdef class Table:
         data have a norm beyond float64's range (``norm`` returned inf with no
         flags), which a plain division would turn into 0."""
         return fc_clip_scale(self._p, self.nchunks, kind, p, max_norm)
+
+    def row_norms(self, int kind, double p=2.0, nthreads=None, max_norm=None):
+        """Each row's own norm from one fused pass (the reduction ``norm``
+        makes, kept per row): returns ``(norms, flags)``, float64 and int32
+        per row (0.0 for an empty row; NaN or inf where flagged), or, given
+        ``max_norm``, ``(norms, flags, scales)`` with each finite row's clip
+        scale ``max_norm / norm`` where its norm exceeds ``max_norm`` (right
+        also where the norm is beyond float64, as ``clip_scale``), else 1.0."""
+        cdef int nt = _nthreads(nthreads), f
+        cdef bint par = self._parallel(nt)
+        cdef Py_ssize_t r, rows = self.nrows
+        cdef cnp.ndarray norms_a = np.zeros(rows, dtype=np.float64)
+        cdef cnp.ndarray flags_a = np.zeros(rows, dtype=np.int32)
+        cdef cnp.ndarray scales_a = np.ones(rows, dtype=np.float64)
+        cdef double *N = <double *>cnp.PyArray_DATA(norms_a)
+        cdef int32_t *F = <int32_t *>cnp.PyArray_DATA(flags_a)
+        cdef double *Sc = <double *>cnp.PyArray_DATA(scales_a)
+        cdef bint want = max_norm is not None
+        cdef double v = float(max_norm) if want else 0.0
+        cdef int64_t lo, cnt
+        with nogil:
+            table_reduce(self._c, self.nchunks, kind, p, self._p, nt, par)
+            for r in range(rows):
+                lo = self._rs[r]
+                cnt = self._rs[r + 1] - lo
+                if cnt == 0:
+                    continue
+                N[r] = fc_combine(self._p + lo, cnt, kind, p, &f)
+                F[r] = f
+                if want and f == 0 and N[r] > v:
+                    Sc[r] = fc_clip_scale(self._p + lo, cnt, kind, p, v)
+        if want:
+            return norms_a, flags_a, scales_a
+        return norms_a, flags_a
+
+    def row_scale(self, Py_ssize_t r, int kind, double p, double max_norm):
+        """``max_norm / norm`` of row r from the last ``row_norms`` call's
+        partials, right also where the row's norm is beyond float64."""
+        if not 0 <= r < self.nrows:
+            raise IndexError(f"row {r} out of range ({self.nrows} rows)")
+        cdef int64_t lo = self._rs[r]
+        return fc_clip_scale(self._p + lo, self._rs[r + 1] - lo, kind, p, max_norm)
+
+    def scale_rows(self, actions, scales, nthreads=None):
+        """Per-row writes in one pass: row r is left alone (ROW_NONE), scaled
+        by ``scales[r]`` (ROW_SCALE) or zeroed (ROW_ZERO).  A row left alone
+        is not touched at all."""
+        cdef const int8_t[::1] A = np.ascontiguousarray(actions, dtype=np.int8)
+        cdef const double[::1] V = np.ascontiguousarray(scales, dtype=np.float64)
+        if A.shape[0] != self.nrows or V.shape[0] != self.nrows:
+            raise ValueError(f"actions and scales need one entry per row ({self.nrows})")
+        cdef int nt = _nthreads(nthreads)
+        cdef bint par = self._parallel(nt)
+        cdef Py_ssize_t i, n = self.nchunks
+        cdef int a
+        if n == 0:
+            return
+        with nogil:
+            nt = _team_size(nt, n, &par)
+            for i in prange(n, schedule="static", num_threads=nt, use_threads_if=par):
+                a = A[self._c[i].buf]
+                if a == _ROW_SCALE:
+                    fc_scale_chunk(&self._c[i], V[self._c[i].buf])
+                elif a == _ROW_ZERO:
+                    fc_zero_chunk(&self._c[i])
 
     def flagged_rows(self):
         """Rows whose chunks held inf or NaN in the last ``norm`` call."""

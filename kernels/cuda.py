@@ -528,10 +528,106 @@ SIGNATURES = {
     "scale": (_I, _I, _I, _I),
     # table, nchunks, v
     "clamp": (_I, _I, _D),
+    # out_s, out_m, out_f, rstart, nrows, nchunks, kind, p, params, policy, state, ctr, rows
+    "rownorms": (_I, _I, _I, _I, _I, _I, _I, _D, _I, _I, _I, _I, _I),
+    # table, nchunks, rows, nrows, ctr, ring
+    "scale_rows": (_I, _I, _I, _I, _I, _I),
 }
-#: params vector (float64, device): what a captured graph reads at run time
-P_MAX_NORM = 0
-PARAMS_LEN = 4
+#: params vector (float64, device): what a captured graph reads at run time.
+#: [0, P_CONFIG) is uploaded by the host; the threshold state after it is the
+#: device's own (ZScore's n, mean, m2, var, updated by finalize).
+P_MAX_NORM, P_EPS, P_ROW_MAX, P_MODE, P_ALPHA, P_Z, P_WARMUP = range(7)
+P_CONFIG = 8
+P_TSTATE = 8
+PARAMS_LEN = 16
+#: threshold modes (P_MODE): the host's max_norm, or ZScore run by finalize
+MODE_FIXED, MODE_ZSCORE = 0, 1
+#: per-row results (rownorms): field k of ring slot s for row r is at
+#: rows + 8 * ((k * ring + s) * nrows + r)
+R_NORM, R_FLAGS, R_SCALE, R_ACTION = range(4)
+R_FIELDS = 4
+
+
+def _decision():
+    """The device side of the clipping rule, shared by finalize and rownorms:
+    the norm from (big, t), the decision (the table of _policy.decide), and
+    the ZScore threshold step (thresholds.zscore_step)."""
+    if "decision" in _kernels:
+        return _kernels["decision"]
+
+    @cuda.jit(device=True)
+    def finish(total, big, f, kind, pw):
+        """(norm, big, t, root) from a combined sum t relative to big."""
+        if kind == NORM_INF:
+            big = total
+            total = 1.0 if big > 0.0 else 0.0
+            root = total
+        elif big == 0.0:
+            big = 1.0
+            total = 0.0
+            root = 0.0
+        elif pw == 2.0:
+            root = math.sqrt(total)
+        elif pw == 1.0:
+            root = total
+        else:
+            root = math.pow(total, 1.0 / pw)
+        norm = big * root
+        if f & HAS_NAN:
+            norm = math.nan
+        elif f & HAS_INF:
+            norm = math.inf
+        return norm, big, total, root
+
+    @cuda.jit(device=True)
+    def decide(norm, big, root, f, max_norm, policy):
+        """(action, scale): error and random are A_NONE (the host acts)."""
+        action = A_NONE
+        scale = 1.0
+        if f == 0:
+            if norm > max_norm:
+                action = A_SCALE
+                # finite data whose norm is beyond float64: v / inf would
+                # zero them; (v / big) / root is right
+                scale = max_norm / norm if norm < math.inf else (max_norm / big) / root
+        elif policy == _ZERO_POLICY:
+            action = A_ZERO
+            scale = 0.0
+        elif policy == _PROPAGATE_POLICY:  # 0 for an inf norm, NaN for a NaN norm, as torch
+            action = A_SCALE
+            scale = max_norm / norm
+        return action, scale
+
+    @cuda.jit(device=True)
+    def zscore(T, g, alpha, z, warmup):
+        """thresholds.zscore_step on the state T = (n, mean, m2, var), in place."""
+        n = T[0]
+        mean = T[1]
+        var = T[3]
+        if not (g - g == 0.0):  # inf or NaN: no update
+            return math.inf if n < warmup else mean + z * math.sqrt(var)
+        if n < warmup:
+            n += 1.0
+            d = g - mean
+            mean += d / n
+            T[2] += d * (g - mean)
+            T[0] = n
+            T[1] = mean
+            if n == warmup:
+                T[3] = T[2] / n
+            return math.inf
+        thr = mean + z * math.sqrt(var)
+        if g > thr:
+            thr = mean + (z * z) * var / (g - mean)
+        gp = g if g < thr else thr
+        mean = alpha * mean + (1.0 - alpha) * gp
+        d = gp - mean
+        T[1] = mean
+        T[3] = alpha * var + (1.0 - alpha) * (d * d)
+        return thr
+
+    _kernels["decision"] = (finish, decide, zscore)
+    return _kernels["decision"]
 
 
 def _tree_max_or(threads: int):
@@ -670,6 +766,7 @@ def _make_finalize(threads: int):
     P = _pointers()
     p_i64, p_f64, p_i32 = P["i64"], P[F64], P["i32"]
     tree_max_or = _tree_max_or(threads)
+    finish, decide, zscore = _decision()
 
     def finalize(out_s, out_m, out_f, nchunks, kind, p, params, policy, state, ctr):
         # partial i contributes S[i] * M[i]^p, with S[i] in [1, n] or 0
@@ -723,43 +820,15 @@ def _make_finalize(threads: int):
             cuda.syncthreads()
             step //= 2
         if tid == 0:
-            total = sh_a[0]
-            max_norm = p_f64(params, PARAMS_LEN)[P_MAX_NORM]
-            if kind == NORM_INF:
-                big = total
-                total = 1.0 if big > 0.0 else 0.0
-                root = total
-            elif big == 0.0:
-                big = 1.0
-                total = 0.0
-                root = 0.0
-            elif pw == 2.0:
-                root = math.sqrt(total)
-            elif pw == 1.0:
-                root = total
-            else:
-                root = math.pow(total, 1.0 / pw)
-            norm = big * root
-            if f & HAS_NAN:
-                norm = math.nan
-            elif f & HAS_INF:
-                norm = math.inf
+            prm = p_f64(params, PARAMS_LEN)
+            norm, big, total, root = finish(sh_a[0], big, f, kind, pw)
+            max_norm = prm[P_MAX_NORM]
+            if prm[P_MODE] == MODE_ZSCORE:  # the threshold from this norm, on the device
+                T = p_f64(params + 8 * P_TSTATE, 4)
+                max_norm = zscore(T, norm, prm[P_ALPHA], prm[P_Z], prm[P_WARMUP])
             # the decision: the same table as _policy.decide (error and random: none;
             # the host acts on them)
-            action = A_NONE
-            scale = 1.0
-            if f == 0:
-                if norm > max_norm:
-                    action = A_SCALE
-                    # finite data whose norm is beyond float64: v / inf would
-                    # zero them; (v / big) / root is right
-                    scale = max_norm / norm if norm < math.inf else (max_norm / big) / root
-            elif policy == _ZERO_POLICY:
-                action = A_ZERO
-                scale = 0.0
-            elif policy == _PROPAGATE_POLICY:  # 0 for an inf norm, NaN for a NaN norm, as torch
-                action = A_SCALE
-                scale = max_norm / norm
+            action, scale = decide(norm, big, root, f, max_norm, policy)
             st = p_f64(state, STATE_LEN * RING)
             o = slot * STATE_LEN
             st[o + S_NORM] = norm
@@ -831,8 +900,96 @@ def _make_clamp(threads: int):
     return clamp
 
 
+def _make_rownorms(threads: int):
+    """Per-row norms and decisions: one thread per table row (a buffer, or a
+    unit), combining its chunks' partials in order, after finalize (whose
+    slot it reads).  With ``policy`` "error", any non-finite value in the
+    call stops every row's write (the host raises)."""
+    P = _pointers()
+    p_i64, p_f64, p_i32 = P["i64"], P[F64], P["i32"]
+    finish, decide, _ = _decision()
+    _ERROR_POLICY = POLICY_CODES["error"]
+
+    def rownorms(out_s, out_m, out_f, rstart, nrows, nchunks, kind, p, params, policy, state, ctr,
+                 rows):
+        r = cuda.blockIdx.x * threads + cuda.threadIdx.x
+        if r >= nrows:
+            return
+        S = p_f64(out_s, nchunks)
+        M = p_f64(out_m, nchunks)
+        slot = (p_i64(ctr, 1)[0] - 1) % RING  # finalize advanced ctr
+        Fl = p_i32(out_f, nchunks * RING)
+        rs = p_i64(rstart, nrows + 1)
+        lo = rs[r]
+        hi = rs[r + 1]
+        pw = p if kind == NORM_P else (2.0 if kind == NORM_2 else 1.0)
+        f = 0
+        big = 0.0
+        for i in range(lo, hi):
+            f |= Fl[slot * nchunks + i]
+            if S[i] > 0.0 and M[i] > big:
+                big = M[i]
+        a = 0.0
+        for i in range(lo, hi):
+            if kind == NORM_INF:
+                if S[i] > a:
+                    a = S[i]
+            elif S[i] > 0.0:
+                q = M[i] / big
+                if pw == 2.0:
+                    a += S[i] * (q * q)
+                elif pw == 1.0:
+                    a += S[i] * q
+                else:
+                    a += S[i] * math.pow(q, pw)
+        norm, big, total, root = finish(a, big, f, kind, pw)
+        v = p_f64(params, PARAMS_LEN)[P_ROW_MAX]
+        action, scale = decide(norm, big, root, f, v, policy)
+        if policy == _ERROR_POLICY and p_f64(state, STATE_LEN * RING)[slot * STATE_LEN + S_FLAGS] != 0.0:
+            action = A_NONE
+            scale = 1.0
+        out = p_f64(rows, R_FIELDS * RING * nrows)
+        out[(R_NORM * RING + slot) * nrows + r] = norm
+        out[(R_FLAGS * RING + slot) * nrows + r] = f
+        out[(R_SCALE * RING + slot) * nrows + r] = scale
+        out[(R_ACTION * RING + slot) * nrows + r] = action
+
+    return rownorms
+
+
+def _make_scale_rows(threads: int):
+    loops = [_per_dtype(c, threads) for c in (F64, F32, BF16, F16)]
+    sc64, sc32, scbf, sch = (loops[c][2] for c in (F64, F32, BF16, F16))
+    p_i64, p_f64 = _pointers()["i64"], _pointers()[F64]
+
+    def scale_rows(table, nchunks, rows, nrows, ctr, ring):
+        c = cuda.blockIdx.x
+        tid = cuda.threadIdx.x
+        tb = p_i64(table, nchunks * ROW)
+        r = tb[c * ROW + 3]
+        slot = (p_i64(ctr, 1)[0] - 1) % ring
+        out = p_f64(rows, R_FIELDS * ring * nrows)
+        action = int(out[(R_ACTION * ring + slot) * nrows + r])
+        if action == A_NONE:  # this row is not written
+            return
+        s = out[(R_SCALE * ring + slot) * nrows + r]
+        addr = tb[c * ROW]
+        n = tb[c * ROW + 1]
+        code = tb[c * ROW + 2]
+        if code == F64:
+            sc64(addr, n, tid, action, s)
+        elif code == F32:
+            sc32(addr, n, tid, action, s)
+        elif code == BF16:
+            scbf(addr, n, tid, action, s)
+        else:
+            sch(addr, n, tid, action, s)
+
+    return scale_rows
+
+
 _FACTORIES = {"partials": _make_partials, "finalize": _make_finalize, "scale": _make_scale,
-              "clamp": _make_clamp}
+              "clamp": _make_clamp, "rownorms": _make_rownorms, "scale_rows": _make_scale_rows}
 KERNELS = tuple(_FACTORIES)
 
 

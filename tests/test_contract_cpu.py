@@ -8,3 +8,5 @@ from engines import CpuEngine
 @pytest.fixture
 def engine():
     return CpuEngine()
+
+from contract_family import *  # noqa: F401,F403,E402  (the family's contract)

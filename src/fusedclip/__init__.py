@@ -9,7 +9,10 @@
 
 See docs/DESIGN.md for the architecture and the exact semantics.
 """
+from . import thresholds
 from ._api import Clipper, clip_grad_norm_, clip_grad_value_, global_norm
+from ._family import DeviceNorms, buffer_norms, clip_by_norm_, clip_unitwise_
+from ._history import History
 from ._policy import POLICIES, ClipStats, NonFiniteError
 
 __version__ = "0.1.0"
@@ -17,10 +20,16 @@ __version__ = "0.1.0"
 __all__ = [
     "Clipper",
     "ClipStats",
+    "DeviceNorms",
+    "History",
     "NonFiniteError",
     "POLICIES",
+    "buffer_norms",
+    "clip_by_norm_",
     "clip_grad_norm_",
     "clip_grad_value_",
+    "clip_unitwise_",
     "global_norm",
+    "thresholds",
     "__version__",
 ]

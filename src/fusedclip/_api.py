@@ -13,7 +13,9 @@ from typing import Any, Iterable, Union
 
 from . import _policy
 from ._buffers import plan_buffers
+from ._history import History
 from ._policy import ClipStats, NonFiniteError
+from .thresholds import Fixed, Threshold
 
 Buffers = Union[Any, Iterable[Any]]
 _INF = float("inf")
@@ -35,6 +37,14 @@ class Clipper:
     ``stream`` (an int handle or a cuda.core, torch, CuPy or numba stream),
     else on the buffers' library's current stream; CPU buffers ignore it.
 
+    ``max_norm`` is a number or a threshold object from
+    ``fusedclip.thresholds`` (``Percentile``, ``ZScore``, ``Fixed``) that
+    sees each step's norm and gives that step's threshold.  ``history=N``
+    keeps a record of the last N calls (``clipper.history``: norms,
+    thresholds, scales, clip events).  ``state_dict()`` and
+    ``load_state_dict()`` save and restore the threshold's state and the
+    history, so that a resumed run clips as an uninterrupted one.
+
     ``max_norm``, ``norm_type``, ``nonfinite`` and ``num_threads`` may be
     assigned between calls: each assignment is validated like the argument
     (a bad value raises and changes nothing) and the next call uses it.
@@ -53,11 +63,15 @@ class Clipper:
         num_threads: int | None = None,
         rng: Any = None,
         stream: Any = None,
+        history: int = 0,
     ) -> None:
+        self._history = History(history)
         self._setup(buffers, max_norm, norm_type, nonfinite, num_threads, rng, "Clipper", stream=stream)
 
     def _setup(self, buffers, max_norm, norm_type, nonfinite, num_threads, rng, fn: str,
                cache: bool = False, stream: Any = None) -> None:
+        if not hasattr(self, "_history"):
+            self._history = None
         self._nonfinite_policy = policy = _policy.check_policy(nonfinite)
         self.max_norm = max_norm  # after the policy: "random" needs a finite max_norm
         self.norm_type = norm_type
@@ -68,16 +82,19 @@ class Clipper:
         self._plan, self._gpu = plan_buffers(buffers, writable=True, fn=fn, cache=cache, stream=stream)
 
     @property
-    def max_norm(self) -> float:
-        """The threshold; assignable between calls (validated like the argument)."""
-        return self._max_norm
+    def max_norm(self) -> float | Threshold:
+        """The threshold (a number or a threshold object); assignable between
+        calls (validated like the argument)."""
+        return self._max_norm if self._threshold is None else self._threshold
 
     @max_norm.setter
-    def max_norm(self, value: float) -> None:
-        v = _policy.check_max_norm(value)
-        if v == float("inf") and getattr(self, "_nonfinite_policy", None) == "random":
-            raise ValueError("nonfinite='random' needs a finite max_norm (the step's length)")
-        self._max_norm = v
+    def max_norm(self, value: float | Threshold) -> None:
+        thr = value if isinstance(value, Threshold) else None
+        v = _policy.check_max_norm(value) if thr is None else (
+            thr.v if isinstance(thr, Fixed) else float("inf"))
+        if getattr(self, "_nonfinite_policy", None) == "random":
+            _random_needs_fixed(v, thr)
+        self._max_norm, self._threshold = v, thr
 
     @property
     def norm_type(self) -> float:
@@ -98,8 +115,7 @@ class Clipper:
     def nonfinite(self, value: str) -> None:
         policy = _policy.check_policy(value)
         if policy == "random":
-            if self._max_norm == float("inf"):
-                raise ValueError("nonfinite='random' needs a finite max_norm (the step's length)")
+            _random_needs_fixed(self._max_norm, self._threshold)
             self._rng = _policy.make_rng(self._rng)
         self._nonfinite_policy = policy
 
@@ -118,20 +134,59 @@ class Clipper:
             f"norm_type={self.norm_type}, nonfinite={self.nonfinite!r})"
         )
 
+    @property
+    def history(self) -> History | None:
+        """The record of the last calls (``Clipper(..., history=N)``), or None."""
+        return self._history if self._history else None
+
+    def state_dict(self) -> dict:
+        """The threshold's state and the history, to resume a run exactly."""
+        thr = self._threshold
+        return {"threshold": None if thr is None else thr.state_dict(),
+                "history": None if self._history is None else self._history.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` saved (the threshold object must be of
+        the same type as the saved one)."""
+        if not isinstance(state, dict) or set(state) != {"threshold", "history"}:
+            raise ValueError("Clipper.load_state_dict: expected a dict from Clipper.state_dict()")
+        saved, thr = state["threshold"], self._threshold
+        if (saved is None) != (thr is None):
+            raise ValueError("Clipper.load_state_dict: the saved state has "
+                             f"{'no' if saved is None else 'a'} threshold object, this Clipper "
+                             f"{'has one' if thr is not None else 'has none'}")
+        if thr is not None:
+            thr.load_state_dict(saved)
+        if self._history is not None and state["history"] is not None:
+            self._history.load_state_dict(state["history"])
+
+    def _threshold_for(self, norm: float) -> float:
+        thr = self._threshold
+        return self._max_norm if thr is None else thr.step(norm)
+
     def __call__(self) -> ClipStats:
         self._plan.check()  # RuntimeError if an array was resized since planning
         if self._gpu is not None:
-            return self._call_gpu() if self._plan.table.nchunks == 0 else self._call_mixed()
-        plan, nt, t = self._plan, self._num_threads, self._max_norm
+            stats = self._call_gpu() if self._plan.table.nchunks == 0 else self._call_mixed()
+        else:
+            stats = self._call_cpu()
+        if self._history is not None:
+            self._history.record(stats)
+        return stats
+
+    def _call_cpu(self) -> ClipStats:
+        plan, nt = self._plan, self._num_threads
         plan.refresh()
         norm, flags = plan.table.norm(self._kind, self._norm_type, nt)
+        t = self._threshold_for(norm)
         if not flags and not norm > t:  # the common case: nothing to write
             return ClipStats(norm, 1.0, False, True, t, ())
-        return self._act(norm, flags, lambda: plan.callers(plan.table.flagged_rows()))
+        return self._act(norm, flags, lambda: plan.callers(plan.table.flagged_rows()), t)
 
-    def _act(self, norm: float, flags: int, bad) -> ClipStats:
-        """Apply the decision for this norm to every engine (CPU plan, GPU plan)."""
-        plan, g, nt, t = self._plan, self._gpu, self._num_threads, self._max_norm
+    def _act(self, norm: float, flags: int, bad, t: float) -> ClipStats:
+        """Apply the decision for this norm and threshold to every engine
+        (CPU plan, GPU plan)."""
+        plan, g, nt = self._plan, self._gpu, self._num_threads
         d = _policy.decide(norm, flags, t, self._nonfinite_policy,
                            lambda: plan.table.clip_scale(self._kind, self._norm_type, t))
         callers = bad() if flags else ()
@@ -172,14 +227,23 @@ class Clipper:
         from ._gpu import DeviceClipStats, stats_from_state
         from .kernels import cuda as ck
 
-        g, policy = self._gpu, self._nonfinite_policy
-        call = g.clip(self._kind, self._norm_type, self._max_norm, policy)
+        g, policy, thr = self._gpu, self._nonfinite_policy, self._threshold
+        if thr is not None and not isinstance(thr, Fixed) and not thr.device_mode:
+            # a threshold that needs the norm on the host (Percentile): one wait
+            call = g.reduce(self._kind, self._norm_type)
+            st = g.state_of(call)
+            norm, flags = float(st[ck.S_NORM]), int(st[ck.S_FLAGS])
+            return self._act(norm, flags, lambda: tuple(sorted(g.flagged_callers(call))),
+                             self._threshold_for(norm))
+        call = g.clip(self._kind, self._norm_type, self._max_norm, policy,
+                      threshold=thr if thr is not None and thr.device_mode else None)
         if policy not in ("error", "random"):
             return DeviceClipStats(g, call)
         st = g.state_of(call)  # the one wait
         stats = stats_from_state(g, call, st)
         if not stats.finite:  # the device wrote nothing for these policies
-            return self._act(stats.norm, int(st[ck.S_FLAGS]), lambda: stats.nonfinite_buffers)
+            return self._act(stats.norm, int(st[ck.S_FLAGS]), lambda: stats.nonfinite_buffers,
+                             stats.threshold)
         return stats
 
     def _call_mixed(self) -> ClipStats:
@@ -199,7 +263,15 @@ class Clipper:
         def bad():
             return tuple(sorted(set(plan.callers(plan.table.flagged_rows())) | set(g.flagged_callers(call))))
 
-        return self._act(norm, cf | gf, bad)
+        return self._act(norm, cf | gf, bad, self._threshold_for(norm))
+
+
+def _random_needs_fixed(v: float, thr) -> None:
+    if thr is not None and not isinstance(thr, Fixed):
+        raise ValueError("nonfinite='random' needs a fixed, finite max_norm (the step's length), "
+                         f"not an adaptive threshold ({thr!r})")
+    if v == float("inf"):
+        raise ValueError("nonfinite='random' needs a finite max_norm (the step's length)")
 
 
 def clip_grad_norm_(

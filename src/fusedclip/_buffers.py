@@ -42,7 +42,7 @@ class Plan:
         self.dups = dups            # row -> [further caller indices]
         self.staged = staged        # [(caller's view, contiguous copy)]
         self.n_inputs = n_inputs
-        self.extra = list(extra)    # [(Table, k)]: read-only zero-stride views, see norm()
+        self.extra = list(extra)    # [(Table, k, caller)]: read-only zero-stride views, see norm()
         # the array owning each row's memory, with its data pointer and size now
         self._owners, self._snap = cpu.owners(arrays)
 
@@ -66,19 +66,40 @@ class Plan:
         if not self.extra:
             return norm, flags
         parts = [(norm, 1)]
-        for t, k in self.extra:
+        for t, k, _ in self.extra:
             c, f = t.norm(kind, p, nthreads)
             parts.append((c, k))
             flags |= f
         return _combine(parts, kind, p), flags
 
+    def buffer_norms(self, kind: int, p: float, nthreads=None, max_norm=None):
+        """Each caller buffer's own norm, from one fused pass: ``(norms, flags)``
+        indexed by caller (duplicates share their row's values; empty and GPU
+        slots are 0), and, given ``max_norm``, each row's clip scale as
+        ``Table.row_norms`` gives it, per caller too."""
+        res = self.table.row_norms(kind, p, nthreads, max_norm)
+        n = self.n_inputs
+        out = [np.zeros(n), np.zeros(n, np.int32)] + ([np.ones(n)] if max_norm is not None else [])
+        for o, r in zip(out, res):
+            o[self.rows] = r
+        for row, more in self.dups.items():
+            for o in out:
+                o[more] = o[self.rows[row]]
+        for t, k, i in self.extra:  # read-only zero-stride views: the core k times
+            c, f = t.norm(kind, p, nthreads)
+            out[0][i] = _combine([(c, k)], kind, p) if not f else c
+            out[1][i] = f
+        return tuple(out)
+
     def refresh(self) -> None:
         for view, copy in self.staged:
             np.copyto(copy, view)
 
-    def write_back(self) -> None:
+    def write_back(self, only=None) -> None:
+        """Copy staged results back; ``only``: the ids of the views to copy."""
         for view, copy in self.staged:
-            np.copyto(view, copy)
+            if only is None or id(view) in only:
+                np.copyto(view, copy)
 
     def callers(self, rows: Iterable[int]) -> tuple[int, ...]:
         """The caller indices (duplicates included) of these table rows."""
@@ -550,7 +571,7 @@ def _repeated_table(view: np.ndarray, i: int, k: int, staged: list, fn: str):
         copy = _stage(core, i, fn)
         staged.append((core, copy))
         ptr = copy.ctypes.data
-    return cpu.Table([ptr], [core.size], [code]), k
+    return cpu.Table([ptr], [core.size], [code]), k, i
 
 
 def _numpy_scalar(o: Any, i: int, fn: str) -> TypeError:

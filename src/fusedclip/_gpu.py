@@ -258,11 +258,15 @@ class GpuPlan:
         self.stream = stream                   # explicit stream handle, or None
         host = chunk_table(bufs)
         self.nchunks = n = len(host)
+        self.nrows = nr = len(bufs)
         self.chunk_rows = host[:, 3].copy()
+        rstart = np.zeros(nr + 1, np.int64)
+        np.cumsum(np.bincount(self.chunk_rows, minlength=nr), out=rstart[1:])
         # one allocation and one upload for everything the kernels touch
         layout = [("table", host.nbytes), ("s", 8 * n), ("m", 8 * n), ("f", 4 * n * ck.RING),
                   ("state", 8 * ck.STATE_LEN * ck.RING), ("params", 8 * ck.PARAMS_LEN), ("ctr", 8),
-                  ("override", 8 * ck.STATE_LEN), ("one", 8)]
+                  ("override", 8 * ck.STATE_LEN), ("one", 8), ("rstart", rstart.nbytes),
+                  ("rows_out", 8 * ck.R_FIELDS * ck.RING * nr), ("rows_in", 8 * ck.R_FIELDS * nr)]
         offsets, total = {}, 0
         for name, nbytes in layout:
             offsets[name] = total
@@ -273,11 +277,13 @@ class GpuPlan:
         init = np.zeros(total, np.uint8)
         init[:host.nbytes] = host.view(np.uint8).reshape(-1)
         init[offsets["one"]:offsets["one"] + 8] = np.ones(1, np.int64).view(np.uint8)
+        init[offsets["rstart"]:offsets["rstart"] + rstart.nbytes] = rstart.view(np.uint8)
         L.upload(self.mem, init)
         L.synchronize()  # once per plan: later work may run on any stream
         self.calls = 0
         self._call_streams: list = [None] * ck.RING  # the stream each ring slot's call ran on
-        self._max_norm: float | None = None
+        self._config: tuple | None = None  # the params last uploaded
+        self._bound = None                 # the ZScore whose state lives in params
         self._graphs: dict = {}
         dev = next((b.device for b in bufs if b.device is not None), None)
         self._stream_fn = _stream_getter(self.lib, stream, dev)
@@ -304,12 +310,36 @@ class GpuPlan:
     def _scale_launch(self, state: int, ctr: int) -> tuple:
         return ("scale", self.nchunks, (self.table.addr, self.nchunks, state, ctr))
 
-    def _set_max_norm(self, v: float, stream) -> None:
-        if v != self._max_norm:
-            p = np.zeros(ck.PARAMS_LEN)
-            p[ck.P_MAX_NORM] = v
+    def _set_params(self, stream, max_norm: float = math.inf, row_max: float = math.inf,
+                    threshold=None) -> None:
+        """Upload the host's part of the params when it changed (a captured
+        graph reads them at run time); bind a ZScore's state to the device."""
+        cfg = (max_norm, row_max) + ((ck.MODE_ZSCORE, threshold.alpha, threshold.z,
+                                      threshold.warmup) if threshold is not None else
+                                     (ck.MODE_FIXED, 0.0, 0.0, 0.0))
+        if cfg != self._config:
+            p = np.zeros(ck.P_CONFIG)
+            p[[ck.P_MAX_NORM, ck.P_ROW_MAX, ck.P_MODE, ck.P_ALPHA, ck.P_Z, ck.P_WARMUP]] = cfg
             self.launcher.upload(self.params, p, stream)
-            self._max_norm = v
+            self._config = cfg
+        if threshold is not None and self._bound is not threshold:
+            self._bind(threshold, stream)
+
+    def _bind(self, thr, stream) -> None:
+        """Keep this ZScore's state on the device from now on: finalize
+        updates it; the object reads it back (one wait) for state_dict()."""
+        thr._sync()  # wherever it lived before
+        addr = self.params.addr + 8 * ck.P_TSTATE
+        self.launcher.upload(addr, np.array(thr._vector(), np.float64), stream)
+
+        def download():
+            return self.launcher.download(np.empty(4), addr, self._call_streams[(self.calls - 1) % ck.RING])
+
+        def upload(vec):
+            self.launcher.upload(addr, np.array(vec, np.float64), self._stream())
+
+        thr._device = (download, upload)
+        self._bound = thr
 
     def _run(self, key, launches: list[tuple], stream) -> None:
         """Run these launches; from the second run of the same key on, as a
@@ -327,10 +357,11 @@ class GpuPlan:
         self.calls += 1
         self._call_streams[(self.calls - 1) % ck.RING] = stream
 
-    def clip(self, kind: int, p: float, max_norm: float, policy: str) -> int:
-        """partials + finalize + scale, decided on the device; returns the call number."""
+    def clip(self, kind: int, p: float, max_norm: float, policy: str, threshold=None) -> int:
+        """partials + finalize + scale, decided on the device; returns the call
+        number.  ``threshold``: a ZScore, run by finalize on the device."""
         stream = self._stream()
-        self._set_max_norm(max_norm, stream)
+        self._set_params(stream, max_norm, threshold=threshold)
         launches = self._reduce_launches(kind, p, policy) + [self._scale_launch(self.state.addr,
                                                                                  self.ctr.addr)]
         self._run(("clip", kind, p, policy), launches, stream)
@@ -339,9 +370,79 @@ class GpuPlan:
     def reduce(self, kind: int, p: float) -> int:
         """partials + finalize only (no decision acted on); returns the call number."""
         stream = self._stream()
-        self._set_max_norm(math.inf, stream)
+        self._set_params(stream)
         self._run(("reduce", kind, p), self._reduce_launches(kind, p, "skip"), stream)
         return self.calls
+
+    # ---------------------------------------------------------------- per-row
+    def _rownorms_launch(self, kind: int, p: float, policy: str) -> tuple:
+        return ("rownorms", -(-self.nrows // ck.THREADS),
+                (self.s.addr, self.m.addr, self.f.addr, self.rstart.addr, self.nrows, self.nchunks,
+                 kind, float(p), self.params.addr, ck.POLICY_CODES[policy], self.state.addr,
+                 self.ctr.addr, self.rows_out.addr))
+
+    def _scale_rows_launch(self, rows: int, ctr: int, ring: int) -> tuple:
+        return ("scale_rows", self.nchunks, (self.table.addr, self.nchunks, rows, self.nrows, ctr, ring))
+
+    def row_norms(self, kind: int, p: float, max_norm: float | None = None) -> int:
+        """Each row's norm (and, given max_norm, its clip scale) on the device,
+        nothing written; returns the call number (``row_result`` reads it)."""
+        stream = self._stream()
+        self._set_params(stream, row_max=math.inf if max_norm is None else max_norm)
+        launches = self._reduce_launches(kind, p, "skip") + [self._rownorms_launch(kind, p, "skip")]
+        self._run(("rownorms", kind, p), launches, stream)
+        return self.calls
+
+    def row_clip(self, kind: int, p: float, max_norm: float, policy: str) -> int:
+        """Clip each row by its own norm, decided on the device (``policy``
+        "error": nothing is written if any value is non-finite)."""
+        stream = self._stream()
+        self._set_params(stream, row_max=max_norm)
+        launches = self._reduce_launches(kind, p, "skip") + [
+            self._rownorms_launch(kind, p, policy),
+            self._scale_rows_launch(self.rows_out.addr, self.ctr.addr, ck.RING)]
+        self._run(("rowclip", kind, p, policy), launches, stream)
+        return self.calls
+
+    def row_result(self, call: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(norms, flags, scales) per row of call ``call`` (waits for the device)."""
+        self._check_slot(call)
+        slot, nr = (call - 1) % ck.RING, self.nrows
+        out = []
+        for k in (ck.R_NORM, ck.R_FLAGS, ck.R_SCALE):
+            a = np.empty(nr)
+            if nr:
+                self.launcher.download(a, self.rows_out.addr + 8 * (k * ck.RING + slot) * nr,
+                                       self._call_streams[slot])
+            out.append(a)
+        return out[0], out[1].astype(np.int32), out[2]
+
+    def row_apply(self, actions: np.ndarray, scales: np.ndarray) -> None:
+        """Act on per-row host decisions (mixed lists)."""
+        if not np.any(actions):
+            return
+        stream = self._stream()
+        nr = self.nrows
+        v = np.zeros((ck.R_FIELDS, nr))
+        v[ck.R_SCALE], v[ck.R_ACTION] = scales, actions
+        self.launcher.upload(self.rows_in, v.reshape(-1), stream)
+        name, grid, args = self._scale_rows_launch(self.rows_in.addr, self.one.addr, 1)
+        self.launcher.launch(name, grid, args, stream)
+
+    def write_rows(self, rows: list[int], draws: list[np.ndarray]) -> None:
+        """Copy host values (already in each row's dtype) into these rows."""
+        stream = self._stream()
+        for r, z in zip(rows, draws):
+            b = self.rows[r]
+            if b.n:
+                self.launcher.upload(b.addr, np.ascontiguousarray(z).reshape(-1), stream)
+
+    def _check_slot(self, call: int) -> None:
+        if self.calls - call >= ck.RING:
+            raise RuntimeError(
+                f"these statistics were overwritten: a plan keeps its last {ck.RING} calls' "
+                "statistics on the device; read them (or call .result()) sooner"
+            )
 
     def apply(self, action: int, scale: float) -> None:
         """Act on a host decision (mixed lists): scale or zero every buffer."""
@@ -361,11 +462,7 @@ class GpuPlan:
     # ---------------------------------------------------------------- results
     def state_of(self, call: int) -> np.ndarray:
         """The state vector of call number ``call`` (waits for the device)."""
-        if self.calls - call >= ck.RING:
-            raise RuntimeError(
-                f"these statistics were overwritten: a plan keeps its last {ck.RING} calls' "
-                "statistics on the device; read them (or call .result()) sooner"
-            )
+        self._check_slot(call)
         out = np.empty(ck.STATE_LEN)
         slot = (call - 1) % ck.RING
         # on the stream that call ran on, not today's current stream: a copy on

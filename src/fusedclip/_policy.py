@@ -216,6 +216,34 @@ def decide(norm: float, flags: int, max_norm: float, policy: str, overflow_scale
     return Decision(A_SCALE, max_norm / norm, True)  # propagate: 0 for inf, NaN for NaN, as torch
 
 
+def decide_rows(norms: np.ndarray, flags: np.ndarray, max_norm, policy: str,
+                scales: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[int], list[int]]:
+    """``decide`` for many independent rows at once (per-buffer and per-unit
+    clipping): ``(actions, scales, raise_rows, random_rows)``.
+
+    A finite row is scaled by its ``scales`` entry (the engine's overflow-safe
+    ``max_norm / norm``) where its norm exceeds ``max_norm`` (a number or one
+    per row), else left alone; the few non-finite rows go through ``decide``
+    itself, so the policy table exists once.
+    """
+    bad = flags != 0
+    over = ~bad & (norms > max_norm)
+    actions = np.where(over, A_SCALE, A_NONE).astype(np.int8)
+    out = np.where(over, scales, 1.0)
+    raise_rows: list[int] = []
+    random_rows: list[int] = []
+    mx = np.broadcast_to(np.asarray(max_norm, dtype=np.float64), norms.shape)
+    for r in np.flatnonzero(bad).tolist():
+        d = decide(float(norms[r]), int(flags[r]), float(mx[r]), policy)
+        if d.action == A_RAISE:
+            raise_rows.append(r)
+        elif d.action == A_RANDOM:
+            random_rows.append(r)
+        else:
+            actions[r], out[r] = d.action, d.scale
+    return actions, out, raise_rows, random_rows
+
+
 def combine_norms(norms: list[float], flags: int, kind: int, p: float) -> float:
     """The norm of a list from the norms of its parts (mixed CPU/GPU lists):
     relative to the largest, so no finite total overflows."""

@@ -24,6 +24,7 @@ from fusedclip.kernels import cuda as ck  # noqa: E402
 from conftest import ref_norm, rel, scaled  # noqa: E402
 # the engine contract (tests/contract_policies.py), on the real GPU
 from contract_policies import *  # noqa: E402,F401,F403
+from contract_family import *  # noqa: E402,F401,F403  (the clipping family)
 from engines import NumbaEngine  # noqa: E402
 
 import ml_dtypes  # noqa: E402

@@ -265,6 +265,7 @@ def test_chunk_table_offsets_are_64_bit():
 # The policies: the engine contract (tests/contract_policies.py), run here on
 # the CUDA engine under the simulator, as on the CPU engine and the real GPU.
 from contract_policies import *  # noqa: E402,F401,F403
+from contract_family import *  # noqa: E402,F401,F403  (the clipping family)
 from engines import NumbaEngine  # noqa: E402
 
 

@@ -1,0 +1,321 @@
+"""The rest of the clipping family: per-buffer norms, per-buffer ("local")
+norm clipping and unit-wise adaptive clipping.
+
+Each is the global norm's reduction kept per row of the chunk table
+(``Table.row_norms``, and the ``rownorms`` CUDA kernel), then one per-row
+write pass (``Table.scale_rows``, ``scale_rows``): at most two fused passes
+whatever the number of buffers, and a row that is not clipped is never
+written.
+
+* ``clip_by_norm_`` is TensorFlow's ``tf.clip_by_norm`` applied to each
+  buffer: every buffer is clipped by its own norm ("local" clipping).
+* ``clip_unitwise_`` is adaptive gradient clipping (AGC), Brock, De, Smith &
+  Simonyan, *High-Performance Large-Scale Image Recognition Without
+  Normalization* (2021), §4: per unit (a row of a matrix, an output channel
+  of a convolution kernel, a whole vector), if ||G|| / max(||W||, eps) >
+  clipping, G <- G * clipping * max(||W||, eps) / ||G||.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from . import _policy
+from ._buffers import as_list, plan_buffers
+from ._policy import A_NONE, NonFiniteError
+from .kernels import cpu
+
+
+# ----------------------------------------------------------------- per-buffer norms
+def buffer_norms(buffers: Any, norm_type: float = 2.0, *, num_threads: int | None = None,
+                 stream: Any = None):
+    """Each buffer's own ``norm_type`` norm, from one fused pass over all of them.
+
+    Returns a float64 numpy array, one norm per buffer in the caller's order
+    (NaN or inf where a buffer holds NaN or inf).  For a list of GPU buffers
+    only, returns a ``DeviceNorms``: the norms stay on the device, and nothing
+    waits for the GPU until it is read (``.get()``, ``np.asarray``).  Never
+    writes; accepts read-only arrays.
+    """
+    kind, p = _policy.norm_kind(norm_type)
+    nt = _policy.check_threads(num_threads)
+    plan, g = plan_buffers(buffers, writable=False, fn="buffer_norms", cache=True, stream=stream)
+    if g is None:
+        return plan.buffer_norms(kind, p, nt)[0]
+    res = DeviceNorms(g, g.row_norms(kind, p), plan.n_inputs)
+    if plan.table.nchunks == 0 and not plan.extra:
+        return res
+    norms = plan.buffer_norms(kind, p, nt)[0]
+    gn, _, _ = res.rows()
+    _gpu_fill(g, norms, gn)
+    return norms
+
+
+class DeviceNorms:
+    """Per-buffer norms still on the GPU; ``get()`` copies them (one wait).
+
+    A plan keeps its last RING calls' results on the device; reading an older
+    one raises RuntimeError."""
+
+    def __init__(self, plan, call: int, n_inputs: int):
+        self._plan, self._call, self._n = plan, call, n_inputs
+        self._host: np.ndarray | None = None
+
+    def rows(self):
+        return self._plan.row_result(self._call)
+
+    def get(self) -> np.ndarray:
+        if self._host is None:
+            out = np.zeros(self._n)
+            _gpu_fill(self._plan, out, self.rows()[0])
+            self._host = out
+        return self._host
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.get()
+        return a if dtype is None else a.astype(dtype)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __repr__(self) -> str:
+        return f"DeviceNorms({self.get()!r})"
+
+
+def _gpu_fill(g, out: np.ndarray, row_values: np.ndarray) -> None:
+    """Scatter per-row GPU values to caller indices (duplicates included)."""
+    for r, b in enumerate(g.rows):
+        out[b.caller] = row_values[r]
+        for d in g.dups.get(r, ()):
+            out[d] = row_values[r]
+
+
+# ----------------------------------------------------------------- local clipping
+def clip_by_norm_(buffers: Any, max_norm: float, norm_type: float = 2.0, *,
+                  nonfinite: str = "error", num_threads: int | None = None, rng: Any = None,
+                  stream: Any = None):
+    """Clip each buffer by its own ``norm_type`` norm, in place ("local" clipping).
+
+    A buffer whose norm exceeds ``max_norm`` is multiplied by
+    ``max_norm / norm``; the others are not written.  Returns the pre-clip
+    norms, one per buffer (a ``DeviceNorms`` for GPU-only lists).  A buffer
+    holding inf/NaN follows ``nonfinite``, buffer by buffer: "error" raises
+    ``NonFiniteError`` naming them before anything is written; "skip" leaves
+    them; "zero" zeroes them; "propagate" multiplies them by max_norm / norm;
+    "random" replaces each with a random direction of norm ``max_norm``.
+    """
+    fn = "clip_by_norm_"
+    v = _policy.check_max_norm(max_norm)
+    kind, p = _policy.norm_kind(norm_type)
+    policy = _policy.check_policy(nonfinite)
+    nt = _policy.check_threads(num_threads)
+    if policy == "random":
+        if v == math.inf:
+            raise ValueError("nonfinite='random' needs a finite max_norm (the step's length)")
+        rng = _policy.make_rng(rng)
+    plan, g = plan_buffers(buffers, writable=True, fn=fn, cache=True, stream=stream)
+    if g is not None and plan.table.nchunks == 0:  # GPU only: the device decides
+        call = g.row_clip(kind, p, v, policy)
+        res = DeviceNorms(g, call, plan.n_inputs)
+        if policy in ("error", "random"):
+            gn, gf, _ = res.rows()
+            if gf.any():  # the device wrote nothing for these policies' bad rows
+                bad = np.flatnonzero(gf)
+                if policy == "error":  # nor anything else: any flag stopped every write
+                    raise NonFiniteError(float(gn[bad[0]]), _gpu_callers(g, bad))
+                callers = [g.rows[r].caller for r in bad.tolist()]
+                _write_steps(None, g, _random_steps(None, g, callers, v, kind, p, rng, nt))
+        return res
+    plan.refresh()
+    norms, flags, scales = plan.buffer_norms(kind, p, nt, max_norm=v)
+    gr = None
+    if g is not None:  # mixed: the GPU's norms first, then one decision
+        gr = g.row_result(g.row_norms(kind, p, max_norm=v))
+        for o, r in zip((norms, flags, scales), gr):
+            _gpu_fill(g, o, r)
+    actions, out, raise_rows, random_rows = _policy.decide_rows(norms, flags, v, policy, scales)
+    if raise_rows:
+        raise NonFiniteError(float(norms[raise_rows[0]]), tuple(raise_rows))
+    steps = _random_steps(plan, g, random_rows, v, kind, p, rng, nt)
+    _apply_rows(plan, actions, out, nt)
+    if g is not None:
+        g.row_apply(actions[[b.caller for b in g.rows]], out[[b.caller for b in g.rows]])
+    _write_steps(plan, g, steps)
+    return norms
+
+
+def _gpu_callers(g, rows) -> tuple[int, ...]:
+    out: list[int] = []
+    for r in rows:
+        out.append(g.rows[r].caller)
+        out.extend(g.dups.get(int(r), ()))
+    return tuple(sorted(out))
+
+
+def _apply_rows(plan, actions: np.ndarray, scales: np.ndarray, nt) -> None:
+    """Per-caller actions applied to the CPU plan's rows; only written rows'
+    staged copies are copied back."""
+    ra, rs = actions[plan.rows], scales[plan.rows]
+    if not ra.any():
+        return
+    plan.table.scale_rows(ra, rs, nt)
+    if plan.staged:
+        written = {id(plan.arrays[r]) for r in np.flatnonzero(ra).tolist()}
+        plan.write_back(only=written)
+
+
+def _row_of(plan, g) -> dict[int, tuple[str, int]]:
+    """caller index -> ("c", CPU row) or ("g", GPU row), duplicates included."""
+    where: dict[int, tuple[str, int]] = {}
+    if plan is not None:
+        for r, c in enumerate(plan.rows.tolist()):
+            where[c] = ("c", r)
+        for r, more in plan.dups.items():
+            for d in more:
+                where[d] = ("c", r)
+    if g is not None:
+        for r, b in enumerate(g.rows):
+            where[b.caller] = ("g", r)
+            for d in g.dups.get(r, ()):
+                where[d] = ("g", r)
+    return where
+
+
+def _random_steps(plan, g, callers: list[int], v, kind, p, rng, nt) -> list:
+    """Each listed buffer's own random step of norm v (a buffer listed twice
+    through a duplicate gets one), drawn and checked before anything is
+    written (``random_step`` raises otherwise)."""
+    if not callers:
+        return []
+    where = _row_of(plan, g)
+    out, seen = [], set()
+    for c in callers:
+        key = where[c]
+        if key in seen:
+            continue
+        seen.add(key)
+        side, r = key
+        if side == "g":
+            shape, dtype = (g.rows[r].n,), cpu.DTYPES[g.rows[r].code]
+        else:
+            shape, dtype = plan.arrays[r].shape, plan.arrays[r].dtype
+        out.append((key, _policy.random_step([shape], [dtype], [c], v, kind, p, rng, nt)[0]))
+    return out
+
+
+def _write_steps(plan, g, steps) -> None:
+    rows, draws = [], []
+    for (side, r), z in steps:
+        if side == "c":
+            plan.arrays[r][...] = z
+        else:
+            rows.append(r)
+            draws.append(z)
+    if rows:
+        g.write_rows(rows, draws)
+
+
+# ----------------------------------------------------------------- unit-wise (AGC)
+def clip_unitwise_(params: Any, grads: Any, clipping: float = 0.01, eps: float = 1e-3, *,
+                   nonfinite: str = "error", num_threads: int | None = None) -> np.ndarray:
+    """Adaptive gradient clipping (Brock et al., 2021), unit by unit, in place.
+
+    ``params[i]`` and ``grads[i]`` are a weight and its gradient, of the same
+    shape.  A unit is a row of a 2-D weight, an output channel (the first
+    axis) of a convolution kernel, or the whole buffer for a vector or a
+    scalar.  For each unit, if ||G|| / max(||W||, eps) > clipping, then
+    G <- G * clipping * max(||W||, eps) / ||G|| (L2 norms).  One fused pass
+    computes every unit's norms of W and G, one pass scales the clipped
+    units; the params are never written, and a unit that is not clipped is
+    not written either.  Returns the number of clipped units per gradient.
+
+    A unit whose W or G holds inf/NaN follows ``nonfinite``: "error" raises
+    ``NonFiniteError`` (naming the gradients' indices) before anything is
+    written, "skip" leaves it, "zero" zeroes it, "propagate" scales it by
+    clipping * max(||W||, eps) / ||G|| ("random" is not defined per unit).
+    """
+    fn = "clip_unitwise_"
+    c = _policy.check_max_norm(clipping, "clipping")
+    e = _policy.real("eps", eps)
+    if not e >= 0.0 or e == math.inf:
+        raise ValueError(f"eps must be a finite number >= 0, got {e}")
+    policy = _policy.check_policy(nonfinite)
+    if policy == "random":
+        raise ValueError(f"{fn}: nonfinite='random' is not defined per unit; "
+                         "use 'error', 'skip', 'zero' or 'propagate'")
+    nt = _policy.check_threads(num_threads)
+    W = as_list(params, fn)
+    G = as_list(grads, fn)
+    if len(W) != len(G):
+        raise ValueError(f"{fn}: {len(W)} params but {len(G)} grads; pass one gradient per parameter")
+    wplan, wg = plan_buffers(W, writable=False, fn=fn + " (params)")
+    gplan, gg = plan_buffers(G, writable=True, fn=fn)
+    if wg is not None or gg is not None:
+        raise TypeError(f"{fn}: CUDA arrays are not supported by unit-wise clipping yet; "
+                        "pass CPU arrays (nothing was modified)")
+    if gplan.dups:
+        r, more = next(iter(gplan.dups.items()))
+        raise ValueError(f"{fn}: grads {int(gplan.rows[r])} and {more[0]} are the same buffer; "
+                         "each parameter needs its own gradient (nothing was modified)")
+    wa, ga = _caller_arrays(wplan), _caller_arrays(gplan)
+    for i, (w, g) in enumerate(zip(wa, ga)):
+        if w.shape != g.shape:
+            raise ValueError(f"{fn}: params[{i}] has shape {w.shape} but grads[{i}] has shape "
+                             f"{g.shape}; they must match (nothing was modified)")
+    # units: contiguous C-ordered rows; other layouts through a C-ordered copy
+    wc = [np.ascontiguousarray(w) for w in wa]
+    gc = [g if g.flags.c_contiguous and g.flags.aligned else np.ascontiguousarray(g) for g in ga]
+    units = np.fromiter((g.shape[0] if g.ndim >= 2 else 1 for g in gc), np.int64, len(gc))
+    table, owner = _unit_table(wc + gc, np.concatenate([units, units]))
+    nu = int(units.sum())
+    norms, flags = table.row_norms(cpu.NORM_2, 2.0, nt)
+    wn, gn = np.maximum(norms[:nu], e), norms[nu:]
+    bad = (flags[:nu] | flags[nu:]).astype(np.int32)
+    thr = c * wn
+    with np.errstate(all="ignore"):
+        scales = thr / gn
+    over = (bad == 0) & (gn > thr)
+    fix = np.flatnonzero(over & ~(scales > 0.0))  # ||G|| beyond float64: (v / big) / t^(1/p)
+    for u in fix.tolist():
+        scales[u] = table.row_scale(nu + u, cpu.NORM_2, 2.0, float(thr[u]))
+    actions, out, raise_rows, _ = _policy.decide_rows(gn, bad, thr, policy, scales)
+    gi = owner[nu:] - len(wc)  # unit -> grad index
+    if raise_rows:
+        raise NonFiniteError(float(gn[raise_rows[0]]), tuple(sorted(set(gi[raise_rows].tolist()))))
+    acts = np.concatenate([np.zeros(nu, np.int8), actions])
+    if actions.any():
+        table.scale_rows(acts, np.concatenate([np.ones(nu), out]), nt)
+        for i in np.unique(gi[actions != A_NONE]).tolist():
+            if gc[i] is not ga[i]:
+                np.copyto(ga[i], gc[i])
+    return np.bincount(gi[actions != A_NONE], minlength=len(G))
+
+
+def _caller_arrays(plan) -> list[np.ndarray]:
+    """The numpy view of every caller buffer (empty ones included)."""
+    out: list = [None] * plan.n_inputs
+    for r, i in enumerate(plan.rows.tolist()):
+        out[i] = plan.arrays[r]
+    for r, more in plan.dups.items():
+        for d in more:
+            out[d] = plan.arrays[r]
+    for i, a in enumerate(out):
+        if a is None:
+            out[i] = np.zeros(0)
+    return out
+
+
+def _unit_table(arrays: list[np.ndarray], units: np.ndarray):
+    """A Table whose rows are the units of C-contiguous arrays; (table, owner)
+    with owner[row] the index of the array holding that unit."""
+    d, _ = cpu.describe(arrays)
+    ptr, size, code = d[cpu.F_PTR], d[cpu.F_SIZE], d[cpu.F_CODE]
+    units = np.where(size > 0, units, 1)
+    per = size // units
+    owner = np.repeat(np.arange(len(arrays)), units)
+    k = np.arange(owner.size) - np.repeat(np.cumsum(units) - units, units)
+    item = np.array([cpu.DTYPES[i].itemsize for i in range(4)], np.int64)[np.maximum(code, 0)]
+    ptrs = ptr[owner] + k * per[owner] * item[owner]
+    return cpu.Table(ptrs, per[owner], np.maximum(code, 0)[owner]), owner
