@@ -532,11 +532,13 @@ SIGNATURES = {
     "rownorms": (_I, _I, _I, _I, _I, _I, _I, _D, _I, _I, _I, _I, _I),
     # table, nchunks, rows, nrows, ctr, ring
     "scale_rows": (_I, _I, _I, _I, _I, _I),
+    # rows, nrows, nu, params, policy, state, ctr
+    "agc": (_I, _I, _I, _I, _I, _I, _I),
 }
 #: params vector (float64, device): what a captured graph reads at run time.
 #: [0, P_CONFIG) is uploaded by the host; the threshold state after it is the
 #: device's own (ZScore's n, mean, m2, var, updated by finalize).
-P_MAX_NORM, P_EPS, P_ROW_MAX, P_MODE, P_ALPHA, P_Z, P_WARMUP = range(7)
+P_MAX_NORM, P_EPS, P_ROW_MAX, P_MODE, P_ALPHA, P_Z, P_WARMUP, P_AGC_EPS = range(8)
 P_CONFIG = 8
 P_TSTATE = 8
 PARAMS_LEN = 16
@@ -544,8 +546,8 @@ PARAMS_LEN = 16
 MODE_FIXED, MODE_ZSCORE = 0, 1
 #: per-row results (rownorms): field k of ring slot s for row r is at
 #: rows + 8 * ((k * ring + s) * nrows + r)
-R_NORM, R_FLAGS, R_SCALE, R_ACTION = range(4)
-R_FIELDS = 4
+R_NORM, R_FLAGS, R_SCALE, R_ACTION, R_BIG, R_ROOT = range(6)
+R_FIELDS = 6
 
 
 def _decision():
@@ -953,8 +955,46 @@ def _make_rownorms(threads: int):
         out[(R_FLAGS * RING + slot) * nrows + r] = f
         out[(R_SCALE * RING + slot) * nrows + r] = scale
         out[(R_ACTION * RING + slot) * nrows + r] = action
+        out[(R_BIG * RING + slot) * nrows + r] = big
+        out[(R_ROOT * RING + slot) * nrows + r] = root
 
     return rownorms
+
+
+def _make_agc(threads: int):
+    """Unit-wise adaptive clipping's decision (Brock et al., 2021), after
+    rownorms: rows [0, nu) are the units of the weights, [nu, 2 nu) the same
+    units of the gradients.  Gradient unit u is clipped to clipping *
+    max(||W_u||, eps) (P_ROW_MAX, P_AGC_EPS) by the shared rule; the weight
+    rows are never written."""
+    P = _pointers()
+    p_i64, p_f64 = P["i64"], P[F64]
+    _, decide, _ = _decision()
+    _ERROR_POLICY = POLICY_CODES["error"]
+
+    def agc(rows, nrows, nu, params, policy, state, ctr):
+        u = cuda.blockIdx.x * threads + cuda.threadIdx.x
+        if u >= nu:
+            return
+        slot = (p_i64(ctr, 1)[0] - 1) % RING
+        out = p_f64(rows, R_FIELDS * RING * nrows)
+        prm = p_f64(params, PARAMS_LEN)
+        g = nu + u
+        wn = out[(R_NORM * RING + slot) * nrows + u]
+        eps = prm[P_AGC_EPS]
+        w = wn if wn > eps else eps
+        f = int(out[(R_FLAGS * RING + slot) * nrows + u]) | int(out[(R_FLAGS * RING + slot) * nrows + g])
+        action, scale = decide(out[(R_NORM * RING + slot) * nrows + g], out[(R_BIG * RING + slot) * nrows + g],
+                               out[(R_ROOT * RING + slot) * nrows + g], f, prm[P_ROW_MAX] * w, policy)
+        if policy == _ERROR_POLICY and p_f64(state, STATE_LEN * RING)[slot * STATE_LEN + S_FLAGS] != 0.0:
+            action = A_NONE
+            scale = 1.0
+        out[(R_ACTION * RING + slot) * nrows + u] = A_NONE
+        out[(R_ACTION * RING + slot) * nrows + g] = action
+        out[(R_SCALE * RING + slot) * nrows + g] = scale
+        out[(R_FLAGS * RING + slot) * nrows + g] = f
+
+    return agc
 
 
 def _make_scale_rows(threads: int):
@@ -989,7 +1029,8 @@ def _make_scale_rows(threads: int):
 
 
 _FACTORIES = {"partials": _make_partials, "finalize": _make_finalize, "scale": _make_scale,
-              "clamp": _make_clamp, "rownorms": _make_rownorms, "scale_rows": _make_scale_rows}
+              "clamp": _make_clamp, "rownorms": _make_rownorms, "scale_rows": _make_scale_rows,
+              "agc": _make_agc}
 KERNELS = tuple(_FACTORIES)
 
 

@@ -14,7 +14,7 @@ import pytest
 
 import fusedclip as fc
 from fusedclip.thresholds import Fixed, Percentile, ZScore
-from conftest import DTYPE_IDS, DTYPES, assert_untouched, ref_norm, rel, scaled, snapshot
+from conftest import DTYPE_IDS, DTYPES, assert_untouched, ref_norm, rel, scaled, snapshot, ulp_distance
 
 P_FAMILY = [1.0, 2.0, math.inf, 3.0]
 
@@ -219,3 +219,92 @@ def test_threshold_sequence_and_resume(engine, name, make, ref):
     first, c1 = run(norms[:half])
     second, _ = run(norms[half:], state=c1.state_dict())
     np.testing.assert_allclose(first + second, expect, rtol=1e-12)
+
+
+# ---------------------------------------------------------------- clip_unitwise_ (AGC)
+UNIT_SHAPES = [(7,), (6, 5), (4, 3, 3, 3), (), (1, 9)]
+
+
+def agc_case(engine, dtype, seed=0, bad=None):
+    rng = np.random.default_rng(seed)
+    W = [(rng.standard_normal(s) if s else np.array(rng.standard_normal())).astype(dtype)
+         for s in UNIT_SHAPES]
+    G = [(0.001 * rng.standard_normal(s) if s else np.array(0.3)).astype(dtype) for s in UNIT_SHAPES]
+    G[1][2] *= 1000.0  # row 2 of the matrix explodes
+    G[2][0] *= 1000.0  # output channel 0 of the conv kernel
+    W[0][:] = 0.0      # ||W|| = 0: the eps floor decides
+    G[0][:] = 0.01
+    if bad is not None:
+        G[2].reshape(-1)[40] = bad
+    wb = engine.put([w.copy() for w in W])
+    gb = engine.put([g.copy() for g in G])
+    return W, G, wb, gb
+
+
+def agc_reference(W, G, clipping, eps):
+    """Per unit: (expected values or None when untouched) in float64."""
+    out = []
+    for w, g in zip(W, G):
+        rows = 1 if g.ndim < 2 else g.shape[0]
+        wv = w.astype(np.float64).reshape(rows, -1)
+        gv = g.astype(np.float64).reshape(rows, -1)
+        res = []
+        for u in range(rows):
+            wn = max(math.sqrt(math.fsum(wv[u] ** 2)), eps)
+            gn = math.sqrt(math.fsum(gv[u] ** 2))
+            res.append(clipping * wn / gn if gn / wn > clipping else None)
+        out.append(res)
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_clip_unitwise_matches_the_reference(engine, dtype):
+    W, G, wb, gb = agc_case(engine, dtype)
+    c, e = 0.01, 1e-3
+    expect = agc_reference(W, G, c, e)
+    assert sum(s is not None for r in expect for s in r) >= 3
+    assert sum(s is None for r in expect for s in r) >= 3
+    wsnap = snapshot([engine.get(b) for b in wb])
+    assert fc.clip_unitwise_(wb, gb, c, e) is None
+    assert_untouched([engine.get(b) for b in wb], wsnap)  # the params are never written
+    for i, (g, res) in enumerate(zip(G, expect)):
+        got = engine.get(gb[i])
+        rows = 1 if g.ndim < 2 else g.shape[0]
+        gv, av = g.reshape(rows, -1), got.reshape(rows, -1)
+        for u, s in enumerate(res):
+            if s is None:
+                assert av[u].tobytes() == gv[u].tobytes(), f"grad {i} unit {u} was written"
+            elif np.dtype(dtype) == np.float64:
+                np.testing.assert_allclose(av[u], gv[u] * s, rtol=1e-12, atol=0, err_msg=f"{i}/{u}")
+            else:  # the scale rule, up to one rounding flip from a 1e-13 difference in s
+                assert ulp_distance(av[u], scaled(gv[u], s)).max() <= 1, f"{i}/{u}"
+
+
+@pytest.mark.parametrize("bad", [math.inf, math.nan], ids=["inf", "nan"])
+def test_clip_unitwise_nonfinite(engine, bad):
+    W, G, wb, gb = agc_case(engine, np.float32, bad=bad)
+    snap = snapshot([engine.get(b) for b in gb + wb])
+    with pytest.raises(fc.NonFiniteError) as e:
+        fc.clip_unitwise_(wb, gb)
+    assert e.value.buffers == (2,)
+    assert_untouched([engine.get(b) for b in gb + wb], snap)
+    fc.clip_unitwise_(wb, gb, nonfinite="skip")
+    got = engine.get(gb[2]).reshape(4, -1)
+    assert got[1].tobytes() == G[2].reshape(4, -1)[1].tobytes()  # the bad unit, skipped
+    assert not np.array_equal(got[0], G[2].reshape(4, -1)[0])    # a good one still clipped
+    wb2, gb2 = engine.put([w.copy() for w in W]), engine.put([g.copy() for g in G])
+    fc.clip_unitwise_(wb2, gb2, nonfinite="zero")
+    assert not engine.get(gb2[2]).reshape(4, -1)[1].any()
+
+
+def test_clip_unitwise_argument_errors_write_nothing(engine):
+    W, G, wb, gb = agc_case(engine, np.float32)
+    snap = snapshot([engine.get(b) for b in gb])
+    for args, kw, exc in [((wb, gb), {"clipping": 0.0}, ValueError),
+                          ((wb, gb), {"eps": -1.0}, ValueError),
+                          ((wb, gb), {"nonfinite": "random"}, ValueError),
+                          ((wb[:-1], gb), {}, ValueError),
+                          ((wb[1:] + wb[:1], gb), {}, ValueError)]:  # shapes differ
+        with pytest.raises(exc):
+            fc.clip_unitwise_(*args, **kw)
+    assert_untouched([engine.get(b) for b in gb], snap)

@@ -219,7 +219,7 @@ def _write_steps(plan, g, steps) -> None:
 
 # ----------------------------------------------------------------- unit-wise (AGC)
 def clip_unitwise_(params: Any, grads: Any, clipping: float = 0.01, eps: float = 1e-3, *,
-                   nonfinite: str = "error", num_threads: int | None = None) -> np.ndarray:
+                   nonfinite: str = "error", num_threads: int | None = None) -> None:
     """Adaptive gradient clipping (Brock et al., 2021), unit by unit, in place.
 
     ``params[i]`` and ``grads[i]`` are a weight and its gradient, of the same
@@ -229,7 +229,7 @@ def clip_unitwise_(params: Any, grads: Any, clipping: float = 0.01, eps: float =
     G <- G * clipping * max(||W||, eps) / ||G|| (L2 norms).  One fused pass
     computes every unit's norms of W and G, one pass scales the clipped
     units; the params are never written, and a unit that is not clipped is
-    not written either.  Returns the number of clipped units per gradient.
+    not written either.
 
     A unit whose W or G holds inf/NaN follows ``nonfinite``: "error" raises
     ``NonFiniteError`` (naming the gradients' indices) before anything is
@@ -252,13 +252,19 @@ def clip_unitwise_(params: Any, grads: Any, clipping: float = 0.01, eps: float =
         raise ValueError(f"{fn}: {len(W)} params but {len(G)} grads; pass one gradient per parameter")
     wplan, wg = plan_buffers(W, writable=False, fn=fn + " (params)")
     gplan, gg = plan_buffers(G, writable=True, fn=fn)
+    for plan, g in ((gplan, gg), (wplan, wg)):
+        if plan.dups or (g is not None and g.dups):
+            what = "grads" if plan is gplan else "params"
+            raise ValueError(f"{fn}: two of the {what} are the same buffer; each parameter needs its "
+                             "own entry (nothing was modified)")
+    on_gpu = [g is not None and plan.table.nchunks == 0 and not plan.extra
+              for plan, g in ((wplan, wg), (gplan, gg))]
     if wg is not None or gg is not None:
-        raise TypeError(f"{fn}: CUDA arrays are not supported by unit-wise clipping yet; "
-                        "pass CPU arrays (nothing was modified)")
-    if gplan.dups:
-        r, more = next(iter(gplan.dups.items()))
-        raise ValueError(f"{fn}: grads {int(gplan.rows[r])} and {more[0]} are the same buffer; "
-                         "each parameter needs its own gradient (nothing was modified)")
+        if not all(on_gpu):
+            raise TypeError(f"{fn}: params and grads must all be CPU arrays or all CUDA arrays "
+                            "(nothing was modified)")
+        _unitwise_gpu(W, G, wg, gg, c, e, policy, fn)
+        return
     wa, ga = _caller_arrays(wplan), _caller_arrays(gplan)
     for i, (w, g) in enumerate(zip(wa, ga)):
         if w.shape != g.shape:
@@ -267,30 +273,82 @@ def clip_unitwise_(params: Any, grads: Any, clipping: float = 0.01, eps: float =
     # units: contiguous C-ordered rows; other layouts through a C-ordered copy
     wc = [np.ascontiguousarray(w) for w in wa]
     gc = [g if g.flags.c_contiguous and g.flags.aligned else np.ascontiguousarray(g) for g in ga]
-    units = np.fromiter((g.shape[0] if g.ndim >= 2 else 1 for g in gc), np.int64, len(gc))
+    units = np.fromiter((_units(g.shape) for g in gc), np.int64, len(gc))
     table, owner = _unit_table(wc + gc, np.concatenate([units, units]))
     nu = int(units.sum())
     norms, flags = table.row_norms(cpu.NORM_2, 2.0, nt)
-    wn, gn = np.maximum(norms[:nu], e), norms[nu:]
+    wn, gn = np.where(norms[:nu] > e, norms[:nu], e), norms[nu:]  # NaN -> eps, as on the GPU
     bad = (flags[:nu] | flags[nu:]).astype(np.int32)
     thr = c * wn
     with np.errstate(all="ignore"):
         scales = thr / gn
     over = (bad == 0) & (gn > thr)
-    fix = np.flatnonzero(over & ~(scales > 0.0))  # ||G|| beyond float64: (v / big) / t^(1/p)
-    for u in fix.tolist():
+    for u in np.flatnonzero(over & ~(scales > 0.0)).tolist():  # ||G|| beyond float64
         scales[u] = table.row_scale(nu + u, cpu.NORM_2, 2.0, float(thr[u]))
     actions, out, raise_rows, _ = _policy.decide_rows(gn, bad, thr, policy, scales)
     gi = owner[nu:] - len(wc)  # unit -> grad index
     if raise_rows:
         raise NonFiniteError(float(gn[raise_rows[0]]), tuple(sorted(set(gi[raise_rows].tolist()))))
-    acts = np.concatenate([np.zeros(nu, np.int8), actions])
     if actions.any():
-        table.scale_rows(acts, np.concatenate([np.ones(nu), out]), nt)
+        table.scale_rows(np.concatenate([np.zeros(nu, np.int8), actions]),
+                         np.concatenate([np.ones(nu), out]), nt)
         for i in np.unique(gi[actions != A_NONE]).tolist():
             if gc[i] is not ga[i]:
                 np.copyto(ga[i], gc[i])
-    return np.bincount(gi[actions != A_NONE], minlength=len(G))
+
+
+def _units(shape) -> int:
+    """Units of a buffer: its rows (the first axis) from 2-D on, else one."""
+    return int(shape[0]) if len(shape) >= 2 else 1
+
+
+#: unit plans for the GPU, keyed by the units' memory (LRU, small)
+_unit_plans: dict = {}
+
+
+def _unitwise_gpu(W, G, wg, gg, c: float, e: float, policy: str, fn: str) -> None:
+    from ._gpu import Buf, GpuPlan, c_ordered, shape_of
+
+    wb = {b.caller: b for b in wg.rows}
+    gb = {b.caller: b for b in gg.rows}
+    wu, gu = [], []
+    for i in range(len(G)):
+        ws, gs = shape_of(W[i]), shape_of(G[i])
+        if ws != gs:
+            raise ValueError(f"{fn}: params[{i}] has shape {ws} but grads[{i}] has shape "
+                             f"{gs}; they must match (nothing was modified)")
+        if i not in gb:
+            continue  # empty
+        for obj, side, out in ((W[i], wb, wu), (G[i], gb, gu)):
+            if not c_ordered(obj):
+                raise ValueError(f"{fn}: buffer {i} (a CUDA array) is not C-contiguous; unit-wise "
+                                 "clipping reads rows: pass .contiguous() / cupy.ascontiguousarray "
+                                 "(nothing was modified)")
+            b = side[i]
+            k = _units(gs)
+            per = b.n // k
+            item = cpu.DTYPES[b.code].itemsize
+            out.extend(Buf(len(out), None, b.addr + j * per * item, per, b.code, b.device, b.lib)
+                       for j in range(k))
+    nu = len(gu)
+    if nu == 0:
+        return
+    units = wu + [Buf(nu + u.caller, None, u.addr, u.n, u.code, u.device, u.lib) for u in gu]
+    key = (gg.stream, tuple((u.addr, u.n, u.code) for u in units))
+    plan = _unit_plans.get(key)
+    if plan is None:
+        plan = GpuPlan(units, {}, gg.stream)
+        _unit_plans[key] = plan
+        while len(_unit_plans) > 8:
+            _unit_plans.pop(next(iter(_unit_plans)))
+    call = plan.unit_clip(nu, c, e, policy)
+    if policy == "error":  # the device wrote nothing if anything was non-finite
+        _, flags, _ = plan.row_result(call)  # the one wait
+        bad = np.flatnonzero(flags[nu:])
+        if bad.size:
+            owner = np.repeat(np.arange(len(G)), [(_units(shape_of(G[i])) if i in gb else 0)
+                                                   for i in range(len(G))])
+            raise NonFiniteError(math.nan, tuple(sorted(set(owner[bad].tolist()))))
 
 
 def _caller_arrays(plan) -> list[np.ndarray]:

@@ -123,6 +123,37 @@ class Buf:
         return self.addr + self.n * _ITEMSIZE[self.code]
 
 
+def shape_of(obj) -> tuple[int, ...]:
+    """A CUDA array's shape (torch, CuPy, numba, __cuda_array_interface__)."""
+    if _module(obj).startswith("numba.cuda.simulator"):
+        return tuple(obj._ary.shape)
+    sh = getattr(obj, "shape", None)
+    if sh is None:
+        sh = obj.__cuda_array_interface__["shape"]
+    return tuple(int(n) for n in sh)
+
+
+def c_ordered(obj) -> bool:
+    """Whether a CUDA array's elements are in C order (rows contiguous)."""
+    mod = _module(obj)
+    shape = shape_of(obj)
+    if mod.startswith("torch"):
+        strides, item = tuple(obj.stride()), 1
+    elif mod.startswith("numba.cuda.simulator"):
+        strides, item = obj._ary.strides, obj._ary.itemsize
+    else:
+        cai = obj.__cuda_array_interface__
+        strides, item = cai.get("strides"), np.dtype(cai["typestr"]).itemsize
+        if strides is None:
+            return True
+    want = item
+    for n, st in zip(reversed(shape), reversed(tuple(strides))):
+        if n != 1 and st != want:
+            return False
+        want *= n
+    return True
+
+
 def _bad_dtype(i: int, fn: str, dtype) -> TypeError:
     return TypeError(
         f"{fn}: buffer {i} (a CUDA array) has dtype {dtype}; fusedclip clips float16, "
@@ -311,15 +342,16 @@ class GpuPlan:
         return ("scale", self.nchunks, (self.table.addr, self.nchunks, state, ctr))
 
     def _set_params(self, stream, max_norm: float = math.inf, row_max: float = math.inf,
-                    threshold=None) -> None:
+                    threshold=None, agc_eps: float = 0.0) -> None:
         """Upload the host's part of the params when it changed (a captured
         graph reads them at run time); bind a ZScore's state to the device."""
         cfg = (max_norm, row_max) + ((ck.MODE_ZSCORE, threshold.alpha, threshold.z,
                                       threshold.warmup) if threshold is not None else
-                                     (ck.MODE_FIXED, 0.0, 0.0, 0.0))
+                                     (ck.MODE_FIXED, 0.0, 0.0, 0.0)) + (agc_eps,)
         if cfg != self._config:
             p = np.zeros(ck.P_CONFIG)
-            p[[ck.P_MAX_NORM, ck.P_ROW_MAX, ck.P_MODE, ck.P_ALPHA, ck.P_Z, ck.P_WARMUP]] = cfg
+            p[[ck.P_MAX_NORM, ck.P_ROW_MAX, ck.P_MODE, ck.P_ALPHA, ck.P_Z, ck.P_WARMUP,
+               ck.P_AGC_EPS]] = cfg
             self.launcher.upload(self.params, p, stream)
             self._config = cfg
         if threshold is not None and self._bound is not threshold:
@@ -404,6 +436,19 @@ class GpuPlan:
         self._run(("rowclip", kind, p, policy), launches, stream)
         return self.calls
 
+    def unit_clip(self, nu: int, clipping: float, eps: float, policy: str) -> int:
+        """Unit-wise adaptive clipping over a plan whose rows are the weights'
+        units then the gradients' (``agc`` kernel); decided on the device."""
+        stream = self._stream()
+        self._set_params(stream, row_max=clipping, agc_eps=eps)
+        launches = self._reduce_launches(ck.NORM_2, 2.0, "skip") + [
+            self._rownorms_launch(ck.NORM_2, 2.0, "skip"),
+            ("agc", -(-nu // ck.THREADS), (self.rows_out.addr, self.nrows, nu, self.params.addr,
+                                           ck.POLICY_CODES[policy], self.state.addr, self.ctr.addr)),
+            self._scale_rows_launch(self.rows_out.addr, self.ctr.addr, ck.RING)]
+        self._run(("agc", policy), launches, stream)
+        return self.calls
+
     def row_result(self, call: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(norms, flags, scales) per row of call ``call`` (waits for the device)."""
         self._check_slot(call)
@@ -423,7 +468,7 @@ class GpuPlan:
             return
         stream = self._stream()
         nr = self.nrows
-        v = np.zeros((ck.R_FIELDS, nr))
+        v = np.zeros((ck.R_FIELDS, nr))  # ring of one slot
         v[ck.R_SCALE], v[ck.R_ACTION] = scales, actions
         self.launcher.upload(self.rows_in, v.reshape(-1), stream)
         name, grid, args = self._scale_rows_launch(self.rows_in.addr, self.one.addr, 1)
