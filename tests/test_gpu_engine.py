@@ -223,3 +223,36 @@ def test_gpu_overlap_goes_through_the_shared_extent_checker(recorder):
         with pytest.raises(ValueError, match=f"buffers {pair} partially overlap in GPU memory"):
             fc.clip_grad_norm_(bad, 1.0)
         assert len(recorder.launches) == n0
+
+
+# ---------------------------------------------------------------- the clipping family
+def test_family_launch_counts_do_not_grow_with_buffers(recorder):
+    for nbuf in (1, 10, 10_000):
+        bufs = fakes(nbuf, dtypes=("<f4", "<f8"))
+        for fn, want in [(lambda: fc.buffer_norms(bufs), ["partials", "finalize", "rownorms"]),
+                         (lambda: fc.clip_by_norm_(bufs, 1.0, nonfinite="skip"),
+                          ["partials", "finalize", "rownorms", "scale_rows"])]:
+            n0, d0 = len(recorder.launches), len(recorder.download_streams)
+            res = fn()
+            assert [x[0] for x in recorder.launches[n0:]] == want, nbuf
+            assert isinstance(res, fc.DeviceNorms) and len(res) == nbuf
+            assert len(recorder.download_streams) == d0  # nothing read back: no host wait
+
+
+def test_a_zscore_clipper_waits_for_nothing_and_keeps_its_state_on_the_device(recorder):
+    thr = fc.thresholds.ZScore(warmup=3)
+    c = fc.Clipper(fakes(10), thr, nonfinite="skip")
+    d0 = len(recorder.download_streams)
+    for _ in range(5):
+        c()
+    assert len(recorder.download_streams) == d0  # the threshold ran in finalize
+    assert recorder.replays == 4 and thr._device is not None
+    thr.state_dict()  # reading it back is the one wait
+    assert len(recorder.download_streams) == d0 + 1
+
+
+def test_a_percentile_clipper_needs_one_wait_per_call(recorder):
+    c = fc.Clipper(fakes(10), fc.thresholds.Percentile(10), nonfinite="skip")
+    d0 = len(recorder.download_streams)
+    c()
+    assert len(recorder.download_streams) == d0 + 1

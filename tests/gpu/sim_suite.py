@@ -379,3 +379,40 @@ def test_gpu_bench_runs_and_reports_every_column(tmp_path):
                                           "gpt/float16", "gpt/float64", "small/float32",
                                           "gpt-medium/float32", "gpt-medium/bfloat16"}
     assert len(bench_gpu.workloads()["gpt-medium/float32"].shapes) == 292
+
+
+# ---------------------------------------------------------------- the family on mixed lists
+def test_family_on_mixed_cpu_and_gpu_lists():
+    hs, ds = dev_bufs(np.float32, sizes=(5, 70, 130))
+    cpu_bufs = [np.linspace(-3, 3, 50).astype(np.float64), np.full(4, 0.01, np.float32)]
+    mixed = [ds[0], cpu_bufs[0], ds[1], cpu_bufs[1], ds[2]]
+    hosts = [hs[0], cpu_bufs[0].copy(), hs[1], cpu_bufs[1].copy(), hs[2]]
+    norms = fc.buffer_norms(mixed)
+    assert isinstance(norms, np.ndarray)
+    for i, h in enumerate(hosts):
+        assert rel(norms[i], ref_norm([h])) <= 1e-13
+    pre = fc.clip_by_norm_(mixed, 1.0)
+    np.testing.assert_array_equal(pre, norms)
+    for i, (b, h) in enumerate(zip(mixed, hosts)):
+        got = host(b)
+        if norms[i] > 1.0:
+            np.testing.assert_array_equal(got, scaled(h, 1.0 / norms[i]))
+        else:
+            assert got.tobytes() == h.tobytes()
+    # error: a NaN on the GPU side stops the CPU side's writes too
+    hs2, ds2 = dev_bufs(np.float32, sizes=(5, 9), seed=4)
+    hs2[1][3] = np.nan
+    ds2[1].copy_to_device(hs2[1])
+    c = np.full(30, 10.0)
+    with pytest.raises(fc.NonFiniteError) as e:
+        fc.clip_by_norm_([c, ds2[0], ds2[1]], 1.0)
+    assert e.value.buffers == (2,) and (c == 10.0).all()
+    assert host(ds2[0]).tobytes() == hs2[0].tobytes()
+
+
+def test_mixed_unitwise_is_refused():
+    hs, ds = dev_bufs(np.float32, sizes=(5,))
+    g = np.ones(5, np.float32)
+    with pytest.raises(TypeError, match="all be CPU arrays or all CUDA"):
+        fc.clip_unitwise_([ds[0]], [g])
+    assert (g == 1).all()
