@@ -257,10 +257,13 @@ def run_workload(setup: Setup, mode: str, reps: int, threads: int | None) -> lis
 
     impls: dict[str, Callable[[], object]] = {"floor": floor, "fusedclip": fused, "fusedclip-plan": plan,
                                               "naive-numpy": naive}
+    if not triggered:  # the per-buffer norms: the same one read, kept per buffer
+        impls["buffer_norms"] = lambda: fc.buffer_norms(bufs, num_threads=threads)
     read_grads = lambda: fc.global_norm(bufs, num_threads=threads)
     warmers: dict[str, Callable[[], object]] = {"floor": lambda: cpu.floor_read(floor_buf, threads),
                                                 "fusedclip": read_grads, "fusedclip-plan": read_grads,
-                                                "naive-numpy": lambda: fc.global_norm(naive_bufs, num_threads=threads)}
+                                                "naive-numpy": lambda: fc.global_norm(naive_bufs, num_threads=threads),
+                                                "buffer_norms": read_grads}
     if params is not None:
         import torch
 
@@ -355,18 +358,20 @@ def fmt_table(rows: list[Row]) -> str:
 
 def markdown(rows: list[Row]) -> str:
     """One line per workload and mode: fusedclip against the floor and the competitors."""
-    head = ("| workload | mode | `Clipper` × floor | `clip_grad_norm_` × floor | vs naive numpy "
-            "| vs torch foreach | rel. error (fusedclip / naive / torch) |")
-    out = [head, "|" + "---|" * 7]
+    head = ("| workload | mode | `Clipper` × floor | `clip_grad_norm_` × floor | `buffer_norms` × floor "
+            "| vs naive numpy | vs torch foreach | rel. error (fusedclip / naive / torch) |")
+    out = [head, "|" + "---|" * 8]
     groups = list(dict.fromkeys((r.workload, r.dtype, r.mode) for r in rows))
     for g in groups:
         by = {r.impl: r for r in rows if (r.workload, r.dtype, r.mode) == g}
         plan, fn = by["fusedclip-plan"], by["fusedclip"]
         sp = lambda k: (f"{plan.speedup[k]:.1f}× / {fn.speedup[k]:.1f}×" if k in plan.speedup else "–")
         err = lambda k: ("–" if k not in by or by[k].rel_err is None else f"{by[k].rel_err:.0e}")
+        bn = f"{by['buffer_norms'].x_floor:.2f}" if "buffer_norms" in by else "–"
         out.append(
-            f"| {g[0]}/{g[1]} | {g[2]} | {plan.x_floor:.2f} | {fn.x_floor:.2f} | {sp('naive-numpy')} "
-            f"| {sp('torch-foreach')} | {err('fusedclip')} / {err('naive-numpy')} / {err('torch-foreach')} |"
+            f"| {g[0]}/{g[1]} | {g[2]} | {plan.x_floor:.2f} | {fn.x_floor:.2f} | {bn} "
+            f"| {sp('naive-numpy')} | {sp('torch-foreach')} "
+            f"| {err('fusedclip')} / {err('naive-numpy')} / {err('torch-foreach')} |"
         )
     return "\n".join(out)
 
