@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from fusedclip.demos import charlm, cliff, rnn, temporal
+from fusedclip.demos import adaptive, charlm, cliff, rnn, temporal
 
 
 # ---------------------------------------------------------------- the trainer
@@ -169,6 +169,7 @@ def test_cli_demo_cliff_writes_its_files(tmp_path):
     (["demo", "lr", "--seeds", "2"], "--seeds applies to the temporal-order demo only"),
     (["demo", "cliff", "--lrs", "1"], "--lrs applies to the lr demo only"),
     (["demo", "lr", "--full"], "--full applies to the temporal-order demo only"),
+    (["demo", "cliff", "--lr", "1"], "--lr applies to the temporal-order and thresholds demos only"),
 ])
 def test_cli_demo_usage_errors(argv, words, capsys):
     """Bad values, non-finite numbers and options that do not apply: exit 2, before any work."""
@@ -195,3 +196,18 @@ def test_cli_demo_cliff_takes_steps(tmp_path):
     assert cli.main(["demo", "cliff", "--steps", "5", "--no-plot", "--out", str(tmp_path)]) == 0
     doc = json.loads((tmp_path / "cliff.json").read_text())
     assert doc["config"]["steps"] == 5 and len(doc["runs"][0]["plain"]["path"]) == 6
+
+
+def test_thresholds_demo_records_each_clippers_history(tmp_path):
+    doc = adaptive.run(str(tmp_path / "thr"), steps=40, plot=True)
+    runs = {r["threshold"]: r for r in doc["runs"]}
+    assert set(runs) == {"plain", "fixed", "percentile", "zscore"}
+    assert runs["plain"]["clipped_steps"] == 0 and runs["fixed"]["clipped_steps"] > 0
+    h = runs["percentile"]["history"]
+    assert len(h["norm"]) == len(runs["percentile"]["losses"]) and h["step"][0] == 0
+    # AutoClip: this step's threshold is the 10th percentile of the norms so far
+    norms = [x for x in h["norm"]]
+    assert h["threshold"][9] == pytest.approx(float(np.percentile(norms[:10], 10)), rel=1e-12)
+    assert all(t == float("inf") or t is None for t in runs["zscore"]["history"]["threshold"][:25])
+    assert (tmp_path / "thr.json").exists() and (tmp_path / "thr.png").stat().st_size > 10_000
+    assert "percentile" in adaptive.report(doc)

@@ -8,7 +8,10 @@ networks* (2013; ``../shared/seeds/003_*``), at laptop scale:
 * ``temporal-order`` (Fig. 7, §4.3): success rate against sequence length,
   SGD against clipped SGD, from the same seeds (``temporal.py``);
 * ``lr``: a learning-rate sweep of a character RNN, with and without
-  clipping (``charlm.py``).
+  clipping (``charlm.py``);
+* ``thresholds``: that RNN with a fixed threshold against the adaptive ones
+  (Percentile/AutoClip, ZScore/ZClip), from each Clipper's history
+  (``adaptive.py``).
 
 The trainers are numpy, float32, vectorised BPTT (``rnn.py``); the gradients
 are clipped in place by a ``fusedclip.Clipper`` planned once per run.
@@ -20,13 +23,13 @@ import math
 import os
 import sys
 
-NAMES = ("cliff", "temporal-order", "lr")
+NAMES = ("cliff", "temporal-order", "lr", "thresholds")
 
 
 def add_parser(sub) -> None:
     d = sub.add_parser(
         "demo",
-        help="reproduce the paper's experiments: cliff, temporal-order, lr (PNG + JSON/CSV)",
+        help="reproduce the paper's experiments: cliff, temporal-order, lr, thresholds (PNG + JSON/CSV)",
         description="Runs one of the source paper's experiments at laptop scale and writes a PNG "
         "and the numbers (JSON, or CSV for temporal-order) into --out.",
     )
@@ -40,7 +43,8 @@ def add_parser(sub) -> None:
     d.add_argument("--seeds", type=int, metavar="N", help="temporal-order: runs per length and method")
     d.add_argument("--steps", type=int, metavar="N", help="training steps per run (every demo)")
     d.add_argument("--lrs", metavar="LR,LR,...", help="lr: the learning rates to sweep")
-    d.add_argument("--lr", type=float, metavar="LR", help="temporal-order: the learning rate (default 10)")
+    d.add_argument("--lr", type=float, metavar="LR",
+                   help="temporal-order and thresholds: the learning rate (default 10 and 2)")
 
 
 def temporal_min_length() -> int:
@@ -61,11 +65,11 @@ def check(args) -> str | None:
             return f"--{flag} must be >= 1, got {v}"
     if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
         return f"--lr must be finite and > 0, got {args.lr}"
-    only = {"lengths": "temporal-order", "seeds": "temporal-order", "lr": "temporal-order",
-            "full": "temporal-order", "lrs": "lr"}
-    for flag, demo in only.items():
-        if getattr(args, flag) not in (None, False) and args.name != demo:
-            return f"--{flag} applies to the {demo} demo only"
+    only = {"lengths": ("temporal-order",), "seeds": ("temporal-order",),
+            "lr": ("temporal-order", "thresholds"), "full": ("temporal-order",), "lrs": ("lr",)}
+    for flag, demos in only.items():
+        if getattr(args, flag) not in (None, False) and args.name not in demos:
+            return f"--{flag} applies to the {' and '.join(demos)} demo{'s' if len(demos) > 1 else ''} only"
     for flag, conv in (("lengths", int), ("lrs", float)):
         v = getattr(args, flag)
         if v is not None:
@@ -109,6 +113,13 @@ def main(args) -> int:
         doc = temporal.run(out("temporal-order"), plot=plot, progress=True, **cfg)
         print(temporal.report(doc))
         files = ["temporal-order.csv", "temporal-order.json"] + (["temporal-order.png"] if plot else [])
+    elif args.name == "thresholds":
+        from . import adaptive
+
+        kw = {k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v}
+        doc = adaptive.run(out("thresholds"), plot=plot, **kw)
+        print(adaptive.report(doc))
+        files = ["thresholds.json"] + (["thresholds.png"] if plot else [])
     else:
         from . import charlm
 
