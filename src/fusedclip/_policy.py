@@ -54,8 +54,9 @@ class NonFiniteError(FloatingPointError, RuntimeError):
         self.norm = norm
         self.buffers = buffers
         shown = ", ".join(map(str, buffers[:10])) + (", ..." if len(buffers) > 10 else "")
+        where = f"buffers [{shown}] hold" if buffers else "another rank's buffers hold"  # distributed
         super().__init__(
-            f"the gradient norm is {norm}: buffers [{shown}] hold inf or NaN; "
+            f"the gradient norm is {norm}: {where} inf or NaN; "
             "nothing was modified. Pass nonfinite='skip' to drop the step, 'zero', "
             "'random' or 'propagate' to handle it, or find where the values overflowed"
         )
