@@ -229,3 +229,10 @@ def test_reducers_reject_an_unknown_op():
 
     with pytest.raises(ValueError, match="'sum' or 'max'"):
         _check_op("min")
+
+
+def test_gpu_host_wait_path_under_the_simulator():
+    pytest.importorskip("numba_cuda", reason="numba-cuda not installed: pip install '.[cuda]'")
+    from test_gpu import HERE, run_suite
+
+    run_suite(HERE / "gpu" / "sim_reduce_suite.py", simulator=True)
