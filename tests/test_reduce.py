@@ -236,3 +236,28 @@ def test_gpu_host_wait_path_under_the_simulator():
     from test_gpu import HERE, run_suite
 
     run_suite(HERE / "gpu" / "sim_reduce_suite.py", simulator=True)
+
+
+def test_a_rank_with_no_buffers_takes_part():
+    def f(r, red):
+        g = [np.full(4, 2.0)] if r == 0 else []
+        return fc.clip_grad_norm_(g, 1.0, reduce=red)
+
+    res, _ = run_ranks(2, f)
+    assert res == [4.0, 4.0]
+
+
+def test_an_exception_from_the_reducer_propagates_with_nothing_written():
+    class Down(Exception):
+        pass
+
+    def broken(x, op):
+        raise Down("connection lost")
+
+    g = _grads()
+    g[0][1] = math.inf
+    snap = snapshot(g)
+    for policy in ("zero", "random"):
+        with pytest.raises(Down, match="connection lost"):
+            fc.Clipper(g, 1.0, nonfinite=policy, reduce=broken)()
+        assert_untouched(g, snap)
