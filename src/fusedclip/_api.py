@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Union
 
 
-from . import _policy
+from . import _policy, _reduce
 from ._buffers import plan_buffers
 from ._history import History
 from ._policy import ClipStats, NonFiniteError
@@ -51,6 +51,14 @@ class Clipper:
     ``num_threads`` is 1 to 1024 (``kernels.cpu.MAX_THREADS``) or None; in a
     process forked from this one every call runs on one thread (libgomp is
     not fork-safe), with the same results.
+
+    Distributed (docs/DISTRIBUTED.md): ``reduce(x, op)`` all-reduces a small
+    float64 vector across ranks (``op`` "sum" or "max"; ready-made in
+    ``fusedclip.distributed``), so that the norm, the flags and the decision
+    are global and the same on every rank; ``replicated`` (buffer indices or
+    a boolean mask) marks buffers holding the same values on every rank,
+    counted once.  ``nonfinite_buffers`` and ``NonFiniteError.buffers`` name
+    this rank's buffers.
     """
 
     def __init__(
@@ -64,12 +72,16 @@ class Clipper:
         rng: Any = None,
         stream: Any = None,
         history: int = 0,
+        reduce: Any = None,
+        replicated: Any = None,
     ) -> None:
         self._history = History(history)
-        self._setup(buffers, max_norm, norm_type, nonfinite, num_threads, rng, "Clipper", stream=stream)
+        self._setup(buffers, max_norm, norm_type, nonfinite, num_threads, rng, "Clipper", stream=stream,
+                    reduce=reduce, replicated=replicated)
 
     def _setup(self, buffers, max_norm, norm_type, nonfinite, num_threads, rng, fn: str,
-               cache: bool = False, stream: Any = None) -> None:
+               cache: bool = False, stream: Any = None, reduce: Any = None,
+               replicated: Any = None) -> None:
         if not hasattr(self, "_history"):
             self._history = None
         self._nonfinite_policy = policy = _policy.check_policy(nonfinite)
@@ -80,6 +92,9 @@ class Clipper:
         if policy == "random":
             self._rng = _policy.make_rng(rng)
         self._plan, self._gpu = plan_buffers(buffers, writable=True, fn=fn, cache=cache, stream=stream)
+        # distributed (docs/DISTRIBUTED.md): the global norm through the caller's all-reduce
+        self._reduced = None if reduce is None and replicated is None else _reduce.Reduced(
+            reduce, replicated, self._plan, self._gpu, fn)
 
     @property
     def max_norm(self) -> float | Threshold:
@@ -166,7 +181,9 @@ class Clipper:
 
     def __call__(self) -> ClipStats:
         self._plan.check()  # RuntimeError if an array was resized since planning
-        if self._gpu is not None:
+        if self._reduced is not None:
+            stats = self._call_reduced()
+        elif self._gpu is not None:
             stats = self._call_gpu() if self._plan.table.nchunks == 0 else self._call_mixed()
         else:
             stats = self._call_cpu()
@@ -183,17 +200,20 @@ class Clipper:
             return ClipStats(norm, 1.0, False, True, t, ())
         return self._act(norm, flags, lambda: plan.callers(plan.table.flagged_rows()), t)
 
-    def _act(self, norm: float, flags: int, bad, t: float) -> ClipStats:
+    def _act(self, norm: float, flags: int, bad, t: float, overflow_scale=None, steps=None) -> ClipStats:
         """Apply the decision for this norm and threshold to every engine
-        (CPU plan, GPU plan)."""
+        (CPU plan, GPU plan).  ``overflow_scale(t)`` and ``steps()`` replace
+        the local clip scale and random step where the norm is global
+        (``_call_reduced``)."""
         plan, g, nt = self._plan, self._gpu, self._num_threads
         d = _policy.decide(norm, flags, t, self._nonfinite_policy,
+                           (lambda: overflow_scale(t)) if overflow_scale else
                            lambda: plan.table.clip_scale(self._kind, self._norm_type, t))
         callers = bad() if flags else ()
         if d.action == _policy.A_RAISE:
             raise NonFiniteError(norm, callers)
         if d.action == _policy.A_RANDOM:
-            self._write_random()
+            self._write_random(steps() if steps else None)
         elif d.action != _policy.A_NONE:
             if d.action == _policy.A_SCALE:
                 plan.table.scale(d.scale, nt)
@@ -204,18 +224,20 @@ class Clipper:
                 g.apply(d.action, d.scale)
         return ClipStats(norm, d.scale, d.clipped, not flags, t, callers)
 
-    def _write_random(self) -> None:
+    def _write_random(self, steps=None) -> None:
         """Replace every buffer, CPU and GPU, with one joint random direction.
 
         Every buffer's step is drawn and rounded to its dtype, and checked,
-        before the first buffer is written (``random_step`` raises otherwise).
+        before the first buffer is written (``random_step`` raises otherwise);
+        ``steps``: already drawn and checked (the distributed path).
         """
         plan, g = self._plan, self._gpu
-        shapes = [a.shape for a in plan.arrays] + (g.shapes() if g else [])
-        dtypes = [a.dtype for a in plan.arrays] + (g.dtypes() if g else [])
-        callers = [int(i) for i in plan.rows] + ([b.caller for b in g.rows] if g else [])
-        steps = _policy.random_step(shapes, dtypes, callers, self._max_norm, self._kind,
-                                    self._norm_type, self._rng, self._num_threads)
+        if steps is None:
+            shapes = [a.shape for a in plan.arrays] + (g.shapes() if g else [])
+            dtypes = [a.dtype for a in plan.arrays] + (g.dtypes() if g else [])
+            callers = [int(i) for i in plan.rows] + ([b.caller for b in g.rows] if g else [])
+            steps = _policy.random_step(shapes, dtypes, callers, self._max_norm, self._kind,
+                                        self._norm_type, self._rng, self._num_threads)
         for a, z in zip(plan.arrays, steps):
             a[...] = z
         if g is not None:
@@ -245,6 +267,15 @@ class Clipper:
             return self._act(stats.norm, int(st[ck.S_FLAGS]), lambda: stats.nonfinite_buffers,
                              stats.threshold)
         return stats
+
+    def _call_reduced(self) -> ClipStats:
+        """``reduce=`` given: the global norm and flags over every rank
+        (``_reduce.Reduced``: the same bits on every rank), then one decision
+        and the local writes as for one process.  GPU buffers: one host wait."""
+        r, kind, p, nt = self._reduced, self._kind, self._norm_type, self._num_threads
+        norm, flags, overflow_scale, bad = r.norm(kind, p, nt)
+        return self._act(norm, flags, bad, self._threshold_for(norm), overflow_scale,
+                         lambda: r.random_step(self._max_norm, kind, p, self._rng, nt))
 
     def _call_mixed(self) -> ClipStats:
         """CPU and GPU buffers in one list: the only code that knows about
@@ -283,16 +314,19 @@ def clip_grad_norm_(
     num_threads: int | None = None,
     rng: Any = None,
     stream: Any = None,
+    reduce: Any = None,
+    replicated: Any = None,
 ) -> float:
     """Clip the global ``norm_type`` norm of ``buffers`` to ``max_norm``, in place.
 
     If the norm exceeds ``max_norm`` every element is multiplied by
     ``max_norm / norm``; otherwise nothing is written.  Returns the norm
     before clipping.  inf/NaN gradients follow ``nonfinite`` (see Clipper).
+    ``reduce``/``replicated``: distributed clipping (see Clipper).
     """
     clipper = Clipper.__new__(Clipper)
     clipper._setup(buffers, max_norm, norm_type, nonfinite, num_threads, rng, "clip_grad_norm_",
-                   cache=True, stream=stream)
+                   cache=True, stream=stream, reduce=reduce, replicated=replicated)
     return clipper().norm  # on a GPU: the one wait, reading the norm
 
 

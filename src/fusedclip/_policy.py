@@ -54,8 +54,9 @@ class NonFiniteError(FloatingPointError, RuntimeError):
         self.norm = norm
         self.buffers = buffers
         shown = ", ".join(map(str, buffers[:10])) + (", ..." if len(buffers) > 10 else "")
+        where = f"buffers [{shown}] hold" if buffers else "another rank's buffers hold"  # distributed
         super().__init__(
-            f"the gradient norm is {norm}: buffers [{shown}] hold inf or NaN; "
+            f"the gradient norm is {norm}: {where} inf or NaN; "
             "nothing was modified. Pass nonfinite='skip' to drop the step, 'zero', "
             "'random' or 'propagate' to handle it, or find where the values overflowed"
         )
@@ -151,38 +152,75 @@ def random_step(shapes: list[tuple[int, ...]], dtypes: list, callers: list[int],
     written: a max_norm too large for float16 (65504) would write inf, one
     too small would write zeros.
     Floating-point errors are handled here, not by ``np.errstate``.
+    The distributed path (``_reduce``) runs the same steps with global norms.
     """
     with np.errstate(all="ignore"):
         draws = random_direction(shapes, max_norm, kind, p, rng, nt)
-        steps = [z.astype(dt) for z, dt in zip(draws, dtypes)]
-    codes = [cpu.DTYPES.index(np.dtype(dt)) for dt in dtypes]
-    t = cpu.Table([z.ctypes.data for z in steps], [z.size for z in steps], codes)
+    steps = round_steps(draws, dtypes)
+    t = table_of(steps)
     got, flags = t.norm(kind, p, nt)
-    hint = ("; nothing was modified. Use a smaller max_norm, or nonfinite='zero'"
-            if flags else "; nothing was modified. Use a larger max_norm, or nonfinite='zero'")
     if flags:
         r = int(t.flagged_rows()[0])
-        raise ValueError(
-            f"nonfinite='random': a step of norm max_norm={max_norm} does not fit buffer "
-            f"{callers[r]} ({np.dtype(dtypes[r]).name}, largest value "
-            f"{float(ml_dtypes.finfo(dtypes[r]).max)}): it would write inf{hint}")
+        raise step_unfit(max_norm, callers[r], dtypes[r])
     live = [i for i, z in enumerate(steps) if z.size]
     if not live:
         return steps
-    # Rounding a normal value changes it by at most u relative, so the norm of
-    # the rounded step is within u of max_norm (any p); the slack covers the
-    # kernels' float64 sums.  Values below a dtype's normal range lose more:
-    # if that moves the norm past the bound (max_norm too small for the
-    # dtype: float16 flushes |x| < 3e-8 to zero), the step is refused.
-    u = max(float(ml_dtypes.finfo(dtypes[i]).eps) / 2 for i in live)
-    tol = (4.0 * u + 1e-8) * max_norm
-    if not abs(got - max_norm) <= tol:
-        worst = max(live, key=lambda i: float(ml_dtypes.finfo(dtypes[i]).smallest_subnormal))
-        raise ValueError(
-            f"nonfinite='random': a step of norm max_norm={max_norm} rounds to norm {got} in "
-            f"the buffers' dtypes (buffer {callers[worst]} is {np.dtype(dtypes[worst]).name}, "
-            f"smallest value {float(ml_dtypes.finfo(dtypes[worst]).smallest_subnormal)}){hint}")
+    if not step_norm_ok(got, max_norm, unit_roundoff(dtypes, live)):
+        w = coarsest_subnormal(dtypes, live)
+        raise step_off(max_norm, got, callers[w], dtypes[w])
     return steps
+
+
+def round_steps(draws: list[np.ndarray], dtypes: list) -> list[np.ndarray]:
+    """Each float64 draw converted (rounded once) to its buffer's dtype."""
+    with np.errstate(all="ignore"):
+        return [z.astype(dt) for z, dt in zip(draws, dtypes)]
+
+
+def table_of(arrays: list[np.ndarray]) -> "cpu.Table":
+    """A chunk table over contiguous arrays of the supported dtypes."""
+    codes = [cpu.DTYPES.index(np.dtype(a.dtype)) for a in arrays]
+    return cpu.Table([a.ctypes.data for a in arrays], [a.size for a in arrays], codes)
+
+
+def unit_roundoff(dtypes: list, live: list[int]) -> float:
+    """u of the coarsest dtype among the non-empty buffers ``live`` (0.0 if none)."""
+    return max((float(ml_dtypes.finfo(dtypes[i]).eps) / 2 for i in live), default=0.0)
+
+
+def coarsest_subnormal(dtypes: list, live: list[int]) -> int:
+    """The live buffer whose dtype flushes the largest values to zero."""
+    return max(live, key=lambda i: float(ml_dtypes.finfo(dtypes[i]).smallest_subnormal))
+
+
+def step_norm_ok(got: float, max_norm: float, u: float) -> bool:
+    """Rounding a normal value changes it by at most u relative, so the norm of
+    the rounded step is within u of max_norm (any p); the slack covers the
+    kernels' float64 sums.  Values below a dtype's normal range lose more: if
+    that moves the norm past the bound (max_norm too small for the dtype:
+    float16 flushes |x| < 3e-8 to zero), the step is refused."""
+    return abs(got - max_norm) <= (4.0 * u + 1e-8) * max_norm
+
+
+def step_unfit(max_norm: float, caller, dtype) -> ValueError:
+    """The random step would write inf into buffer ``caller`` (None: another rank's)."""
+    where = ("a buffer on another rank" if caller is None else
+             f"buffer {caller} ({np.dtype(dtype).name}, largest value "
+             f"{float(ml_dtypes.finfo(dtype).max)})")
+    return ValueError(
+        f"nonfinite='random': a step of norm max_norm={max_norm} does not fit {where}: "
+        "it would write inf; nothing was modified. Use a smaller max_norm, or nonfinite='zero'")
+
+
+def step_off(max_norm: float, got: float, caller, dtype) -> ValueError:
+    """The rounded random step's norm is not max_norm (values flushed to zero)."""
+    where = ("a buffer on another rank" if caller is None else
+             f"buffer {caller} is {np.dtype(dtype).name}, smallest value "
+             f"{float(ml_dtypes.finfo(dtype).smallest_subnormal)}")
+    return ValueError(
+        f"nonfinite='random': a step of norm max_norm={max_norm} rounds to norm {got} in "
+        f"the buffers' dtypes ({where}); nothing was modified. "
+        "Use a larger max_norm, or nonfinite='zero'")
 
 
 class Decision(NamedTuple):
