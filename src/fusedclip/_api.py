@@ -257,7 +257,7 @@ class Clipper:
             norm, flags = float(st[ck.S_NORM]), int(st[ck.S_FLAGS])
             return self._act(norm, flags, lambda: tuple(sorted(g.flagged_callers(call))),
                              self._threshold_for(norm))
-        call = g.clip(self._kind, self._norm_type, self._max_norm, policy,
+        call = g.clip(self._kind, self._norm_type, thr.v if isinstance(thr, Fixed) else self._max_norm, policy,
                       threshold=thr if thr is not None and thr.device_mode else None)
         if policy not in ("error", "random"):
             return DeviceClipStats(g, call)
