@@ -531,6 +531,7 @@ SIGNATURES = {
 }
 #: params vector (float64, device): what a captured graph reads at run time
 P_MAX_NORM = 0
+P_EPS = 1  # the rule's eps: clip when norm + eps > max_norm (_policy.decide)
 PARAMS_LEN = 4
 
 
@@ -725,6 +726,7 @@ def _make_finalize(threads: int):
         if tid == 0:
             total = sh_a[0]
             max_norm = p_f64(params, PARAMS_LEN)[P_MAX_NORM]
+            eps = p_f64(params, PARAMS_LEN)[P_EPS]
             if kind == NORM_INF:
                 big = total
                 total = 1.0 if big > 0.0 else 0.0
@@ -749,11 +751,12 @@ def _make_finalize(threads: int):
             action = A_NONE
             scale = 1.0
             if f == 0:
-                if norm > max_norm:
+                d = norm + eps
+                if d > max_norm:
                     action = A_SCALE
                     # finite data whose norm is beyond float64: v / inf would
                     # zero them; (v / big) / root is right
-                    scale = max_norm / norm if norm < math.inf else (max_norm / big) / root
+                    scale = max_norm / d if d < math.inf else (max_norm / big) / root
             elif policy == _ZERO_POLICY:
                 action = A_ZERO
                 scale = 0.0

@@ -43,6 +43,8 @@ class Clipper:
     not fork-safe), with the same results.
     """
 
+    _eps = 0.0  # the rule's eps (_policy.decide); fusedclip.torch sets torch's 1e-6
+
     def __init__(
         self,
         buffers: Buffers,
@@ -125,7 +127,7 @@ class Clipper:
         plan, nt, t = self._plan, self._num_threads, self._max_norm
         plan.refresh()
         norm, flags = plan.table.norm(self._kind, self._norm_type, nt)
-        if not flags and not norm > t:  # the common case: nothing to write
+        if not flags and not norm + self._eps > t:  # the common case: nothing to write
             return ClipStats(norm, 1.0, False, True, t, ())
         return self._act(norm, flags, lambda: plan.callers(plan.table.flagged_rows()))
 
@@ -133,7 +135,7 @@ class Clipper:
         """Apply the decision for this norm to every engine (CPU plan, GPU plan)."""
         plan, g, nt, t = self._plan, self._gpu, self._num_threads, self._max_norm
         d = _policy.decide(norm, flags, t, self._nonfinite_policy,
-                           lambda: plan.table.clip_scale(self._kind, self._norm_type, t))
+                           lambda: plan.table.clip_scale(self._kind, self._norm_type, t), self._eps)
         callers = bad() if flags else ()
         if d.action == _policy.A_RAISE:
             raise NonFiniteError(norm, callers)
@@ -173,7 +175,7 @@ class Clipper:
         from .kernels import cuda as ck
 
         g, policy = self._gpu, self._nonfinite_policy
-        call = g.clip(self._kind, self._norm_type, self._max_norm, policy)
+        call = g.clip(self._kind, self._norm_type, self._max_norm, policy, self._eps)
         if policy not in ("error", "random"):
             return DeviceClipStats(g, call)
         st = g.state_of(call)  # the one wait
@@ -247,9 +249,7 @@ def clip_grad_value_(buffers: Buffers, clip_value: float, *, num_threads: int | 
 
     NaN stays NaN; +-inf becomes +-clip_value (rounded to the buffer's dtype).
     """
-    v = _policy.real("clip_value", clip_value)
-    if not v >= 0.0:
-        raise ValueError(f"clip_value must be >= 0, got {v}")
+    v = _policy.check_clip_value(clip_value)
     nt = _policy.check_threads(num_threads)
     plan, g = plan_buffers(buffers, writable=True, fn="clip_grad_value_", cache=True, stream=stream)
     plan.refresh()
