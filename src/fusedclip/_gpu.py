@@ -277,7 +277,7 @@ class GpuPlan:
         L.synchronize()  # once per plan: later work may run on any stream
         self.calls = 0
         self._call_streams: list = [None] * ck.RING  # the stream each ring slot's call ran on
-        self._max_norm: float | None = None
+        self._params: tuple | None = None      # (max_norm, eps) now in ``params``
         self._graphs: dict = {}
         dev = next((b.device for b in bufs if b.device is not None), None)
         self._stream_fn = _stream_getter(self.lib, stream, dev)
@@ -304,12 +304,13 @@ class GpuPlan:
     def _scale_launch(self, state: int, ctr: int) -> tuple:
         return ("scale", self.nchunks, (self.table.addr, self.nchunks, state, ctr))
 
-    def _set_max_norm(self, v: float, stream) -> None:
-        if v != self._max_norm:
+    def _set_max_norm(self, v: float, stream, eps: float = 0.0) -> None:
+        if (v, eps) != self._params:
             p = np.zeros(ck.PARAMS_LEN)
             p[ck.P_MAX_NORM] = v
+            p[ck.P_EPS] = eps
             self.launcher.upload(self.params, p, stream)
-            self._max_norm = v
+            self._params = (v, eps)
 
     def _run(self, key, launches: list[tuple], stream) -> None:
         """Run these launches; from the second run of the same key on, as a
@@ -327,10 +328,10 @@ class GpuPlan:
         self.calls += 1
         self._call_streams[(self.calls - 1) % ck.RING] = stream
 
-    def clip(self, kind: int, p: float, max_norm: float, policy: str) -> int:
+    def clip(self, kind: int, p: float, max_norm: float, policy: str, eps: float = 0.0) -> int:
         """partials + finalize + scale, decided on the device; returns the call number."""
         stream = self._stream()
-        self._set_max_norm(max_norm, stream)
+        self._set_max_norm(max_norm, stream, eps)
         launches = self._reduce_launches(kind, p, policy) + [self._scale_launch(self.state.addr,
                                                                                  self.ctr.addr)]
         self._run(("clip", kind, p, policy), launches, stream)
@@ -372,6 +373,21 @@ class GpuPlan:
         # another (non-blocking) stream would not be ordered after the kernels
         return self.launcher.download(out, self.state.addr + 8 * ck.STATE_LEN * slot,
                                       self._call_streams[slot])
+
+    def copy_norm(self, call: int, dst: int) -> None:
+        """Copy call ``call``'s norm (one float64) to device address ``dst`` on
+        the stream that call ran on: ordered after its kernels, no host wait."""
+        if self.calls - call >= ck.RING:
+            raise RuntimeError(f"call {call}'s state was overwritten (a plan keeps {ck.RING})")
+        slot = (call - 1) % ck.RING
+        self.launcher.copy(dst, self.state.addr + 8 * (ck.STATE_LEN * slot + ck.S_NORM), 8,
+                           self._call_streams[slot])
+
+    def release(self) -> None:
+        """Drop the references to the caller's arrays (the table has raw
+        addresses): whoever runs the plan again must pass the same memory."""
+        for b in self.rows:
+            b.obj = None
 
     def flagged_callers(self, call: int) -> list[int]:
         """Caller indices of the buffers holding inf/NaN in call ``call``."""
@@ -491,10 +507,10 @@ def describe_all(objs: list, gpu_idx: list[int], writable: bool, fn: str):
 def make_gpu_plan(objs: list, gpu_idx: list[int], writable: bool, fn: str, stream=None,
                   keep_refs: bool = True) -> GpuPlan:
     rows, dups = describe_all(objs, gpu_idx, writable, fn)
+    plan = GpuPlan(rows, dups, stream)
     if not keep_refs:  # a cached plan must not keep the caller's tensors alive
-        for b in rows:
-            b.obj = None
-    return GpuPlan(rows, dups, stream)
+        plan.release()
+    return plan
 
 
 def pointers(objs: list):
