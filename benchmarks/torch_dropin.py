@@ -46,7 +46,9 @@ def main(argv=None) -> int:
     dt = TORCH_DTYPES[a.dtype]
     shapes = gpt_like_shapes()
     sets = {name: params_for(shapes, dt) for name in ("fusedclip.torch", "fusedclip.torch.Clipper",
-                                                       "torch foreach=True", "torch default")}
+                                                       "fusedclip (numpy views)", "torch foreach=True",
+                                                       "torch default")}
+    arrays = [fct._cpu_view(p.grad, i, "") for i, p in enumerate(sets["fusedclip (numpy views)"])]
     n = sum(p.numel() for p in sets["torch default"])
     exact = fc.global_norm([p.grad.float().numpy() for p in sets["torch default"]])
     triggered = a.mode == "triggered"
@@ -66,6 +68,7 @@ def main(argv=None) -> int:
     impls = {
         "fusedclip.torch": lambda: fct.clip_grad_norm_(sets["fusedclip.torch"], t()),
         "fusedclip.torch.Clipper": run_clipper,
+        "fusedclip (numpy views)": lambda: fc.clip_grad_norm_(arrays, t()),  # the array API: the engine alone
         "torch foreach=True": lambda: torch.nn.utils.clip_grad_norm_(sets["torch foreach=True"], t(), foreach=True),
         "torch default": lambda: torch.nn.utils.clip_grad_norm_(sets["torch default"], t()),
     }

@@ -144,14 +144,14 @@ class _Plan:
 
     def __init__(self, grads: list, ptrs: tuple, fn: str, max_norm: float, norm_type: float,
                  policy: str, num_threads):
-        bufs, dtypes, device = [], [], None
+        bufs, dtypes, device = [], set(), None
         for i, g in enumerate(grads):
             if g is None:
                 bufs.append(_NO_GRAD)
                 continue
             if device is None:
                 device = g.device
-            dtypes.append(g.dtype)
+            dtypes.add(g.dtype)
             if getattr(g, "is_cuda", False):
                 if g.layout is not torch.strided:
                     raise TypeError(f"{fn}: parameter {i}'s grad is a {g.layout} tensor; fusedclip "
@@ -166,7 +166,7 @@ class _Plan:
         c._eps = EPS
         self.clipper = c
         self.ptrs = ptrs
-        self.dtype = functools.reduce(torch.promote_types, dtypes) if dtypes else None
+        self.dtype = functools.reduce(torch.promote_types, sorted(dtypes, key=str)) if dtypes else None
         self.device = device
         self.gpu_only = c._gpu is not None and c._plan.table.nchunks == 0
         # keep no reference to the grads: set_to_none must free them
@@ -251,7 +251,8 @@ def _cached_plan(params: list, grads: list, fn: str, max_norm: float, norm_type:
     plan = _Plan(grads, ptrs, fn, max_norm, norm_type, policy, None)
     if plan.cached:
         try:
-            refs = [weakref.ref(p, _evict(key, weakref.ref(plan))) for p in params]
+            cb = _evict(key, weakref.ref(plan))
+            refs = [weakref.ref(p, cb) for p in params]
         except TypeError:  # parameters without weak references: not cached
             return plan
         _cache[key] = (plan, refs)
