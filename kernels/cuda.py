@@ -538,6 +538,7 @@ SIGNATURES = {
 #: params vector (float64, device): what a captured graph reads at run time.
 #: [0, P_CONFIG) is uploaded by the host; the threshold state after it is the
 #: device's own (ZScore's n, mean, m2, var, updated by finalize).
+#: P_EPS: the rule's eps, clip when norm + eps > max_norm (_policy.decide; the torch drop-in's 1e-6)
 P_MAX_NORM, P_EPS, P_ROW_MAX, P_MODE, P_ALPHA, P_Z, P_WARMUP, P_AGC_EPS = range(8)
 P_CONFIG = 8
 P_TSTATE = 8
@@ -582,16 +583,18 @@ def _decision():
         return norm, big, total, root
 
     @cuda.jit(device=True)
-    def decide(norm, big, root, f, max_norm, policy):
-        """(action, scale): error and random are A_NONE (the host acts)."""
+    def decide(norm, big, root, f, max_norm, policy, eps):
+        """(action, scale): error and random are A_NONE (the host acts).
+        Clip when norm + eps > max_norm (eps: 0, or torch's 1e-6 in the drop-in)."""
         action = A_NONE
         scale = 1.0
         if f == 0:
-            if norm > max_norm:
+            d = norm + eps
+            if d > max_norm:
                 action = A_SCALE
                 # finite data whose norm is beyond float64: v / inf would
                 # zero them; (v / big) / root is right
-                scale = max_norm / norm if norm < math.inf else (max_norm / big) / root
+                scale = max_norm / d if d < math.inf else (max_norm / big) / root
         elif policy == _ZERO_POLICY:
             action = A_ZERO
             scale = 0.0
@@ -830,7 +833,7 @@ def _make_finalize(threads: int):
                 max_norm = zscore(T, norm, prm[P_ALPHA], prm[P_Z], prm[P_WARMUP])
             # the decision: the same table as _policy.decide (error and random: none;
             # the host acts on them)
-            action, scale = decide(norm, big, root, f, max_norm, policy)
+            action, scale = decide(norm, big, root, f, max_norm, policy, prm[P_EPS])
             st = p_f64(state, STATE_LEN * RING)
             o = slot * STATE_LEN
             st[o + S_NORM] = norm
@@ -946,7 +949,7 @@ def _make_rownorms(threads: int):
                     a += S[i] * math.pow(q, pw)
         norm, big, total, root = finish(a, big, f, kind, pw)
         v = p_f64(params, PARAMS_LEN)[P_ROW_MAX]
-        action, scale = decide(norm, big, root, f, v, policy)
+        action, scale = decide(norm, big, root, f, v, policy, 0.0)
         if policy == _ERROR_POLICY and p_f64(state, STATE_LEN * RING)[slot * STATE_LEN + S_FLAGS] != 0.0:
             action = A_NONE
             scale = 1.0
@@ -985,7 +988,7 @@ def _make_agc(threads: int):
         w = wn if wn > eps else eps
         f = int(out[(R_FLAGS * RING + slot) * nrows + u]) | int(out[(R_FLAGS * RING + slot) * nrows + g])
         action, scale = decide(out[(R_NORM * RING + slot) * nrows + g], out[(R_BIG * RING + slot) * nrows + g],
-                               out[(R_ROOT * RING + slot) * nrows + g], f, prm[P_ROW_MAX] * w, policy)
+                               out[(R_ROOT * RING + slot) * nrows + g], f, prm[P_ROW_MAX] * w, policy, 0.0)
         if policy == _ERROR_POLICY and p_f64(state, STATE_LEN * RING)[slot * STATE_LEN + S_FLAGS] != 0.0:
             action = A_NONE
             scale = 1.0

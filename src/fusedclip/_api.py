@@ -61,6 +61,8 @@ class Clipper:
     this rank's buffers.
     """
 
+    _eps = 0.0  # the rule's eps (_policy.decide); fusedclip.torch sets torch's 1e-6
+
     def __init__(
         self,
         buffers: Buffers,
@@ -196,7 +198,7 @@ class Clipper:
         plan.refresh()
         norm, flags = plan.table.norm(self._kind, self._norm_type, nt)
         t = self._threshold_for(norm)
-        if not flags and not norm > t:  # the common case: nothing to write
+        if not flags and not norm + self._eps > t:  # the common case: nothing to write
             return ClipStats(norm, 1.0, False, True, t, ())
         return self._act(norm, flags, lambda: plan.callers(plan.table.flagged_rows()), t)
 
@@ -208,7 +210,7 @@ class Clipper:
         plan, g, nt = self._plan, self._gpu, self._num_threads
         d = _policy.decide(norm, flags, t, self._nonfinite_policy,
                            (lambda: overflow_scale(t)) if overflow_scale else
-                           lambda: plan.table.clip_scale(self._kind, self._norm_type, t))
+                           lambda: plan.table.clip_scale(self._kind, self._norm_type, t), self._eps)
         callers = bad() if flags else ()
         if d.action == _policy.A_RAISE:
             raise NonFiniteError(norm, callers)
@@ -258,7 +260,7 @@ class Clipper:
             return self._act(norm, flags, lambda: tuple(sorted(g.flagged_callers(call))),
                              self._threshold_for(norm))
         call = g.clip(self._kind, self._norm_type, thr.v if isinstance(thr, Fixed) else self._max_norm, policy,
-                      threshold=thr if thr is not None and thr.device_mode else None)
+                      threshold=thr if thr is not None and thr.device_mode else None, eps=self._eps)
         if policy not in ("error", "random"):
             return DeviceClipStats(g, call)
         st = g.state_of(call)  # the one wait
@@ -353,9 +355,7 @@ def clip_grad_value_(buffers: Buffers, clip_value: float, *, num_threads: int | 
 
     NaN stays NaN; +-inf becomes +-clip_value (rounded to the buffer's dtype).
     """
-    v = _policy.real("clip_value", clip_value)
-    if not v >= 0.0:
-        raise ValueError(f"clip_value must be >= 0, got {v}")
+    v = _policy.check_clip_value(clip_value)
     nt = _policy.check_threads(num_threads)
     plan, g = plan_buffers(buffers, writable=True, fn="clip_grad_value_", cache=True, stream=stream)
     plan.refresh()

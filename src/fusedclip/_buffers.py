@@ -46,10 +46,22 @@ class Plan:
         # the array owning each row's memory, with its data pointer and size now
         self._owners, self._snap = cpu.owners(arrays)
 
+    def release(self) -> bool:
+        """Drop the references to the caller's arrays, keeping the table's raw
+        addresses, so that the plan does not keep the memory alive (the torch
+        drop-in's cache: it re-checks the addresses on every use).  False,
+        and nothing dropped, where the plan needs its arrays (staged views)."""
+        if self.staged or self.extra:
+            return False
+        self.arrays, self._owners, self._snap = None, None, None
+        return True
+
     def check(self) -> None:
         """RuntimeError if an array's memory moved since planning (``a.resize``):
         the table would read and write freed memory.  One C loop, no Python
-        work per buffer."""
+        work per buffer.  (A released plan: its user checks the addresses.)"""
+        if self._owners is None:
+            return
         r = cpu.moved(self._owners, self._snap)
         if r >= 0:
             i = int(self.rows[r])

@@ -342,16 +342,17 @@ class GpuPlan:
         return ("scale", self.nchunks, (self.table.addr, self.nchunks, state, ctr))
 
     def _set_params(self, stream, max_norm: float = math.inf, row_max: float = math.inf,
-                    threshold=None, agc_eps: float = 0.0) -> None:
+                    threshold=None, agc_eps: float = 0.0, eps: float = 0.0) -> None:
         """Upload the host's part of the params when it changed (a captured
-        graph reads them at run time); bind a ZScore's state to the device."""
+        graph reads them at run time); bind a ZScore's state to the device.
+        ``eps``: the rule's (clip when norm + eps > max_norm; the torch drop-in's 1e-6)."""
         cfg = (max_norm, row_max) + ((ck.MODE_ZSCORE, threshold.alpha, threshold.z,
                                       threshold.warmup) if threshold is not None else
-                                     (ck.MODE_FIXED, 0.0, 0.0, 0.0)) + (agc_eps,)
+                                     (ck.MODE_FIXED, 0.0, 0.0, 0.0)) + (agc_eps, eps)
         if cfg != self._config:
             p = np.zeros(ck.P_CONFIG)
             p[[ck.P_MAX_NORM, ck.P_ROW_MAX, ck.P_MODE, ck.P_ALPHA, ck.P_Z, ck.P_WARMUP,
-               ck.P_AGC_EPS]] = cfg
+               ck.P_AGC_EPS, ck.P_EPS]] = cfg
             self.launcher.upload(self.params, p, stream)
             self._config = cfg
         if threshold is not None and self._bound is not threshold:
@@ -389,11 +390,12 @@ class GpuPlan:
         self.calls += 1
         self._call_streams[(self.calls - 1) % ck.RING] = stream
 
-    def clip(self, kind: int, p: float, max_norm: float, policy: str, threshold=None) -> int:
+    def clip(self, kind: int, p: float, max_norm: float, policy: str, threshold=None,
+             eps: float = 0.0) -> int:
         """partials + finalize + scale, decided on the device; returns the call
         number.  ``threshold``: a ZScore, run by finalize on the device."""
         stream = self._stream()
-        self._set_params(stream, max_norm, threshold=threshold)
+        self._set_params(stream, max_norm, threshold=threshold, eps=eps)
         launches = self._reduce_launches(kind, p, policy) + [self._scale_launch(self.state.addr,
                                                                                  self.ctr.addr)]
         self._run(("clip", kind, p, policy), launches, stream)
@@ -515,6 +517,21 @@ class GpuPlan:
         return self.launcher.download(out, self.state.addr + 8 * ck.STATE_LEN * slot,
                                       self._call_streams[slot])
 
+    def copy_norm(self, call: int, dst: int) -> None:
+        """Copy call ``call``'s norm (one float64) to device address ``dst`` on
+        the stream that call ran on: ordered after its kernels, no host wait."""
+        if self.calls - call >= ck.RING:
+            raise RuntimeError(f"call {call}'s state was overwritten (a plan keeps {ck.RING})")
+        slot = (call - 1) % ck.RING
+        self.launcher.copy(dst, self.state.addr + 8 * (ck.STATE_LEN * slot + ck.S_NORM), 8,
+                           self._call_streams[slot])
+
+    def release(self) -> None:
+        """Drop the references to the caller's arrays (the table has raw
+        addresses): whoever runs the plan again must pass the same memory."""
+        for b in self.rows:
+            b.obj = None
+
     def flagged_callers(self, call: int) -> list[int]:
         """Caller indices of the buffers holding inf/NaN in call ``call``."""
         n = self.nchunks
@@ -633,10 +650,10 @@ def describe_all(objs: list, gpu_idx: list[int], writable: bool, fn: str):
 def make_gpu_plan(objs: list, gpu_idx: list[int], writable: bool, fn: str, stream=None,
                   keep_refs: bool = True) -> GpuPlan:
     rows, dups = describe_all(objs, gpu_idx, writable, fn)
+    plan = GpuPlan(rows, dups, stream)
     if not keep_refs:  # a cached plan must not keep the caller's tensors alive
-        for b in rows:
-            b.obj = None
-    return GpuPlan(rows, dups, stream)
+        plan.release()
+    return plan
 
 
 def pointers(objs: list):

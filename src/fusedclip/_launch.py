@@ -125,6 +125,10 @@ class _HostMemory:
         host.view(np.uint8).reshape(-1)[...] = self._view(addr, host.nbytes)
         return host
 
+    def copy(self, dst: int, src: int, nbytes: int, stream=None) -> None:
+        """Device-to-device copy, ordered on ``stream``; no host wait."""
+        np.copyto(self._view(int(dst), nbytes), self._view(int(src), nbytes))
+
     @staticmethod
     def _view(addr: int, nbytes: int) -> np.ndarray:
         import ctypes
@@ -196,6 +200,7 @@ class RecordingLauncher(_HostMemory):
         self.replays = 0
         self.streams: list = []  # the stream of each recorded launch
         self.download_streams: list = []  # ... and of each device-to-host copy
+        self.copies: list = []  # (dst, src, nbytes, stream) of each device-to-device copy
 
     def launch(self, name: str, grid: int, args: tuple, stream=None) -> None:
         self.launches.append((name, grid, args))
@@ -204,6 +209,10 @@ class RecordingLauncher(_HostMemory):
     def download(self, host: np.ndarray, src, stream=None) -> np.ndarray:
         self.download_streams.append(stream)
         return super().download(host, src, stream)
+
+    def copy(self, dst: int, src: int, nbytes: int, stream=None) -> None:
+        self.copies.append((int(dst), int(src), nbytes, stream))
+        super().copy(dst, src, nbytes, stream)
 
     def replay(self, graph, stream=None) -> None:
         self.replays += 1
@@ -277,6 +286,10 @@ class CoreLauncher:
         self._check(self._drv.cuMemcpyDtoHAsync(host.ctypes.data, addr, host.nbytes, self._handle(stream)))
         self.synchronize(stream)
         return host
+
+    def copy(self, dst: int, src: int, nbytes: int, stream=None) -> None:
+        """Device-to-device copy, ordered on ``stream``; no host wait."""
+        self._check(self._drv.cuMemcpyDtoDAsync(int(dst), int(src), nbytes, self._handle(stream)))
 
     def synchronize(self, stream=None) -> None:
         self._check(self._drv.cuStreamSynchronize(self._handle(stream)))

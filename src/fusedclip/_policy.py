@@ -69,6 +69,13 @@ def real(name: str, x: Any) -> float:
     return float(x)
 
 
+def check_clip_value(clip_value: Any) -> float:
+    v = real("clip_value", clip_value)
+    if not v >= 0.0:  # catches NaN too
+        raise ValueError(f"clip_value must be >= 0, got {v}")
+    return v
+
+
 def check_max_norm(max_norm: Any, name: str = "max_norm") -> float:
     v = real(name, max_norm)
     if not v > 0.0:  # catches NaN too
@@ -229,18 +236,21 @@ class Decision(NamedTuple):
     clipped: bool
 
 
-def decide(norm: float, flags: int, max_norm: float, policy: str, overflow_scale=None) -> Decision:
+def decide(norm: float, flags: int, max_norm: float, policy: str, overflow_scale=None,
+           eps: float = 0.0) -> Decision:
     """The clipping rule, with the non-finite policies, for every engine.
 
-    Finite gradient: scale by max_norm / norm when norm > max_norm, else
-    nothing.  ``overflow_scale()`` gives that scale where finite data have a
-    norm beyond float64 (norm is inf, flags 0).  Non-finite: the policy.
-    The CUDA finalize kernel implements the same table on the device
+    Finite gradient: scale by max_norm / (norm + eps) when norm + eps >
+    max_norm, else nothing (``eps`` is 0.0 except in the torch drop-in, which
+    uses torch's 1e-6).  ``overflow_scale()`` gives that scale where finite
+    data have a norm beyond float64 (norm is inf, flags 0).  Non-finite: the
+    policy.  The CUDA finalize kernel implements the same table on the device
     (A_RAISE and A_RANDOM are A_NONE there: the host acts on them).
     """
     if not flags:
-        if norm > max_norm:
-            scale = max_norm / norm if norm < math.inf or overflow_scale is None else overflow_scale()
+        d = norm + eps
+        if d > max_norm:
+            scale = max_norm / d if d < math.inf or overflow_scale is None else overflow_scale()
             return Decision(A_SCALE, scale, True)
         return Decision(A_NONE, 1.0, False)
     if policy == "error":

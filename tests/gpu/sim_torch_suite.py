@@ -1,0 +1,130 @@
+"""fusedclip.torch's CUDA path with the real kernels, under the Numba CUDA
+simulator, against torch on the CPU.  Run by tests/test_torch_dropin.py in
+its own process:
+
+    NUMBA_ENABLE_CUDASIM=1 pytest tests/gpu/sim_torch_suite.py
+
+The gradients are tests/torch_fakes.py's stand-ins for torch CUDA tensors
+over host memory (the simulator's device memory is host memory), so the
+partials, finalize (with torch's eps read from the params) and scale kernels
+run on them, and the returned norm comes through the device-to-device copy.
+"""
+import math
+import os
+
+import numpy as np
+import pytest
+
+assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", "run with NUMBA_ENABLE_CUDASIM=1"
+torch = pytest.importorskip("torch")
+
+import fusedclip.torch as fct  # noqa: E402
+from fusedclip import _launch  # noqa: E402
+from fusedclip.kernels import cuda as ck  # noqa: E402
+from conftest import ref_norm, scaled  # noqa: E402
+from torch_fakes import NP_OF, fake_params, patch_torch_cuda  # noqa: E402
+
+ck.configure(threads=16, chunk=48)
+LAUNCHER = _launch.launcher()
+pytestmark = [pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning"),
+              pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")]
+ULP = {torch.float64: 2.0**-52, torch.float32: 2.0**-23, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}
+
+
+@pytest.fixture(autouse=True)
+def cuda_torch(monkeypatch):
+    patch_torch_cuda(monkeypatch)
+
+
+@pytest.fixture
+def no_host_wait(monkeypatch):
+    """Every device-to-host copy and synchronisation raises while active."""
+    def boom(*a, **k):
+        raise AssertionError("the host waited for the device")
+
+    def arm():
+        monkeypatch.setattr(LAUNCHER, "download", boom)
+        monkeypatch.setattr(LAUNCHER, "synchronize", boom)
+    return arm
+
+
+def pair(dtypes, seed, mag=3.0):
+    rs = np.random.default_rng(seed)
+    hosts = [(rs.standard_normal(20 + 37 * i) * mag).astype(NP_OF[dt]) for i, dt in enumerate(dtypes)]
+    twin = []
+    for h, dt in zip(hosts, dtypes):
+        q = torch.nn.Parameter(torch.zeros(h.size, dtype=dt))
+        q.grad = torch.from_numpy(h.astype(np.float64)).to(dt)
+        twin.append(q)
+    return hosts, fake_params(hosts, dtypes), twin
+
+
+CASES = [((torch.float32,), 2.0), ((torch.bfloat16,), 2.0), ((torch.float16,), 1.0),
+         ((torch.float64,), math.inf), ((torch.float32, torch.bfloat16, torch.float16), 2.0),
+         ((torch.float16, torch.float64), 3.0)]
+
+
+@pytest.mark.parametrize("dtypes,p", CASES)
+@pytest.mark.parametrize("factor", [0.3, 3.0])
+def test_cuda_path_matches_torch(dtypes, p, factor, no_host_wait):
+    hosts, params, twin = pair(dtypes, seed=len(dtypes) + int(factor))
+    x0 = [h.copy() for h in hosts]
+    exact = ref_norm(x0, p)
+    max_norm = factor * exact
+    c = fct.Clipper(params, 1e300, p)
+    c()  # plans (a new plan synchronises once) and measures: nothing clipped
+    c.max_norm = max_norm  # 16 bytes uploaded, no wait
+    no_host_wait()
+    got = c()  # three launches and a device-to-device copy of the norm: the host never waits
+    assert c.replans == 1
+    theirs = torch.nn.utils.clip_grad_norm_(twin, max_norm, p)
+    assert got.dtype == theirs.dtype and got.shape == ()
+    assert abs(got.item() - exact) <= ULP[got.dtype] * exact  # the device's norm, rounded once
+
+
+@pytest.mark.parametrize("dtypes,p", CASES)
+@pytest.mark.parametrize("factor", [0.3, 3.0])
+def test_cuda_path_clips_as_the_rule_and_as_torch(dtypes, p, factor):
+    hosts, params, twin = pair(dtypes, seed=10 + len(dtypes) + int(factor))
+    x0 = [h.copy() for h in hosts]
+    exact = ref_norm(x0, p)
+    max_norm = factor * exact
+    c = fct.Clipper(params, max_norm, p)
+    got = c()
+    theirs = torch.nn.utils.clip_grad_norm_(twin, max_norm, p)
+    norm = c.stats.norm  # the device's float64 norm (this read waits)
+    assert norm == pytest.approx(exact, rel=1e-12)
+    assert got.item() == torch.tensor(norm, dtype=torch.float64).to(got.dtype).item()
+    clip = norm + 1e-6 > max_norm
+    assert clip == (factor < 1) and c.stats.clipped == clip
+    s = max_norm / (norm + 1e-6)
+    s_t = float(torch.clamp(max_norm / (theirs + 1e-6), max=1.0))
+    for h, x, q, dt in zip(hosts, x0, twin, dtypes):
+        want = scaled(x, s) if clip else x
+        assert h.tobytes() == want.tobytes()  # the scale rule, bit for bit, on the device
+        a, b = h.astype(np.float64), q.grad.to(torch.float64).numpy()
+        assert (np.abs(a - b) <= np.abs(x.astype(np.float64)) * abs(s - s_t) * 1.001
+                + ULP[dt] * np.maximum(np.abs(a), np.abs(b)) + 1e-300).all()
+
+
+def test_the_device_decides_with_torchs_eps():
+    for max_norm, clips in ((5.0, True), (5.0 + 0.5e-6, True), (5.0 + 2e-6, False)):
+        h = np.array([3.0, 4.0])
+        got = fct.clip_grad_norm_(fake_params([h], [torch.float64]), max_norm)
+        assert got.item() == 5.0
+        want = scaled(np.array([3.0, 4.0]), max_norm / (5.0 + 1e-6)) if clips else np.array([3.0, 4.0])
+        assert h.tobytes() == want.tobytes(), max_norm
+
+
+def test_nonfinite_propagates_as_torch_on_the_device():
+    for bad in (math.inf, math.nan):
+        h = np.array([bad, -1.0, 2.0], np.float32)
+        got = fct.clip_grad_norm_(fake_params([h], [torch.float32]), 1.0)
+        q = torch.nn.Parameter(torch.zeros(3))
+        q.grad = torch.tensor([bad, -1.0, 2.0])
+        want = torch.nn.utils.clip_grad_norm_([q], 1.0)
+        assert (math.isnan(got.item()) and math.isnan(want.item())) or got.item() == want.item()
+        b = q.grad.numpy()
+        assert np.array_equal(np.isnan(h), np.isnan(b))
+        ok = ~np.isnan(b)
+        assert np.array_equal(h[ok], b[ok]) and np.array_equal(np.signbit(h[ok]), np.signbit(b[ok]))
