@@ -32,7 +32,17 @@ ext = Extension(
         ("FC_BUILD_FLAGS", '"' + flags + '"'),
     ],
 )
+# The C-level API (src/fusedclip/capi.pxd): builds a chunk table from a pointer
+# table and calls the cpu module's table_norm & co. through their capsules.
+capi = Extension(
+    "fusedclip.capi",
+    sources=["src/fusedclip/capi.pyx"],
+    include_dirs=["kernels"],
+    depends=["kernels/simd.h", "kernels/cpu.pxd", "src/fusedclip/capi.pxd"],
+    extra_compile_args=compile_args + ["-Wno-unused-function"],  # simd.h's loops live in cpu
+    extra_link_args=link_args,
+)
 
 setup(
-    ext_modules=cythonize([ext], compiler_directives={"language_level": 3}),
+    ext_modules=cythonize([ext, capi], compiler_directives={"language_level": 3}),
 )

@@ -17,6 +17,16 @@ from ._policy import POLICIES, ClipStats, NonFiniteError
 
 __version__ = "0.1.0"
 
+
+def get_include() -> str:
+    """The directory of fusedclip's C headers (``simd.h``), for the
+    ``include_dirs`` of an extension that cimports ``fusedclip.kernels.cpu``
+    (the chunk-table API).  ``cimport fusedclip.capi`` needs no header; its
+    ``.pxd`` is found on ``sys.path`` like the package.  See docs/EMBEDDING.md."""
+    import os
+
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels")
+
 __all__ = [
     "Clipper",
     "ClipStats",
@@ -32,4 +42,5 @@ __all__ = [
     "global_norm",
     "thresholds",
     "__version__",
+    "get_include",
 ]

@@ -171,11 +171,13 @@ def _is_array_like(x: Any) -> bool:
 
 def _to_ndarray(obj: Any, i: int, fn: str) -> np.ndarray:
     """Zero-copy numpy view of a foreign CPU array, or TypeError."""
+    if not hasattr(obj, "__array_interface__") and hasattr(obj, "__dlpack__"):
+        from ._dlpack import from_dlpack  # device check, read-only flag, bfloat16
+
+        return from_dlpack(obj, i, fn)
     try:
         if hasattr(obj, "__array_interface__"):
             return np.asarray(obj)
-        if hasattr(obj, "__dlpack__"):
-            return np.from_dlpack(obj)
         return np.asarray(memoryview(obj))
     except (TypeError, ValueError, BufferError, RuntimeError) as e:
         raise TypeError(
@@ -185,6 +187,18 @@ def _to_ndarray(obj: Any, i: int, fn: str) -> np.ndarray:
         ) from None
 
 
+def _check_immutable(objs: list, d: np.ndarray, fn: str) -> None:
+    """JAX arrays are immutable, on every device: a function that writes in
+    place must not clip one through a DLPack or CUDA-array-interface view."""
+    for i in np.flatnonzero(d[_F.F_CODE] == _F.CODE_NOT_ARRAY).tolist():
+        if type(objs[i]).__module__.split(".")[0] in ("jax", "jaxlib"):
+            raise ValueError(
+                f"{fn}: buffer {i} is a JAX array; JAX arrays are immutable and {fn} writes "
+                "in place; read its norm with fusedclip.global_norm and scale functionally "
+                "(optax.clip_by_global_norm); see docs/EMBEDDING.md; nothing was modified"
+            )
+
+
 def _not_array(obj: Any, i: int, fn: str) -> TypeError:
     return TypeError(
         f"{fn}: buffer {i} is a {type(obj).__name__}, not an array; clipping works "
@@ -192,7 +206,7 @@ def _not_array(obj: Any, i: int, fn: str) -> TypeError:
     )
 
 
-def _check(arrays: list, first: np.ndarray, writable: bool, fn: str) -> None:
+def _check(arrays: list, first: np.ndarray, writable: bool, fn: str, objs=None) -> None:
     """Raise for the first buffer that fails a check (describe() found them)."""
     i = int(first[_F.S_BAD_DTYPE])
     if i >= 0:
@@ -208,9 +222,14 @@ def _check(arrays: list, first: np.ndarray, writable: bool, fn: str) -> None:
         )
     i = int(first[_F.S_READ_ONLY])
     if writable and i >= 0:
+        hint = ""
+        if objs is not None and objs[i] is not arrays[i] and hasattr(objs[i], "__dlpack__"):
+            hint = ("; a DLPack export is read-only when its producer flags it so, or when "
+                    "it comes through the pre-1.0 protocol, which cannot say that the memory "
+                    "may be written (a producer must accept __dlpack__(max_version=(1, 0)))")
         raise ValueError(
             f"{fn}: buffer {i} is read-only and {fn} writes in place; pass a "
-            "writable array (nothing was modified)"
+            f"writable array (nothing was modified){hint}"
         )
 
 
@@ -484,6 +503,8 @@ def _plan(objs: list, writable: bool, fn: str, keep_refs: bool, stream: Any = No
     d, first = cpu.describe(objs)
     gpu_idx: list[int] = []
     if first[_F.S_NOT_ARRAY] >= 0:
+        if writable:
+            _check_immutable(objs, d, fn)
         from ._gpu import is_gpu
 
         gpu_idx = [i for i in np.flatnonzero(d[_F.F_CODE] == _F.CODE_NOT_ARRAY).tolist()
@@ -512,7 +533,7 @@ def _make_plan(objs: list, d: np.ndarray, first: np.ndarray, writable: bool, fn:
                 raise _not_array(o, i, fn)
             arrays[i] = _to_ndarray(o, i, fn)
         d, first = cpu.describe(arrays)
-    _check(arrays, first, writable, fn)
+    _check(arrays, first, writable, fn, objs)
     cache: dict[int, _Layout] = {}
     strided: list[int] = []
     if first[_F.S_STAGE] >= 0:  # only views that need staging can repeat elements
