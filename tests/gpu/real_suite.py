@@ -236,3 +236,51 @@ def test_only_the_total_overflows():
     want = math.sqrt(x.numel()) * 7e151
     assert s.finite and rel(s.norm, want) <= 1e-12
     assert rel(float(torch.linalg.vector_norm(x)), 1.0) <= 1e-12
+
+
+# ---------------------------------------------------------------- the torch drop-in on CUDA
+@pytest.mark.parametrize("seed", range(12))
+def test_torch_dropin_matches_torch_on_cuda(seed):
+    """fusedclip.torch against torch.nn.utils on CUDA tensors: the same norm
+    (1e-6 relative) and gradients, the norm a device tensor, no host wait."""
+    import fusedclip.torch as fct
+
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    dts = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+    shapes = [(64, 33), (128,), (7, 3, 3, 3), (1000,)]
+    p_type = [2.0, 1.0, math.inf, 3.0][seed % 4]
+    params = []
+    for i, s in enumerate(shapes):
+        p = torch.nn.Parameter(torch.zeros(s, device="cuda", dtype=dts[(seed + i) % 4]))
+        p.grad = (torch.randn(s, device="cuda", generator=gen) * 10).to(p.dtype)
+        params.append(p)
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    for r, p in zip(ref, params):
+        r.grad = p.grad.clone()
+    max_norm = 1.0 if seed % 2 else 1e6
+    want = torch.nn.utils.clip_grad_norm_(ref, max_norm, p_type)
+    got = fct.clip_grad_norm_(params, max_norm, p_type)
+    assert got.device.type == "cuda" and got.dtype == want.dtype
+    assert rel(float(got), float(want)) <= (1e-2 if want.dtype in (torch.bfloat16, torch.float16) else 1e-6)
+    for r, p in zip(ref, params):
+        tol = {torch.float64: 1e-12, torch.float32: 1e-6}.get(p.dtype, 1e-2)
+        torch.testing.assert_close(p.grad.float(), r.grad.float(), rtol=tol, atol=0)
+
+
+def test_family_on_torch_cuda_tensors():
+    ts = make("f32")
+    hs = [host(t) for t in ts]
+    norms = fc.buffer_norms(ts)
+    assert isinstance(norms, fc.DeviceNorms)
+    for n, h in zip(norms.get(), hs):
+        assert rel(n, ref_norm([h])) <= 1e-12
+    pre = fc.clip_by_norm_(ts, 1.0).get()
+    for n, h, t in zip(pre, hs, ts):
+        np.testing.assert_array_equal(host(t), scaled(h, 1.0 / n) if n > 1.0 else h)
+    W = [torch.randn(64, 128, device="cuda"), torch.randn(16, 8, 3, 3, device="cuda")]
+    G = [w * 1e-4 for w in W]
+    G[0][3] *= 1e4
+    before = [host(g) for g in G]
+    fc.clip_unitwise_(W, G, 0.01)
+    after = host(G[0])
+    assert not np.array_equal(after[3], before[0][3]) and np.array_equal(after[4], before[0][4])
