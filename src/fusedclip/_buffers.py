@@ -56,6 +56,17 @@ class Plan:
         self.arrays, self._owners, self._snap = None, None, None
         return True
 
+    def bound(self, objs: list) -> "Plan":
+        """A copy of this (released) plan over ``objs``, the same memory as
+        when it was planned (the CPU function-API cache): the copy holds the
+        caller's arrays for this call only; the table is shared."""
+        p = object.__new__(Plan)
+        for k in Plan.__slots__:
+            setattr(p, k, getattr(self, k))
+        rows = self.rows
+        p.arrays = list(objs) if len(rows) == len(objs) else [objs[i] for i in rows.tolist()]
+        return p
+
     def check(self) -> None:
         """RuntimeError if an array's memory moved since planning (``a.resize``):
         the table would read and write freed memory.  One C loop, no Python
@@ -474,6 +485,10 @@ def plan_buffers(buffers: Any, *, writable: bool, fn: str, cache: bool = False, 
 
         stream = stream_handle(stream)
     objs = as_list(buffers, fn)
+    if cache and objs and type(objs[0]) is np.ndarray:
+        plan = _cpu_cached(objs, writable, fn)
+        if plan is not None:
+            return plan, None
     if cache and objs and type(objs[0]) is not np.ndarray:
         from ._gpu import pointers
 
@@ -497,6 +512,35 @@ def plan_buffers(buffers: Any, *, writable: bool, fn: str, cache: bool = False, 
                 _plan_cache.popitem(last=False)
             return planned
     return _plan(objs, writable, fn, keep_refs=True, stream=stream)
+
+
+#: The function API's plans for lists of numpy arrays, keyed by describe()'s
+#: record of every array (address, size, dtype, flags, extent): the same
+#: record is the same memory in the same layout, so the same plan (only plans
+#: of contiguous, aligned arrays are kept: those depend on nothing else).  A
+#: cached plan holds no array (``release``); a hit binds a copy to the
+#: caller's list for that call.  A hit costs describe() and one comparison:
+#: ~0.1 ms for 10,000 arrays, against ~0.4 ms to plan them.
+_cpu_cache: "OrderedDict[tuple, tuple]" = OrderedDict()
+
+
+def _cpu_cached(objs: list, writable: bool, fn: str):
+    d, first = cpu.describe(objs)
+    if first[_F.S_NOT_ARRAY] >= 0:  # foreign or GPU objects: planned the general way
+        return None
+    key = (writable, len(objs), int(d[_F.F_PTR, 0]), int(d[_F.F_HI].max()), int(d[_F.F_SIZE].sum()))
+    hit = _cpu_cache.get(key)
+    if hit is not None and np.array_equal(hit[0], d):
+        _cpu_cache.move_to_end(key)
+        return hit[1].bound(objs)
+    plan = _make_plan(objs, d, first, writable, fn)
+    if not plan.staged and not plan.extra:
+        kept = plan.bound(objs)
+        kept.release()
+        _cpu_cache[key] = (d, kept)
+        if len(_cpu_cache) > PLAN_CACHE_SIZE:
+            _cpu_cache.popitem(last=False)
+    return plan
 
 
 def _plan(objs: list, writable: bool, fn: str, keep_refs: bool, stream: Any = None):

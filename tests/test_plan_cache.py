@@ -1,0 +1,75 @@
+"""The function API's plan cache for lists of numpy arrays (_buffers._cpu_cache):
+a hit needs the same describe() record (memory, dtype, flags, extents), holds
+no array, and never skips a check that the changed list would fail."""
+import gc
+import weakref
+
+import numpy as np
+import pytest
+
+import fusedclip as fc
+from fusedclip import _buffers
+
+
+@pytest.fixture(autouse=True)
+def empty_cache():
+    _buffers._cpu_cache.clear()
+    yield
+    _buffers._cpu_cache.clear()
+
+
+def test_the_same_memory_reuses_one_table():
+    g = [np.ones(10, np.float32), np.ones(5)]
+    p1, _ = _buffers.plan_buffers(g, writable=True, fn="f", cache=True)
+    p2, _ = _buffers.plan_buffers(list(g), writable=True, fn="f", cache=True)
+    assert len(_buffers._cpu_cache) == 1 and p2.table is next(iter(_buffers._cpu_cache.values()))[1].table
+    assert p2.arrays[0] is g[0]
+    assert fc.clip_grad_norm_(g, 1.0) == pytest.approx(np.sqrt(15))
+    assert fc.global_norm(g) == pytest.approx(1.0)
+
+
+def test_a_cached_plan_keeps_no_array_alive():
+    g = [np.ones(100, np.float32) for _ in range(3)]
+    refs = [weakref.ref(a) for a in g]
+    fc.clip_grad_norm_(g, 1.0)
+    fc.buffer_norms(g)
+    del g
+    gc.collect()
+    assert all(r() is None for r in refs)
+
+
+def test_new_memory_or_flags_miss_and_are_checked_again():
+    a = np.ones(8)
+    fc.clip_grad_norm_([a], 1.0)
+    a.flags.writeable = False  # the same memory, now read-only: the write check must run
+    with pytest.raises(ValueError, match="read-only"):
+        fc.clip_grad_norm_([a], 0.1)
+    assert fc.global_norm([a]) == pytest.approx(1.0)
+    b = np.ones(8)
+    assert fc.clip_grad_norm_([b], 1.0) == pytest.approx(np.sqrt(8))  # other memory
+    c = np.ones(16)
+    with pytest.raises(ValueError, match="overlap"):  # a new list over the same bytes
+        fc.clip_grad_norm_([c[:10], c[5:]], 1.0)
+
+
+def test_duplicates_and_empty_buffers_in_a_cached_plan():
+    a, e = np.full(4, 2.0), np.zeros(0)
+    for _ in range(2):
+        b = [a, e, a, a.reshape(2, 2)]
+        assert fc.clip_by_norm_(b, 1.0).tolist() == [4.0, 0.0, 4.0, 4.0]
+        np.testing.assert_allclose(a, 0.5)
+        a[:] = 2.0
+
+
+def test_staged_views_are_planned_every_time():
+    a = np.arange(10.0)
+    fc.clip_grad_norm_([a[::2]], 1.0)
+    assert not _buffers._cpu_cache
+    np.testing.assert_allclose(np.linalg.norm(a[::2]), 1.0)
+
+
+def test_the_cache_is_bounded():
+    keep = [np.ones(4) for _ in range(3 * _buffers.PLAN_CACHE_SIZE)]
+    for a in keep:
+        fc.global_norm([a])
+    assert len(_buffers._cpu_cache) == _buffers.PLAN_CACHE_SIZE
