@@ -102,6 +102,8 @@ class Plan:
         ``Table.row_norms`` gives it, per caller too."""
         res = self.table.row_norms(kind, p, nthreads, max_norm)
         n = self.n_inputs
+        if len(self.rows) == n and not self.extra:  # rows are the callers: nothing to scatter
+            return res
         out = [np.zeros(n), np.zeros(n, np.int32)] + ([np.ones(n)] if max_norm is not None else [])
         for o, r in zip(out, res):
             o[self.rows] = r
