@@ -63,10 +63,15 @@ cdef extern from *:
     """
     const char *fc_build_flags
     const char *fc_f16_path
+    const char *fc_ssq_path
     const char *fc_cpu_level() nogil
     uint64_t fc_floor_read(const uint64_t *x, int64_t n) noexcept nogil
     void fc_prefetch_obj "__builtin_prefetch" (const void *p) noexcept nogil
     void fc_floor_rw(uint64_t *x, int64_t n, uint64_t mask) noexcept nogil
+    ctypedef void (*fc_ssq_fn)(const void *, int64_t, double *, double *) noexcept nogil
+    fc_ssq_fn fc_ssq_f32_impl, fc_ssq_bf16_impl
+    void fc_ssq_f32(const void *p, int64_t n, double *ss, double *mx) noexcept nogil
+    void fc_ssq_bf16(const void *p, int64_t n, double *ss, double *mx) noexcept nogil
 
 
 #: Elements per chunk (the unit of work and of the partials).
@@ -181,6 +186,7 @@ def info():
         "simd_dispatch": FC_SIMD_DISPATCH.decode(),
         "simd_selected": fc_cpu_level().decode(),
         "float16_conversion": fc_f16_path.decode(),
+        "l2_float32_bfloat16": fc_ssq_path.decode(),
         "build_flags": fc_build_flags.decode(),
         "openmp_max_threads": openmp.omp_get_max_threads(),
         "chunk_elements": FC_CHUNK,
@@ -665,3 +671,22 @@ def floor_rw(cnp.ndarray a, nthreads=None):
         nt = _team_size(nt, nblk, &par)
         for i in prange(nblk, schedule="static", num_threads=nt, use_threads_if=par):
             fc_floor_rw(x + i * FC_CHUNK, min(FC_CHUNK, n - i * FC_CHUNK), mask)
+
+
+def _ssq_paths(cnp.ndarray a):
+    """(picked, generic): the sum of squares of a contiguous float32 or
+    bfloat16 array by the loop the table uses (the AVX-512 intrinsics where
+    the CPU has them) and by the lane loop's clone; the tests check they
+    are the same bits."""
+    cdef double s1, s2, m
+    cdef int64_t n = a.size
+    cdef const void *p = cnp.PyArray_DATA(a)
+    if not a.flags.c_contiguous or a.dtype not in (DTYPES[FC_F32], DTYPES[FC_BF16]):
+        raise ValueError("a contiguous float32 or bfloat16 array")
+    if a.dtype == DTYPES[FC_F32]:
+        fc_ssq_f32_impl(p, n, &s1, &m)
+        fc_ssq_f32(p, n, &s2, &m)
+    else:
+        fc_ssq_bf16_impl(p, n, &s1, &m)
+        fc_ssq_bf16(p, n, &s2, &m)
+    return s1, s2

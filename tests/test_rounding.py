@@ -22,6 +22,8 @@ for float32 data) pushes it to one side, so ~3 % of the elements differ by
 import ml_dtypes
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import correctly_rounded_product, scaled, ulp_distance
 from fusedclip.kernels import cpu
@@ -82,3 +84,19 @@ def test_overflow_tie_goes_to_inf():
     want = correctly_rounded_product(x, 3.0)
     np.testing.assert_array_equal(want, [np.inf, -np.inf, 65472.0])
     np.testing.assert_array_equal(kernel_scale(x, 3.0), want)
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(0, 300), seed=st.integers(0, 2**32 - 1), e=st.integers(-40, 40),
+       dt=st.sampled_from([np.float32, ml_dtypes.bfloat16]))
+def test_the_avx512_ssq_loop_is_the_lane_loop_bit_for_bit(n, seed, e, dt):
+    """kernels/simd.h's intrinsic sum of squares (picked at load time where the
+    CPU has AVX-512) gives the lane loop's bits, tails included: the same
+    lanes, FMAs and fold."""
+    from fusedclip.kernels import cpu
+
+    if "x86-64-v4" in cpu.info()["simd_selected"]:  # the intrinsics are what runs here
+        assert cpu.info()["l2_float32_bfloat16"] == "AVX-512 intrinsics"
+    a = (np.random.default_rng(seed).standard_normal(n) * 2.0 ** e).astype(dt)
+    picked, generic = cpu._ssq_paths(a)
+    assert picked.hex() == generic.hex()
