@@ -850,22 +850,17 @@ def _make_finalize(threads: int):
     return finalize
 
 
-def _make_scale(threads: int):
+def _scale_chunk(threads: int):
+    """Scale (or zero) chunk c of the table in place: the dtype branch, once
+    per block, shared by the scale and scale_rows kernels."""
+    key = ("scale_chunk", threads)
+    if key in _kernels:
+        return _kernels[key]
     loops = [_per_dtype(c, threads) for c in (F64, F32, BF16, F16)]
     sc64, sc32, scbf, sch = (loops[c][2] for c in (F64, F32, BF16, F16))
-    P = _pointers()
-    p_i64, p_f64 = P["i64"], P[F64]
 
-    def scale(table, nchunks, state, ctr):
-        slot = (p_i64(ctr, 1)[0] - 1) % RING
-        st = p_f64(state, STATE_LEN * RING)
-        action = int(st[slot * STATE_LEN + S_ACTION])
-        if action == A_NONE:  # nothing to write: return before touching memory
-            return
-        s = st[slot * STATE_LEN + S_SCALE]
-        c = cuda.blockIdx.x
-        tid = cuda.threadIdx.x
-        tb = p_i64(table, nchunks * ROW)
+    @cuda.jit(device=True)
+    def scale_chunk(tb, c, tid, action, s):
         addr = tb[c * ROW]
         n = tb[c * ROW + 1]
         code = tb[c * ROW + 2]
@@ -877,6 +872,24 @@ def _make_scale(threads: int):
             scbf(addr, n, tid, action, s)
         else:
             sch(addr, n, tid, action, s)
+
+    _kernels[key] = scale_chunk
+    return scale_chunk
+
+
+def _make_scale(threads: int):
+    scale_chunk = _scale_chunk(threads)
+    P = _pointers()
+    p_i64, p_f64 = P["i64"], P[F64]
+
+    def scale(table, nchunks, state, ctr):
+        slot = (p_i64(ctr, 1)[0] - 1) % RING
+        st = p_f64(state, STATE_LEN * RING)
+        action = int(st[slot * STATE_LEN + S_ACTION])
+        if action == A_NONE:  # nothing to write: return before touching memory
+            return
+        scale_chunk(p_i64(table, nchunks * ROW), cuda.blockIdx.x, cuda.threadIdx.x, action,
+                    st[slot * STATE_LEN + S_SCALE])
 
     return scale
 
@@ -1001,13 +1014,11 @@ def _make_agc(threads: int):
 
 
 def _make_scale_rows(threads: int):
-    loops = [_per_dtype(c, threads) for c in (F64, F32, BF16, F16)]
-    sc64, sc32, scbf, sch = (loops[c][2] for c in (F64, F32, BF16, F16))
+    scale_chunk = _scale_chunk(threads)
     p_i64, p_f64 = _pointers()["i64"], _pointers()[F64]
 
     def scale_rows(table, nchunks, rows, nrows, ctr, ring):
         c = cuda.blockIdx.x
-        tid = cuda.threadIdx.x
         tb = p_i64(table, nchunks * ROW)
         r = tb[c * ROW + 3]
         slot = (p_i64(ctr, 1)[0] - 1) % ring
@@ -1015,18 +1026,7 @@ def _make_scale_rows(threads: int):
         action = int(out[(R_ACTION * ring + slot) * nrows + r])
         if action == A_NONE:  # this row is not written
             return
-        s = out[(R_SCALE * ring + slot) * nrows + r]
-        addr = tb[c * ROW]
-        n = tb[c * ROW + 1]
-        code = tb[c * ROW + 2]
-        if code == F64:
-            sc64(addr, n, tid, action, s)
-        elif code == F32:
-            sc32(addr, n, tid, action, s)
-        elif code == BF16:
-            scbf(addr, n, tid, action, s)
-        else:
-            sch(addr, n, tid, action, s)
+        scale_chunk(tb, c, cuda.threadIdx.x, action, out[(R_SCALE * ring + slot) * nrows + r])
 
     return scale_rows
 
