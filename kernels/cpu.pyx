@@ -529,6 +529,20 @@ cdef class Table:
         for r in range(rows):
             self._rs[r + 1] = self._rs[r] + (S[r] + FC_CHUNK - 1) // FC_CHUNK
 
+    def fresh(self):
+        """A table over the same chunks with partials of its own: what a
+        cached plan hands each call, so that concurrent calls over the same
+        memory never share the partials the kernels write."""
+        cdef Table t = Table.__new__(Table)
+        t.chunks = self.chunks
+        t.row_start = self.row_start
+        t.partials = np.zeros(self.nchunks, dtype=PARTIAL_DTYPE)
+        t._c = self._c
+        t._rs = self._rs
+        t._p = <fc_partial *>cnp.PyArray_DATA(t.partials)
+        t.nchunks, t.nrows, t.nelem = self.nchunks, self.nrows, self.nelem
+        return t
+
     cdef inline bint _parallel(self, int nt):
         return nt > 1 and self.nelem >= PARALLEL_MIN and self.nchunks > 1
 

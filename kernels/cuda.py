@@ -998,7 +998,7 @@ def _make_agc(threads: int):
         g = nu + u
         wn = out[(R_NORM * RING + slot) * nrows + u]
         eps = prm[P_AGC_EPS]
-        w = wn if wn > eps else eps
+        w = wn if (wn > eps or wn != wn) else eps  # max(||W||, eps); a NaN stays NaN (as the host)
         f = int(out[(R_FLAGS * RING + slot) * nrows + u]) | int(out[(R_FLAGS * RING + slot) * nrows + g])
         action, scale = decide(out[(R_NORM * RING + slot) * nrows + g], out[(R_BIG * RING + slot) * nrows + g],
                                out[(R_ROOT * RING + slot) * nrows + g], f, prm[P_ROW_MAX] * w, policy, 0.0)

@@ -155,3 +155,22 @@ def test_clip_unitwise_is_agc_for_any_layout(seed, c, shape, layout, threads):
             np.testing.assert_allclose(au, gu * (c * wn / gn), rtol=1e-12)
         else:
             np.testing.assert_array_equal(au, gu)
+
+
+def test_clip_unitwise_non_finite_weights_and_huge_units():
+    # propagate with a bad weight: NaN/inf propagate (no ZeroDivisionError, no scaling up)
+    G = [np.zeros((1, 2))]
+    fc.clip_unitwise_([np.array([[np.inf, 1.0]])], G, 0.01, nonfinite="propagate")
+    assert np.isnan(G[0]).all()
+    G = [np.array([[1e-6, 0.0]])]
+    fc.clip_unitwise_([np.array([[np.nan, 1.0]])], G, 0.01, 1e-3, nonfinite="propagate")
+    assert np.isnan(G[0]).all()
+    # finite units whose norms leave float64: still AGC
+    W, G = np.full((1, 2), 1.5e308), [np.full((1, 2), 1.5e308)]
+    with np.errstate(all="raise"):
+        fc.clip_unitwise_([W], G, 0.01)
+    np.testing.assert_allclose(G[0], 1.5e306, rtol=1e-12)
+    # a read-only broadcast weight is read like any array
+    G = [np.ones((4, 3))]
+    fc.clip_unitwise_([np.broadcast_to(np.ones(3), (4, 3))], G, 0.01)
+    np.testing.assert_allclose(G[0], 0.01 * np.sqrt(3) / np.sqrt(3))

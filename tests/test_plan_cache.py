@@ -22,7 +22,9 @@ def test_the_same_memory_reuses_one_table():
     g = [np.ones(10, np.float32), np.ones(5)]
     p1, _ = _buffers.plan_buffers(g, writable=True, fn="f", cache=True)
     p2, _ = _buffers.plan_buffers(list(g), writable=True, fn="f", cache=True)
-    assert len(_buffers._cpu_cache) == 1 and p2.table is next(iter(_buffers._cpu_cache.values()))[1].table
+    cached = next(iter(_buffers._cpu_cache.values()))[1].table
+    assert len(_buffers._cpu_cache) == 1 and p2.table.chunks is cached.chunks  # the same chunk table,
+    assert p2.table.partials is not cached.partials                            # partials of its own
     assert p2.arrays[0] is g[0]
     assert fc.clip_grad_norm_(g, 1.0) == pytest.approx(np.sqrt(15))
     assert fc.global_norm(g) == pytest.approx(1.0)
@@ -73,3 +75,45 @@ def test_the_cache_is_bounded():
     for a in keep:
         fc.global_norm([a])
     assert len(_buffers._cpu_cache) == _buffers.PLAN_CACHE_SIZE
+
+
+def test_concurrent_calls_over_the_same_memory_do_not_share_partials():
+    """Two threads, the same cached plan, different norms: each call has
+    partials of its own (Table.fresh)."""
+    import math
+    import threading
+
+    rng = np.random.default_rng(0)
+    bufs = [rng.standard_normal(1 << 17) for _ in range(8)]
+    for b in bufs:
+        b.flags.writeable = False
+    want = {2.0: fc.global_norm(bufs, 2.0), math.inf: fc.global_norm(bufs, math.inf)}
+    bad = []
+
+    def run(p):
+        for _ in range(60):
+            got = fc.global_norm(bufs, p)
+            if got != want[p]:
+                bad.append((p, got))
+
+    ts = [threading.Thread(target=run, args=(p,)) for p in (2.0, math.inf)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not bad
+
+
+def test_a_strided_duplicate_or_lookalike_is_never_served_from_the_cache():
+    from numpy.lib.stride_tricks import as_strided
+
+    a = np.arange(1.0, 9.0)
+    b = a.reshape(2, 2, 2).transpose(1, 0, 2)  # the same elements, not contiguous
+    c = as_strided(a, shape=(2, 4), strides=(56, 0))  # same extent, repeated elements
+    assert fc.buffer_norms([a, b]).tolist() == [fc.global_norm(a)] * 2
+    with pytest.raises(ValueError):
+        fc.buffer_norms([a, c])
+    fc.clip_grad_norm_([a, b], 1e9)
+    with pytest.raises(ValueError):
+        fc.clip_grad_norm_([a, c], 1.0)
+    assert a.tolist() == list(np.arange(1.0, 9.0))

@@ -169,3 +169,48 @@ def test_history_keeps_the_last_calls_in_order():
 def test_history_argument(bad, exc):
     with pytest.raises(exc):
         fc.Clipper([np.ones(2)], 1.0, history=bad)
+
+
+def test_load_state_dict_into_a_clipper_without_history_or_with_a_smaller_one():
+    g = [np.ones(3)]
+    c = fc.Clipper(g, Percentile(50), history=3)
+    for k in range(10):
+        g[0][:] = 1.0 + k
+        c()
+    state = c.state_dict()
+    d = fc.Clipper([np.ones(3)], Percentile(50))  # no history: the threshold still loads
+    d.load_state_dict(state)
+    assert d.max_norm.state_dict() == state["threshold"]
+    e = fc.Clipper([np.ones(3)], Percentile(50), history=10)  # more room than was saved
+    e.load_state_dict(state)
+    assert len(e.history) == 3 and list(e.history.step) == [7, 8, 9]
+    f = fc.Clipper([np.ones(3)], Percentile(50), history=2)   # less room: the last two
+    f.load_state_dict(state)
+    assert list(f.history.step) == [8, 9]
+    np.testing.assert_array_equal(f.history.norm, c.history.norm[-2:])
+    bad = {**state, "history": {**state["history"], "norm": [1.0]}}
+    before = f.max_norm.state_dict()
+    with pytest.raises(ValueError):
+        f.load_state_dict(bad)
+    assert f.max_norm.state_dict() == before  # nothing restored
+
+
+def test_a_fixed_thresholds_loaded_value_is_the_random_steps_length():
+    c = fc.Clipper([np.array([np.nan, 1.0, 1.0])], Fixed(1.0), nonfinite="random", rng=0)
+    c.load_state_dict({"threshold": {"type": "Fixed", "v": 5.0}, "history": None})
+    g = c._plan.arrays[0]
+    s = c()
+    assert s.threshold == 5.0 and np.linalg.norm(g) == pytest.approx(5.0, rel=1e-9)
+    with pytest.raises(ValueError, match="finite"):
+        c.load_state_dict({"threshold": {"type": "Fixed", "v": math.inf}, "history": None})
+    assert c.max_norm.v == 5.0
+
+
+def test_percentile_is_numpys_to_the_bit():
+    rng = np.random.default_rng(5)
+    norms = np.abs(rng.standard_normal(300)) * 10.0 ** rng.integers(-3, 3, 300)
+    for p, window in [(10, None), (37.5, None), (90, 17), (50, 4)]:
+        t = Percentile(p, window=window)
+        for i, g in enumerate(norms):
+            h = norms[: i + 1] if window is None else norms[max(0, i + 1 - window): i + 1]
+            assert t.step(float(g)) == float(np.percentile(h, p))

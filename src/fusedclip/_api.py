@@ -160,11 +160,12 @@ class Clipper:
         """The threshold's state and the history, to resume a run exactly."""
         thr = self._threshold
         return {"threshold": None if thr is None else thr.state_dict(),
-                "history": None if self._history is None else self._history.state_dict()}
+                "history": self._history.state_dict() if self._history else None}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what ``state_dict`` saved (the threshold object must be of
-        the same type as the saved one)."""
+        the same type as the saved one).  Everything is checked before
+        anything is restored; a history keeps the last entries it has room for."""
         if not isinstance(state, dict) or set(state) != {"threshold", "history"}:
             raise ValueError("Clipper.load_state_dict: expected a dict from Clipper.state_dict()")
         saved, thr = state["threshold"], self._threshold
@@ -172,14 +173,29 @@ class Clipper:
             raise ValueError("Clipper.load_state_dict: the saved state has "
                              f"{'no' if saved is None else 'a'} threshold object, this Clipper "
                              f"{'has one' if thr is not None else 'has none'}")
+        hist = self._history if self._history and state["history"] is not None else None
+        if hist is not None:
+            hist.check_state(state["history"])
         if thr is not None:
+            trial = type(thr).__new__(type(thr))
+            trial.__dict__.update({k: v for k, v in thr.__dict__.items() if k != "_device"})
+            trial._device = None
+            trial.load_state_dict(saved)  # validates without touching thr
+            if isinstance(thr, Fixed) and self._nonfinite_policy == "random":
+                _random_needs_fixed(trial.v, trial)
             thr.load_state_dict(saved)
-        if self._history is not None and state["history"] is not None:
-            self._history.load_state_dict(state["history"])
+            if isinstance(thr, Fixed):
+                self._max_norm = thr.v
+        if hist is not None:
+            hist.load_state_dict(state["history"])
 
     def _threshold_for(self, norm: float) -> float:
         thr = self._threshold
-        return self._max_norm if thr is None else thr.step(norm)
+        if thr is None:
+            return self._max_norm
+        if isinstance(thr, Fixed):  # its current value (the random step's length too)
+            self._max_norm = thr.v
+        return thr.step(norm)
 
     def __call__(self) -> ClipStats:
         self._plan.check()  # RuntimeError if an array was resized since planning

@@ -265,7 +265,7 @@ def clip_unitwise_(params: Any, grads: Any, clipping: float = 0.01, eps: float =
                             "(nothing was modified)")
         _unitwise_gpu(W, G, wg, gg, c, e, policy, fn)
         return
-    wa, ga = _caller_arrays(wplan), _caller_arrays(gplan)
+    wa, ga = _caller_arrays(wplan, W), _caller_arrays(gplan, G)
     for i, (w, g) in enumerate(zip(wa, ga)):
         if w.shape != g.shape:
             raise ValueError(f"{fn}: params[{i}] has shape {w.shape} but grads[{i}] has shape "
@@ -277,14 +277,23 @@ def clip_unitwise_(params: Any, grads: Any, clipping: float = 0.01, eps: float =
     table, owner = _unit_table(wc + gc, np.concatenate([units, units]))
     nu = int(units.sum())
     norms, flags = table.row_norms(cpu.NORM_2, 2.0, nt)
-    wn, gn = np.where(norms[:nu] > e, norms[:nu], e), norms[nu:]  # NaN -> eps, as on the GPU
+    wn, gn = np.maximum(norms[:nu], e), norms[nu:]  # a NaN ||W|| stays NaN, as on the GPU
     bad = (flags[:nu] | flags[nu:]).astype(np.int32)
-    thr = c * wn
     with np.errstate(all="ignore"):
+        thr = c * wn
         scales = thr / gn
-    over = (bad == 0) & (gn > thr)
-    for u in np.flatnonzero(over & ~(scales > 0.0)).tolist():  # ||G|| beyond float64
-        scales[u] = table.row_scale(nu + u, cpu.NORM_2, 2.0, float(thr[u]))
+    # finite units whose norms (or clipping * ||W||) leave float64: decide on
+    # the units scaled by their largest |value| (the ratio does not change)
+    first = np.cumsum(units) - units
+    for u in np.flatnonzero((bad == 0) & ~(np.isfinite(thr) & np.isfinite(gn))).tolist():
+        i = int(owner[u])
+        w_u = wc[i].reshape(units[i], -1)[u - first[i]].astype(np.float64)
+        g_u = gc[i].reshape(units[i], -1)[u - first[i]].astype(np.float64)
+        m = max(float(np.max(np.abs(w_u), initial=0.0)), float(np.max(np.abs(g_u), initial=0.0)))
+        wr, gr = float(np.linalg.norm(w_u / m)), float(np.linalg.norm(g_u / m))
+        thr[u] = c * max(wr, e / m)
+        gn[u] = gr
+        scales[u] = thr[u] / gr if gr > 0.0 else 1.0
     actions, out, raise_rows, _ = _policy.decide_rows(gn, bad, thr, policy, scales)
     gi = owner[nu:] - len(wc)  # unit -> grad index
     if raise_rows:
@@ -351,9 +360,12 @@ def _unitwise_gpu(W, G, wg, gg, c: float, e: float, policy: str, fn: str) -> Non
             raise NonFiniteError(math.nan, tuple(sorted(set(owner[bad].tolist()))))
 
 
-def _caller_arrays(plan) -> list[np.ndarray]:
-    """The numpy view of every caller buffer (empty ones included)."""
+def _caller_arrays(plan, objs: list) -> list[np.ndarray]:
+    """The numpy view of every caller buffer (empty ones and read-only
+    zero-stride views, which have no table row, included)."""
     out: list = [None] * plan.n_inputs
+    for _, _, i in plan.extra:
+        out[i] = np.asarray(objs[i])
     for r, i in enumerate(plan.rows.tolist()):
         out[i] = plan.arrays[r]
     for r, more in plan.dups.items():

@@ -26,6 +26,7 @@ class History:
         self.capacity = int(capacity)
         self._data = np.zeros((len(_FIELDS), self.capacity))
         self._calls = 0          # calls recorded, ever
+        self._n = 0              # entries held (<= capacity)
         self._pending: list = []  # (call number, DeviceClipStats) not read yet
 
     def __bool__(self) -> bool:
@@ -33,7 +34,7 @@ class History:
 
     def __len__(self) -> int:
         self._flush()
-        return min(self._calls, self.capacity)
+        return self._n
 
     def record(self, stats: Any) -> None:
         if not self.capacity:
@@ -41,6 +42,7 @@ class History:
         if hasattr(stats, "result") and getattr(stats, "_host", None) is None:
             self._pending.append((self._calls, stats))  # DeviceClipStats: read later
             self._calls += 1
+            self._n = min(self._n + 1, self.capacity)
             from .kernels.cuda import RING
 
             if len(self._pending) >= RING - 1:
@@ -48,6 +50,7 @@ class History:
             return
         self._put(self._calls, stats)
         self._calls += 1
+        self._n = min(self._n + 1, self.capacity)
 
     def _put(self, call: int, s: Any) -> None:
         self._data[:, call % self.capacity] = (s.norm, s.threshold, s.scale, s.clipped, s.finite)
@@ -59,6 +62,8 @@ class History:
 
     def _order(self) -> np.ndarray:
         n = len(self)
+        if not self.capacity:
+            return np.zeros(0, int)
         start = self._calls - n
         return (np.arange(start, self._calls) % max(self.capacity, 1)) if n else np.zeros(0, int)
 
@@ -84,17 +89,29 @@ class History:
         return {"capacity": self.capacity, "calls": self._calls,
                 **{k: v.tolist() for k, v in d.items() if k != "step"}}
 
+    def check_state(self, state: Any) -> None:
+        """ValueError unless ``state`` is a History.state_dict()."""
+        try:
+            n, calls = len(state["norm"]), int(state["calls"])
+            ok = all(len(state[f]) == n for f in _FIELDS) and 0 <= n <= calls
+        except (TypeError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError("History.load_state_dict: expected a History.state_dict() "
+                             "(as many entries of each field, and no more than calls)")
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        n = len(state["norm"])
+        """Restore the last min(saved, capacity) entries and the call count."""
+        self.check_state(state)
         calls = int(state["calls"])
-        if n > min(calls, state["capacity"]):
-            raise ValueError("History.load_state_dict: more entries than calls")
+        keep = min(len(state["norm"]), self.capacity)
         self._pending = []
-        self._calls = calls - n
-        for i in range(n):
+        self._calls, self._n = calls - keep, 0
+        for i in range(len(state["norm"]) - keep, len(state["norm"])):
             s = type("S", (), {f: state[f][i] for f in _FIELDS})
             self._put(self._calls, s)
             self._calls += 1
+            self._n += 1
         self._calls = calls
 
     def __repr__(self) -> str:

@@ -261,7 +261,15 @@ def decide(norm: float, flags: int, max_norm: float, policy: str, overflow_scale
         return Decision(A_ZERO, 0.0, True)
     if policy == "random":
         return Decision(A_RANDOM, 0.0, True)
-    return Decision(A_SCALE, max_norm / norm, True)  # propagate: 0 for inf, NaN for NaN, as torch
+    return Decision(A_SCALE, _ieee_div(max_norm, norm), True)  # propagate: 0 for inf, NaN for NaN, as torch
+
+
+def _ieee_div(a: float, b: float) -> float:
+    """a / b as IEEE floats divide (the device's rule): x / 0 is +-inf, 0 / 0 NaN."""
+    try:
+        return a / b
+    except ZeroDivisionError:
+        return math.nan if a == 0.0 or a != a else math.copysign(math.inf, a) * math.copysign(1.0, b)
 
 
 def decide_rows(norms: np.ndarray, flags: np.ndarray, max_norm, policy: str,

@@ -132,7 +132,7 @@ class Percentile(Threshold):
         else:
             heapq.heappush(self._hi, g)
         n = len(self._lo) + len(self._hi)
-        k = int(math.floor((n - 1) * self.p / 100.0)) + 1
+        k = int(math.floor((self.p / 100.0) * (n - 1))) + 1
         while len(self._lo) > k:
             heapq.heappush(self._hi, -heapq.heappop(self._lo))
         while len(self._lo) < k:
@@ -143,7 +143,7 @@ class Percentile(Threshold):
         n = len(self)
         if n == 0 or self.count <= self.warmup:
             return _INF
-        idx = (n - 1) * self.p / 100.0
+        idx = (self.p / 100.0) * (n - 1)  # numpy's virtual index, the same rounding
         j = int(math.floor(idx))
         if self.window is not None:
             a = self._sorted[j]
