@@ -308,3 +308,15 @@ def test_clip_unitwise_argument_errors_write_nothing(engine):
         with pytest.raises(exc):
             fc.clip_unitwise_(*args, **kw)
     assert_untouched([engine.get(b) for b in gb], snap)
+
+
+def test_clip_unitwise_a_nan_weight_propagates(engine):
+    """propagate with a NaN weight: the unit's gradient becomes NaN (it is
+    not scaled by clipping * eps / ||G||), on every engine alike."""
+    W = [np.array([[np.nan, 1.0], [1.0, 1.0]], np.float32)]
+    G = [np.array([[1e-6, 0.0], [5.0, 5.0]], np.float32)]
+    wb, gb = engine.put([w.copy() for w in W]), engine.put([g.copy() for g in G])
+    fc.clip_unitwise_(wb, gb, 0.01, nonfinite="propagate")
+    got = engine.get(gb[0])
+    assert np.isnan(got[0]).all()
+    np.testing.assert_array_equal(got[1], scaled(G[0][1], 0.01 * math.sqrt(2) / math.sqrt(50)))
