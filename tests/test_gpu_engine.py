@@ -256,3 +256,17 @@ def test_a_percentile_clipper_needs_one_wait_per_call(recorder):
     d0 = len(recorder.download_streams)
     c()
     assert len(recorder.download_streams) == d0 + 1
+
+
+def test_unitwise_is_five_launches_and_plans_its_units_once(recorder):
+    from fusedclip import _family
+
+    _family._unit_plans.clear()
+    W, G = fakes(1000), fakes(1000)
+    G = [FakeCuda(f.__cuda_array_interface__["data"][0] + (1 << 30), 256) for f in G]
+    for k in range(3):
+        n0 = len(recorder.launches)
+        fc.clip_unitwise_(W, G, 0.01, nonfinite="skip")
+        assert [x[0] for x in recorder.launches[n0:]] in (
+            ["partials", "finalize", "rownorms", "agc", "scale_rows"], ["graph"])
+    assert len(_family._unit_plans) == 1 and recorder.replays == 2

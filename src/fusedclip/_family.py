@@ -320,7 +320,7 @@ def _unitwise_gpu(W, G, wg, gg, c: float, e: float, policy: str, fn: str) -> Non
 
     wb = {b.caller: b for b in wg.rows}
     gb = {b.caller: b for b in gg.rows}
-    wu, gu = [], []
+    pairs = []  # (weight buffer, gradient buffer, units), non-empty ones
     for i in range(len(G)):
         ws, gs = shape_of(W[i]), shape_of(G[i])
         if ws != gs:
@@ -328,35 +328,36 @@ def _unitwise_gpu(W, G, wg, gg, c: float, e: float, policy: str, fn: str) -> Non
                              f"{gs}; they must match (nothing was modified)")
         if i not in gb:
             continue  # empty
-        for obj, side, out in ((W[i], wb, wu), (G[i], gb, gu)):
+        for obj in (W[i], G[i]):
             if not c_ordered(obj):
                 raise ValueError(f"{fn}: buffer {i} (a CUDA array) is not C-contiguous; unit-wise "
                                  "clipping reads rows: pass .contiguous() / cupy.ascontiguousarray "
                                  "(nothing was modified)")
-            b = side[i]
-            k = _units(gs)
-            per = b.n // k
-            item = cpu.DTYPES[b.code].itemsize
-            out.extend(Buf(len(out), None, b.addr + j * per * item, per, b.code, b.device, b.lib)
-                       for j in range(k))
-    nu = len(gu)
-    if nu == 0:
+        pairs.append((wb[i], gb[i], _units(gs)))
+    if not pairs:
         return
-    units = wu + [Buf(nu + u.caller, None, u.addr, u.n, u.code, u.device, u.lib) for u in gu]
-    key = (gg.stream, tuple((u.addr, u.n, u.code) for u in units))
+    # the plan of these units, built once per memory layout (no per-unit work on a hit)
+    key = (gg.stream, tuple((w.addr, w.code, g.addr, g.code, g.n, k) for w, g, k in pairs))
     plan = _unit_plans.get(key)
     if plan is None:
+        units: list = []
+        for side in (0, 1):
+            for w, g, k in pairs:
+                b = (w, g)[side]
+                per, item = b.n // k, cpu.DTYPES[b.code].itemsize
+                units.extend(Buf(len(units), None, b.addr + j * per * item, per, b.code, b.device, b.lib)
+                             for j in range(k))
         plan = GpuPlan(units, {}, gg.stream)
         _unit_plans[key] = plan
         while len(_unit_plans) > 8:
             _unit_plans.pop(next(iter(_unit_plans)))
+    nu = sum(k for _, _, k in pairs)
     call = plan.unit_clip(nu, c, e, policy)
     if policy == "error":  # the device wrote nothing if anything was non-finite
         _, flags, _ = plan.row_result(call)  # the one wait
         bad = np.flatnonzero(flags[nu:])
         if bad.size:
-            owner = np.repeat(np.arange(len(G)), [(_units(shape_of(G[i])) if i in gb else 0)
-                                                   for i in range(len(G))])
+            owner = np.repeat([g.caller for _, g, _ in pairs], [k for _, _, k in pairs])
             raise NonFiniteError(math.nan, tuple(sorted(set(owner[bad].tolist()))))
 
 
