@@ -67,11 +67,15 @@ cdef extern from *:
     const char *fc_cpu_level() nogil
     uint64_t fc_floor_read(const uint64_t *x, int64_t n) noexcept nogil
     void fc_prefetch_obj "__builtin_prefetch" (const void *p) noexcept nogil
+    void fc_prefetch_chunks(const fc_chunk *c, int64_t i, int64_t n, int64_t ahead, int rw) noexcept nogil
     void fc_floor_rw(uint64_t *x, int64_t n, uint64_t mask) noexcept nogil
     ctypedef void (*fc_ssq_fn)(const void *, int64_t, double *, double *) noexcept nogil
-    fc_ssq_fn fc_ssq_f32_impl, fc_ssq_bf16_impl
+    ctypedef double (*fc_ssqw_fn)(const void *, int64_t) noexcept nogil
+    fc_ssq_fn fc_ssq_f32_impl
+    fc_ssqw_fn fc_ssqw_bf16_impl, fc_ssqw_f16_impl
     void fc_ssq_f32(const void *p, int64_t n, double *ss, double *mx) noexcept nogil
-    void fc_ssq_bf16(const void *p, int64_t n, double *ss, double *mx) noexcept nogil
+    double fc_ssqw_bf16_lanes(const void *p, int64_t n) noexcept nogil
+    double fc_ssqw_f16_lanes(const void *p, int64_t n) noexcept nogil
 
 
 #: Elements per chunk (the unit of work and of the partials).
@@ -210,14 +214,25 @@ cdef inline int _team_size(int nthreads, Py_ssize_t nchunks, bint *parallel) noe
     return nthreads
 
 
+cdef inline Py_ssize_t _grab(Py_ssize_t nchunks, int nthreads) noexcept nogil:
+    """Chunks per grab of the dynamic schedule: about 16 grabs per thread.
+    Static halves made a call wait for its slowest thread, and on a shared
+    machine one thread is often late (a worker waking from sleep, another
+    process on its core); with grabs the threads that run take the work.
+    The result does not depend on who computes which chunk: every chunk
+    writes its own partial, combined in chunk order."""
+    cdef Py_ssize_t g = nchunks // (16 * nthreads)
+    return g if g > 1 else 1
+
+
 cdef void table_reduce(const fc_chunk *chunks, Py_ssize_t n, int kind, double p,
                        fc_partial *partials, int nthreads, bint parallel) noexcept nogil:
     """One partial per chunk (the fused pass); the combine is the caller's."""
     cdef Py_ssize_t i
     nthreads = _team_size(nthreads, n, &parallel)
-    for i in prange(n, schedule="static", num_threads=nthreads, use_threads_if=parallel):
-        if i + PREFETCH_AHEAD < n:
-            fc_prefetch_chunk(&chunks[i + PREFETCH_AHEAD])
+    cdef Py_ssize_t g = _grab(n, nthreads)
+    for i in prange(n, schedule="dynamic", chunksize=g, num_threads=nthreads, use_threads_if=parallel):
+        fc_prefetch_chunks(chunks, i, n, PREFETCH_AHEAD, 0)
         fc_reduce_chunk(&chunks[i], kind, p, &partials[i])
 
 
@@ -244,9 +259,9 @@ cdef void _table_write(const fc_chunk *chunks, Py_ssize_t n, int op, double v,
                        int nthreads, bint parallel) noexcept nogil:
     cdef Py_ssize_t i
     nthreads = _team_size(nthreads, n, &parallel)
-    for i in prange(n, schedule="static", num_threads=nthreads, use_threads_if=parallel):
-        if i + PREFETCH_AHEAD < n:
-            fc_prefetch_chunk(&chunks[i + PREFETCH_AHEAD])
+    cdef Py_ssize_t g = _grab(n, nthreads)
+    for i in prange(n, schedule="dynamic", chunksize=g, num_threads=nthreads, use_threads_if=parallel):
+        fc_prefetch_chunks(chunks, i, n, PREFETCH_AHEAD, 1)
         if op == _OP_SCALE:
             fc_scale_chunk(&chunks[i], v)
         elif op == _OP_CLAMP:
@@ -614,13 +629,15 @@ cdef class Table:
             raise ValueError(f"actions and scales need one entry per row ({self.nrows})")
         cdef int nt = _nthreads(nthreads)
         cdef bint par = self._parallel(nt)
-        cdef Py_ssize_t i, n = self.nchunks
+        cdef Py_ssize_t i, n = self.nchunks, g
         cdef int a
         if n == 0:
             return
         with nogil:
             nt = _team_size(nt, n, &par)
-            for i in prange(n, schedule="static", num_threads=nt, use_threads_if=par):
+            g = _grab(n, nt)
+            for i in prange(n, schedule="dynamic", chunksize=g, num_threads=nt, use_threads_if=par):
+                fc_prefetch_chunks(self._c, i, n, PREFETCH_AHEAD, 1)
                 a = A[self._c[i].buf]
                 if a == _ROW_SCALE:
                     fc_scale_chunk(&self._c[i], V[self._c[i].buf])
@@ -688,19 +705,24 @@ def floor_rw(cnp.ndarray a, nthreads=None):
 
 
 def _ssq_paths(cnp.ndarray a):
-    """(picked, generic): the sum of squares of a contiguous float32 or
-    bfloat16 array by the loop the table uses (the AVX-512 intrinsics where
-    the CPU has them) and by the lane loop's clone; the tests check they
-    are the same bits."""
+    """(picked, generic): the float64 lane sums of a contiguous float32,
+    bfloat16 or float16 array by the loop the table uses (the AVX-512
+    intrinsics where the CPU has them) and by the portable lane loop; the
+    tests check they are the same bits.  For the 16-bit types these are the
+    scaled sums of simd.h's bit transform (x^2 * 2^-768), before the
+    chunk's checks."""
     cdef double s1, s2, m
     cdef int64_t n = a.size
     cdef const void *p = cnp.PyArray_DATA(a)
-    if not a.flags.c_contiguous or a.dtype not in (DTYPES[FC_F32], DTYPES[FC_BF16]):
-        raise ValueError("a contiguous float32 or bfloat16 array")
+    if not a.flags.c_contiguous or a.dtype not in (DTYPES[FC_F32], DTYPES[FC_BF16], DTYPES[FC_F16]):
+        raise ValueError("a contiguous float32, bfloat16 or float16 array")
     if a.dtype == DTYPES[FC_F32]:
         fc_ssq_f32_impl(p, n, &s1, &m)
         fc_ssq_f32(p, n, &s2, &m)
+    elif a.dtype == DTYPES[FC_BF16]:
+        s1 = fc_ssqw_bf16_impl(p, n)
+        s2 = fc_ssqw_bf16_lanes(p, n)
     else:
-        fc_ssq_bf16_impl(p, n, &s1, &m)
-        fc_ssq_bf16(p, n, &s2, &m)
+        s1 = fc_ssqw_f16_impl(p, n)
+        s2 = fc_ssqw_f16_lanes(p, n)
     return s1, s2

@@ -127,13 +127,67 @@ static inline uint16_t fc_f16_store(float f) {           /* round to nearest eve
  * lanes are explicit, every SIMD level (AVX-512, AVX2, scalar) computes the
  * same bits.  STMT sees the element index I and its lane J. */
 #define FC_LANES 32
-#define FC_LANE_LOOP(n, STMT)                                                       \
+/* Software prefetch FC_PF_DIST bytes ahead of the loops' streams, to L2: the
+ * hardware prefetchers alone left the kernels 25-50 % below the plain read
+ * and read-write rates on DRAM-resident buffers (16-bit types: 2x).  The
+ * loops prefetch only inside their chunk (past its end lies another
+ * buffer, or memory nobody reads); the table loops fetch the head of the
+ * next chunk (fc_prefetch_chunks), so one thread's stream runs on across
+ * chunks and buffers.  FC_FOR_BLOCKS is the loop over blocks of FC_LANES
+ * elements that does it. */
+#ifndef FC_PF_DIST
+#define FC_PF_DIST 16384
+#endif
+#ifndef FC_PF_LOC
+#define FC_PF_LOC 2
+#endif
+/* Where a thread's stream goes after the chunk being processed: set by the
+ * table loops (fc_prefetch_chunks) to the next chunk's first byte.  Only
+ * prefetched, never loaded: a stale value (a kernel called outside a table
+ * loop) costs a useless prefetch, nothing more. */
+static const char fc_pf_nowhere[64];
+static __thread const char *fc_pf_next = fc_pf_nowhere;
+#define FC_PF_LINES(a, bytes, rw)                                                   \
+    do {                                                                            \
+        for (int pf_ = 0; pf_ < (int)(bytes); pf_ += 64)                            \
+            __builtin_prefetch((const char *)(a) + pf_, rw, FC_PF_LOC);             \
+    } while (0)
+/* A software prefetch into a 4 KB page the TLB does not hold is dropped
+ * (buffers of small arrays live on 4 KB pages; a large numpy array gets
+ * transparent huge pages): one real load per page, a page ahead of the
+ * prefetches, walks the page table in time (about 10 % on 4 KB pages).
+ * It reads a byte of the buffer itself, never past it. */
+#define FC_PF_TOUCH(a) ((void)*(volatile const char *)(a))
+/* for (b = 0; b < nb; b += FC_LANES) BODY, prefetching FC_PF_DIST bytes
+ * ahead: inside x[0, n) while that lies ahead, then at the next chunk.  Two
+ * loops, so that the common one carries no address select. */
+#define FC_FOR_BLOCKS(x, n, nb, b, rw, ...)                                         \
+    do {                                                                            \
+        const int64_t sz_ = (int64_t)sizeof(*(x));                                  \
+        const int64_t d_ = FC_PF_DIST / sz_, pg_ = 4096 / sz_;                      \
+        const int64_t m_ = (nb) > d_ ? (nb) - d_ : 0;                               \
+        const int64_t tl_ = (n) - d_ - pg_;     /* touches stay inside x[0, n) */   \
+        const int bb_ = FC_LANES * (int)sz_;                                        \
+        int64_t b = 0;                                                              \
+        for (; b < m_; b += FC_LANES) {                                             \
+            FC_PF_LINES((x) + b + d_, bb_, rw);                                     \
+            if (!(b & (pg_ - 1)) && b < tl_) FC_PF_TOUCH((x) + b + d_ + pg_);      \
+            __VA_ARGS__                                                             \
+        }                                                                           \
+        /* then into the next chunk: prefetches only (never a load there) */        \
+        uintptr_t q_ = (uintptr_t)fc_pf_next + (uintptr_t)((b + d_ - (n)) * sz_);   \
+        for (; b < (nb); b += FC_LANES, q_ += (uintptr_t)bb_) {                     \
+            FC_PF_LINES(q_, bb_, rw);                                               \
+            __VA_ARGS__                                                             \
+        }                                                                           \
+    } while (0)
+#define FC_LANE_LOOP(x, n, STMT)                                                    \
     do {                                                                            \
         const int64_t nb_ = (n) - (n) % FC_LANES;                                   \
-        for (int64_t b_ = 0; b_ < nb_; b_ += FC_LANES) {                            \
+        FC_FOR_BLOCKS(x, n, nb_, b_, 0, {                                           \
             FC_PRAGMA(omp simd)                                                     \
             for (int J = 0; J < FC_LANES; J++) { const int64_t I = b_ + J; STMT }   \
-        }                                                                           \
+        });                                                                         \
         for (int64_t I = nb_; I < (n); I++) { const int J = (int)(I - nb_); STMT }  \
     } while (0)
 
@@ -172,7 +226,7 @@ FC_CLONES static void fc_ssq_##SFX(const void *p, int64_t n, double *ss, double 
 {                                                                                    \
     const T *restrict x = (const T *)p;                                              \
     double s[FC_LANES] = {0.0}, m[FC_LANES] = {0.0};                                 \
-    FC_LANE_LOOP(n, {                                                                \
+    FC_LANE_LOOP(x, n, {                                                                \
         double v = LD(x[I]);                                                         \
         s[J] += v * v;                                                               \
         if (F64) m[J] = fabs(v) > m[J] ? fabs(v) : m[J];                             \
@@ -184,7 +238,7 @@ FC_CLONES static double fc_asum_##SFX(const void *p, int64_t n)                 
 {                                                                                    \
     const T *restrict x = (const T *)p;                                              \
     double s[FC_LANES] = {0.0};                                                      \
-    FC_LANE_LOOP(n, { s[J] += fabs(LD(x[I])); });                                    \
+    FC_LANE_LOOP(x, n, { s[J] += fabs(LD(x[I])); });                                    \
     return fc_lanes_sum(s);                                                          \
 }                                                                                    \
 /* max |x| ignoring NaN, and z = sum(x*0), which is NaN iff a value is inf/NaN. */   \
@@ -192,7 +246,7 @@ FC_CLONES static void fc_amax_##SFX(const void *p, int64_t n, double *mx, double
 {                                                                                    \
     const T *restrict x = (const T *)p;                                              \
     double m[FC_LANES] = {0.0}, zz[FC_LANES] = {0.0};                                \
-    FC_LANE_LOOP(n, {                                                                \
+    FC_LANE_LOOP(x, n, {                                                                \
         double v = LD(x[I]);                                                         \
         m[J] = fabs(v) > m[J] ? fabs(v) : m[J];                                      \
         zz[J] += v * 0.0;                                                            \
@@ -238,8 +292,12 @@ FC_CLONES static void fc_scale_##SFX(void *p, int64_t n, double s)              
 {                                                                                    \
     T *restrict x = (T *)p;                                                          \
     const CT c = (CT)s;                                                              \
-    FC_PRAGMA(omp simd)                                                              \
-    for (int64_t i = 0; i < n; i++) x[i] = ST((CT)LD(x[i]) * c);                     \
+    const int64_t nb = n - n % FC_LANES;                                             \
+    FC_FOR_BLOCKS(x, n, nb, b, 1, {                                                  \
+        FC_PRAGMA(omp simd)                                                          \
+        for (int64_t i = b; i < b + FC_LANES; i++) x[i] = ST((CT)LD(x[i]) * c);      \
+    });                                                                              \
+    for (int64_t i = nb; i < n; i++) x[i] = ST((CT)LD(x[i]) * c);                    \
 }                                                                                    \
 /* x = clamp(x, -c, c); NaN stays NaN, +-inf becomes +-c. */                         \
 FC_CLONES static void fc_clamp_##SFX(void *p, int64_t n, double c)                   \
@@ -338,66 +396,247 @@ FC_CLONES static void fc_scalef(float *x, int64_t n, float c) {
         }                                                                           \
     } while (0)
 
-/* The L2 fast path for float32 and bfloat16 with AVX-512 intrinsics: GCC's
- * code for the lane loop loads 64 bytes and extracts the upper half before
- * converting (an extra port-5 uop per 16 elements); converting straight from
- * 32-byte loads reaches the L2 read rate on one core (+14 % for float32 in
- * benchmarks/compute_roof.py).  The lanes, the FMAs and the fold are those
- * of FC_LANE_LOOP, so the bits are the same as every other clone's. */
+/* ---------------------------------- 16-bit sums of squares from the bits
+ *
+ * Widening every 16-bit value to float64 (two conversions, one of them on
+ * the shuffle port) made the bfloat16 and float16 norms compute-bound at
+ * about half the memory rate.  Their float64 lane values are instead built
+ * from the bits with one shift and one ternary-logic operation:
+ *
+ *   w = bits( (|x| as float32 bits) << 29  |  1 << 61 )
+ *
+ * places x's 8 exponent bits in the low 8 bits of float64's exponent field,
+ * its mantissa under float64's, and sets the field's 512 bit.  For every
+ * normal x, w = |x| * 2^-384 exactly, so w*w = x^2 * 2^-768 is exact (8- or
+ * 11-bit significands) and normal, and the lanes accumulate exactly what
+ * widening accumulates, scaled by a power of two: the same bits.  (A
+ * bfloat16 holds float32's top 16 bits, so its lane value is the same
+ * transform of (bits << 16).)  Where the float32 exponent is 0 (zero, and
+ * bfloat16 subnormals) w is 2^-511 * (1.m) instead of the value: each such
+ * element adds a term below 2^-1020 (x^2 units: below 2^-252), and
+ *   - a chunk of zeros sums to exactly n * 2^-1022: its result is 0;
+ *   - a bfloat16 chunk whose sum is below n * 2^-970 (all |x| below about
+ *     2^-100) is recomputed by widening, so the error stays below 2^-50
+ *     relative; float16 values reach float32 through an exact conversion
+ *     and are never below 2^-24, so their zeros' terms are below 2^-190
+ *     relative to any nonzero chunk;
+ *   - an inf or NaN gives w*w >= 2^-512 (x^2 >= 2^256, more than any finite
+ *     bfloat16 or float16 square): a sum >= 2^256 is reported as inf, and
+ *     fc_reduce_chunk classifies the chunk as for every other type.
+ *
+ * Lanes: a 32-element block is read as 8 words of 64 bits.  bfloat16: the
+ * element at 16-bit position k of word q goes to lane 8k + q.  float16
+ * (through float32, two per word): element 16h + 2q + e goes to lane
+ * 8(2h + e) + q.  The tail goes to lanes 0.., and fc_lanes_sum folds them.
+ * The AVX-512 loops below and the portable loops compute the same bits. */
+#define FC_W_BIAS  0x2000000000000000ull                 /* exponent field +512 */
+#define FC_W_MASK  0x0fffffffe0000000ull                 /* |float32 bits| << 29 */
+#define FC_WB_MASK 0x0fffe00000000000ull                 /* |bfloat16 bits| << 45 */
+static inline double fc_w_of_f32bits(uint32_t u) {
+    const uint64_t b = ((uint64_t)(u & 0x7fffffffu) << 29) | FC_W_BIAS;
+    double d;
+    memcpy(&d, &b, sizeof d);
+    return d;
+}
+/* The sum of squares from a lanes' sum sw over n elements (see above). */
+static inline double fc_w_finish(double sw, int64_t n) {
+    if (sw == (double)n * 0x1p-1022) return 0.0;         /* all zeros */
+    const double ss = sw * 0x1p768;
+    return ss >= 0x1p256 ? INFINITY : ss;                 /* maybe inf/NaN */
+}
+
+/* The portable lane loops (any ISA; the target clones vectorise them). */
+FC_CLONES static double fc_ssqw_bf16_lanes(const void *p, int64_t n) {
+    const uint16_t *restrict x = (const uint16_t *)p;
+    double s[FC_LANES] = {0.0};
+    const int64_t nb = n - n % FC_LANES;
+    FC_FOR_BLOCKS(x, n, nb, b, 0, {
+        uint64_t wd[8];
+        memcpy(wd, x + b, sizeof wd);
+        for (int k = 0; k < 4; k++) {
+            FC_PRAGMA(omp simd)
+            for (int q = 0; q < 8; q++) {
+                const double w = fc_w_of_f32bits((uint32_t)((wd[q] >> (16 * k)) & 0xffffu) << 16);
+                s[8 * k + q] += w * w;
+            }
+        }
+    });
+    for (int64_t I = nb; I < n; I++) {
+        const double w = fc_w_of_f32bits((uint32_t)x[I] << 16);
+        s[I - nb] += w * w;
+    }
+    return fc_lanes_sum(s);
+}
+/* float16 through float32 blocks (f holds `len` converted values of the
+ * chunk's block starting at element `off`, a multiple of FC_LANES). */
+FC_CLONES static void fc_ssqw_f32bits_acc(const float *f, int64_t len, int64_t off, int64_t n, double *s) {
+    const int64_t nb = n - n % FC_LANES;
+    const int64_t full = off + len <= nb ? len : nb - off;
+    for (int64_t b = 0; b < full; b += FC_LANES)
+        for (int h = 0; h < 2; h++)
+            for (int e = 0; e < 2; e++) {
+                FC_PRAGMA(omp simd)
+                for (int q = 0; q < 8; q++) {
+                    const double w = fc_w_of_f32bits(fc_f32_bits(f[b + 16 * h + 2 * q + e]));
+                    s[8 * (2 * h + e) + q] += w * w;
+                }
+            }
+    for (int64_t I = full > 0 ? full : 0; I < len; I++) {
+        const double w = fc_w_of_f32bits(fc_f32_bits(f[I]));
+        s[off + I - nb] += w * w;
+    }
+}
+static double fc_ssqw_f16_lanes(const void *p, int64_t n) {
+    double s[FC_LANES] = {0.0};
+    FC_F16_BLOCKS(p, n, { fc_ssqw_f32bits_acc(buf, len, b_, n, s); });
+    return fc_lanes_sum(s);
+}
+
 typedef void (*fc_ssq_fn)(const void *, int64_t, double *, double *);
-static fc_ssq_fn fc_ssq_f32_impl = fc_ssq_f32, fc_ssq_bf16_impl = fc_ssq_bf16;
-static const char *fc_ssq_path = "lane loop (target clones)";
+typedef double (*fc_ssqw_fn)(const void *, int64_t);
+typedef void (*fc_scale_fn)(void *, int64_t, double);
+static fc_ssq_fn fc_ssq_f32_impl = fc_ssq_f32;
+static fc_ssqw_fn fc_ssqw_bf16_impl = fc_ssqw_bf16_lanes, fc_ssqw_f16_impl = fc_ssqw_f16_lanes;
+static fc_scale_fn fc_scale_bf16_impl = fc_scale_bf16, fc_scale_f16_impl = NULL;
+static const char *fc_ssq_path = "lane loops (target clones)";
+
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(FUSEDCLIP_NO_CLONES)
 #if FC_LANES != 32
-#error "the AVX-512 ssq loops assume 32 lanes"
+#error "the AVX-512 loops assume 32 lanes"
 #endif
-#define FC_SSQ_V4(SFX, T, LOAD8x2, TAIL)                                             \
-__attribute__((target("arch=x86-64-v4"))) static void                              \
-fc_ssq_##SFX##_v4(const void *p, int64_t n, double *ss, double *mx) {              \
-    const T *restrict x = (const T *)p;                                              \
-    __m512d a0 = _mm512_setzero_pd(), a1 = a0, a2 = a0, a3 = a0, v0, v1, v2, v3;     \
-    const int64_t nb = n - n % FC_LANES;                                             \
-    for (int64_t b = 0; b < nb; b += FC_LANES) {                                     \
-        LOAD8x2(x + b, v0, v1); LOAD8x2(x + b + 16, v2, v3);                         \
-        a0 = _mm512_fmadd_pd(v0, v0, a0); a1 = _mm512_fmadd_pd(v1, v1, a1);          \
-        a2 = _mm512_fmadd_pd(v2, v2, a2); a3 = _mm512_fmadd_pd(v3, v3, a3);          \
-    }                                                                                \
-    double s[FC_LANES];                                                              \
-    _mm512_storeu_pd(s, a0); _mm512_storeu_pd(s + 8, a1);                            \
-    _mm512_storeu_pd(s + 16, a2); _mm512_storeu_pd(s + 24, a3);                      \
-    for (int64_t I = nb; I < n; I++) { double v = TAIL(x[I]); s[I - nb] = __builtin_fma(v, v, s[I - nb]); } \
-    *ss = fc_lanes_sum(s); *mx = 0.0;                                                \
+#define FC_V4 __attribute__((target("arch=x86-64-v4")))
+/* float32: GCC's code for the lane loop loads 64 bytes and extracts the
+ * upper half before converting (an extra shuffle per 16 elements);
+ * converting straight from 32-byte loads is faster.  Same lanes, FMAs and
+ * fold as FC_LANE_LOOP, so the same bits. */
+FC_V4 static void fc_ssq_f32_v4(const void *p, int64_t n, double *ss, double *mx) {
+    const float *restrict x = (const float *)p;
+    __m512d a0 = _mm512_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
+    const int64_t nb = n - n % FC_LANES;
+    FC_FOR_BLOCKS(x, n, nb, b, 0, {
+                const __m512d v0 = _mm512_cvtps_pd(_mm256_loadu_ps(x + b));
+        const __m512d v1 = _mm512_cvtps_pd(_mm256_loadu_ps(x + b + 8));
+        const __m512d v2 = _mm512_cvtps_pd(_mm256_loadu_ps(x + b + 16));
+        const __m512d v3 = _mm512_cvtps_pd(_mm256_loadu_ps(x + b + 24));
+        a0 = _mm512_fmadd_pd(v0, v0, a0); a1 = _mm512_fmadd_pd(v1, v1, a1);
+        a2 = _mm512_fmadd_pd(v2, v2, a2); a3 = _mm512_fmadd_pd(v3, v3, a3);
+    });
+    double s[FC_LANES];
+    _mm512_storeu_pd(s, a0); _mm512_storeu_pd(s + 8, a1);
+    _mm512_storeu_pd(s + 16, a2); _mm512_storeu_pd(s + 24, a3);
+    for (int64_t I = nb; I < n; I++) { const double v = x[I]; s[I - nb] = __builtin_fma(v, v, s[I - nb]); }
+    *ss = fc_lanes_sum(s); *mx = 0.0;
 }
-/* 16 floats -> two vectors of 8 doubles, from two 32-byte loads */
-#define FC_LD16_F32(q, lo, hi) do {                                                 \
-        lo = _mm512_cvtps_pd(_mm256_loadu_ps(q));                                    \
-        hi = _mm512_cvtps_pd(_mm256_loadu_ps((q) + 8)); } while (0)
-/* 16 bfloat16 -> float bits (<< 16) -> two vectors of 8 doubles */
-#define FC_LD16_BF16(q, lo, hi) do {                                                \
-        __m512i w_ = _mm512_slli_epi32(_mm512_cvtepu16_epi32(                       \
-            _mm256_loadu_si256((const __m256i *)(q))), 16);                          \
-        lo = _mm512_cvtps_pd(_mm512_castps512_ps256(_mm512_castsi512_ps(w_)));        \
-        hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castsi512_pd(w_), 1))); \
-    } while (0)
-FC_SSQ_V4(f32, float, FC_LD16_F32, FC_LD_F32)
-FC_SSQ_V4(bf16, uint16_t, FC_LD16_BF16, FC_LD_BF16)
+/* (t & FC_W_MASK) | FC_W_BIAS in one vpternlogq, as float64 */
+#define FC_W_V4(t) _mm512_castsi512_pd(_mm512_ternarylogic_epi64((t), mask, bias, 0xea))
+#define FC_W_STORE_LANES(s, a0, a1, a2, a3) do {                                    \
+        _mm512_storeu_pd(s, a0); _mm512_storeu_pd(s + 8, a1);                        \
+        _mm512_storeu_pd(s + 16, a2); _mm512_storeu_pd(s + 24, a3); } while (0)
+FC_V4 static double fc_ssqw_bf16_v4(const void *p, int64_t n) {
+    const uint16_t *restrict x = (const uint16_t *)p;
+    const __m512i mask = _mm512_set1_epi64((long long)FC_WB_MASK), bias = _mm512_set1_epi64((long long)FC_W_BIAS);
+    __m512d a0 = _mm512_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
+    const int64_t nb = n - n % FC_LANES;
+    FC_FOR_BLOCKS(x, n, nb, b, 0, {
+                __m512i v = _mm512_loadu_si512((const void *)(x + b));
+        __asm__("" : "+v"(v));  /* one load, not one per shift (a split line when unaligned) */
+        /* position k's 16 bits, shifted to bit 45 (= float32 bits << 29) */
+        const __m512d w0 = FC_W_V4(_mm512_slli_epi64(v, 45)), w1 = FC_W_V4(_mm512_slli_epi64(v, 29));
+        const __m512d w2 = FC_W_V4(_mm512_slli_epi64(v, 13)), w3 = FC_W_V4(_mm512_srli_epi64(v, 3));
+        a0 = _mm512_fmadd_pd(w0, w0, a0); a1 = _mm512_fmadd_pd(w1, w1, a1);
+        a2 = _mm512_fmadd_pd(w2, w2, a2); a3 = _mm512_fmadd_pd(w3, w3, a3);
+    });
+    double s[FC_LANES];
+    FC_W_STORE_LANES(s, a0, a1, a2, a3);
+    for (int64_t I = nb; I < n; I++) { const double w = fc_w_of_f32bits((uint32_t)x[I] << 16); s[I - nb] += w * w; }
+    return fc_lanes_sum(s);
+}
+FC_V4 static double fc_ssqw_f16_v4(const void *p, int64_t n) {
+    const uint16_t *restrict x = (const uint16_t *)p;
+    const __m512i mask = _mm512_set1_epi64((long long)FC_W_MASK), bias = _mm512_set1_epi64((long long)FC_W_BIAS);
+    __m512d a0 = _mm512_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
+    const int64_t nb = n - n % FC_LANES;
+    FC_FOR_BLOCKS(x, n, nb, b, 0, {
+                const __m512i f0 = _mm512_castps_si512(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(x + b))));
+        const __m512i f1 = _mm512_castps_si512(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(x + b + 16))));
+        const __m512d w0 = FC_W_V4(_mm512_slli_epi64(f0, 29)), w1 = FC_W_V4(_mm512_srli_epi64(f0, 3));
+        const __m512d w2 = FC_W_V4(_mm512_slli_epi64(f1, 29)), w3 = FC_W_V4(_mm512_srli_epi64(f1, 3));
+        a0 = _mm512_fmadd_pd(w0, w0, a0); a1 = _mm512_fmadd_pd(w1, w1, a1);
+        a2 = _mm512_fmadd_pd(w2, w2, a2); a3 = _mm512_fmadd_pd(w3, w3, a3);
+    });
+    double s[FC_LANES];
+    FC_W_STORE_LANES(s, a0, a1, a2, a3);
+    for (int64_t I = nb; I < n; I++) {
+        const double w = fc_w_of_f32bits(fc_f32_bits(_cvtsh_ss(x[I])));
+        s[I - nb] += w * w;
+    }
+    return fc_lanes_sum(s);
+}
+/* bfloat16 scale: the float32 product rounded to nearest even, NaN kept
+ * quiet, exactly fc_bf16_store's rule.  32 values per iteration: the even
+ * positions are (v << 16), the odd ones (v & 0xffff0000). */
+FC_V4 static inline __m512i fc_bf16_round_v4(__m512 p) {
+    const __m512i u = _mm512_castps_si512(p);
+    const __mmask16 odd = _mm512_test_epi32_mask(u, _mm512_set1_epi32(0x10000));
+    __m512i r = _mm512_add_epi32(u, _mm512_set1_epi32(0x7fff));
+    r = _mm512_mask_add_epi32(r, odd, r, _mm512_set1_epi32(1));
+    const __mmask16 nan = _mm512_cmp_ps_mask(p, p, _CMP_UNORD_Q);
+    return nan ? _mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x400000)) : r;
+}
+FC_V4 static void fc_scale_bf16_v4(void *p, int64_t n, double s) {
+    uint16_t *restrict x = (uint16_t *)p;
+    const __m512 c = _mm512_set1_ps((float)s);
+    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+    const int64_t nb = n - n % FC_LANES;
+    FC_FOR_BLOCKS(x, n, nb, b, 1, {
+                const __m512i v = _mm512_loadu_si512((const void *)(x + b));
+        const __m512i re = fc_bf16_round_v4(_mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), c));
+        const __m512i ro = fc_bf16_round_v4(_mm512_mul_ps(_mm512_castsi512_ps(_mm512_and_si512(v, hi)), c));
+        /* (ro & 0xffff0000) | (re >> 16) */
+        _mm512_storeu_si512((void *)(x + b), _mm512_ternarylogic_epi32(_mm512_srli_epi32(re, 16), ro, hi, 0xf8));
+    });
+    const float cf = (float)s;
+    for (int64_t i = nb; i < n; i++) x[i] = fc_bf16_store(fc_bf16_load(x[i]) * cf);
+}
+/* float16 scale in one pass: convert, multiply in float32, convert back
+ * (round to nearest even), the same bits as the blocks below. */
+FC_V4 static void fc_scale_f16_v4(void *p, int64_t n, double s) {
+    uint16_t *restrict x = (uint16_t *)p;
+    const __m512 c = _mm512_set1_ps((float)s);
+    const int64_t nb = n - n % FC_LANES;
+    FC_FOR_BLOCKS(x, n, nb, i, 1, {
+        const __m512 f0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(x + i)));
+        const __m512 f1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(x + i + 16)));
+        _mm256_storeu_si256((__m256i *)(x + i), _mm512_cvtps_ph(_mm512_mul_ps(f0, c), _MM_FROUND_TO_NEAREST_INT));
+        _mm256_storeu_si256((__m256i *)(x + i + 16), _mm512_cvtps_ph(_mm512_mul_ps(f1, c), _MM_FROUND_TO_NEAREST_INT));
+    });
+    const float cf = (float)s;
+    for (int64_t i = nb; i < n; i++) x[i] = _cvtss_sh(_cvtsh_ss(x[i]) * cf, _MM_FROUND_TO_NEAREST_INT);
+}
 __attribute__((constructor)) static void fc_pick_ssq(void) {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("x86-64-v4")) {  /* the clone the ifunc resolver picks too */
         fc_ssq_f32_impl = fc_ssq_f32_v4;
-        fc_ssq_bf16_impl = fc_ssq_bf16_v4;
+        fc_ssqw_bf16_impl = fc_ssqw_bf16_v4;
+        fc_ssqw_f16_impl = fc_ssqw_f16_v4;
+        fc_scale_bf16_impl = fc_scale_bf16_v4;
+        fc_scale_f16_impl = fc_scale_f16_v4;
         fc_ssq_path = "AVX-512 intrinsics";
     }
 }
 #endif
 static void fc_ssq_f32_pick(const void *p, int64_t n, double *ss, double *mx) { fc_ssq_f32_impl(p, n, ss, mx); }
-static void fc_ssq_bf16_pick(const void *p, int64_t n, double *ss, double *mx) { fc_ssq_bf16_impl(p, n, ss, mx); }
-
-static void fc_ssq_f16b(const void *p, int64_t n, double *ss, double *mx) {
-    double s = 0.0, t, m;
-    FC_F16_BLOCKS(p, n, { fc_ssq_f32_impl(buf, len, &t, &m); s += t; });
-    *ss = s; *mx = 0.0;
+/* bfloat16: a chunk of tiny values (see above) is summed by widening */
+static void fc_ssq_bf16_pick(const void *p, int64_t n, double *ss, double *mx) {
+    const double sw = fc_ssqw_bf16_impl(p, n);
+    if (sw < (double)n * 0x1p-970 && sw != (double)n * 0x1p-1022) fc_ssq_bf16(p, n, ss, mx);
+    else { *ss = fc_w_finish(sw, n); *mx = 0.0; }
 }
+static void fc_ssq_f16_pick(const void *p, int64_t n, double *ss, double *mx) {
+    *ss = fc_w_finish(fc_ssqw_f16_impl(p, n), n); *mx = 0.0;
+}
+static void fc_scale_bf16_pick(void *p, int64_t n, double s) { fc_scale_bf16_impl(p, n, s); }
+
 static double fc_asum_f16b(const void *p, int64_t n) {
     double s = 0.0;
     FC_F16_BLOCKS(p, n, { s += fc_asum_f32(buf, len); });
@@ -409,6 +648,7 @@ static void fc_amax_f16b(const void *p, int64_t n, double *mx, double *z) {
     *mx = m; *z = zz;
 }
 static void fc_scale_f16b(void *p, int64_t n, double s) {
+    if (fc_scale_f16_impl) { fc_scale_f16_impl(p, n, s); return; }
     FC_F16_BLOCKS(p, n, { fc_scalef(buf, len, (float)s); fc_f2h(buf, blk, len); });
 }
 static void fc_clamp_f16b(void *p, int64_t n, double c) {
@@ -437,8 +677,8 @@ static const fc_ops FC_OPS[FC_NDTYPES] = {
     { fc_ssq_f32_pick, fc_asum_f32, fc_amax_f32, fc_psum_f32, fc_classify_f32,
       fc_scale_f32, fc_clamp_f32, 4, 0 },
     { fc_ssq_bf16_pick, fc_asum_bf16, fc_amax_bf16, fc_psum_bf16, fc_classify_bf16,
-      fc_scale_bf16, fc_clamp_bf16, 2, 0 },
-    { fc_ssq_f16b, fc_asum_f16b, fc_amax_f16b, fc_psum_f16, fc_classify_f16,
+      fc_scale_bf16_pick, fc_clamp_bf16, 2, 0 },
+    { fc_ssq_f16_pick, fc_asum_f16b, fc_amax_f16b, fc_psum_f16, fc_classify_f16,
       fc_scale_f16b, fc_clamp_f16b, 2, 0 },   /* float16: blocks of float, see above */
 };
 
@@ -587,13 +827,20 @@ static inline double fc_clip_scale(const fc_partial *part, int64_t n, int kind, 
     return (v / big) / fc_root(t, kind, p);
 }
 
-/* Small buffers live far apart, where the hardware prefetcher cannot follow:
- * fetch the first lines of a chunk that will be needed soon (the table loops
- * call this PREFETCH_AHEAD rows ahead, cpu.pyx). */
-static inline void fc_prefetch_chunk(const fc_chunk *c) {
-    const int64_t bytes = c->n * FC_OPS[c->dtype].itemsize;
-    const int64_t lim = bytes < 2048 ? bytes : 2048;
-    for (int64_t b = 0; b < lim; b += 64) __builtin_prefetch(c->ptr + b, 0, 3);
+/* Prefetching across chunks, called by the table loops before chunk i:
+ *  - small buffers live far apart, where the hardware prefetcher cannot
+ *    follow: fetch the first lines of the chunk `ahead` rows ahead;
+ *  - the loops' own prefetch stops at their chunk's end: fetch the first
+ *    FC_PF_DIST bytes of the next chunk (when it is larger than what the
+ *    first rule fetched), to L2, while chunk i is processed. */
+static inline void fc_prefetch_chunks(const fc_chunk *c, int64_t i, int64_t n, int64_t ahead, int rw) {
+    if (i + ahead < n) {
+        const fc_chunk *a = &c[i + ahead];
+        const int64_t bytes = a->n * FC_OPS[a->dtype].itemsize;
+        const int64_t lim = bytes < 2048 ? bytes : 2048;
+        for (int64_t b = 0; b < lim; b += 64) __builtin_prefetch(a->ptr + b, 0, 3);
+    }
+    fc_pf_next = i + 1 < n ? c[i + 1].ptr : c[i].ptr + c[i].n * FC_OPS[c[i].dtype].itemsize;
 }
 
 static inline void fc_scale_chunk(const fc_chunk *c, double s) { FC_OPS[c->dtype].scale(c->ptr, c->n, s); }
