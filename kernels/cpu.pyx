@@ -286,6 +286,69 @@ cdef void table_zero(const fc_chunk *chunks, Py_ssize_t n,
 
 
 # ------------------------------------------------------------ describe
+cdef inline void _describe_one(object o, int64_t *f) noexcept:
+    """describe()'s record of one object into f[0:6] (F_* order)."""
+    cdef cnp.ndarray a
+    cdef int tn, nd, fl, code, flg, j
+    cdef int64_t lo, hi, ext, size
+    cdef cnp.npy_intp *shape
+    cdef cnp.npy_intp *strides
+    if not cnp.PyArray_Check(o):
+        f[_PTR] = 0; f[_SIZE] = 0; f[_CODE] = _NOT_ARRAY
+        f[_FLAGS] = 0; f[_LO] = 0; f[_HI] = 0
+        return
+    a = <cnp.ndarray>o
+    tn = cnp.PyArray_TYPE(a)
+    if tn == cnp.NPY_DOUBLE:
+        code = FC_F64
+    elif tn == cnp.NPY_FLOAT:
+        code = FC_F32
+    elif tn == cnp.NPY_FLOAT16:
+        code = FC_F16
+    elif tn == _BF16_NUM:
+        code = FC_BF16
+    else:
+        code = _BAD_DTYPE
+    fl = cnp.PyArray_FLAGS(a)
+    flg = 0
+    if fl & cnp.NPY_ARRAY_WRITEABLE:
+        flg |= _WRITEABLE
+    if fl & (cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_F_CONTIGUOUS):
+        flg |= _CONTIGUOUS
+    if fl & cnp.NPY_ARRAY_ALIGNED:
+        flg |= _ALIGNED
+    if cnp.PyArray_ISNOTSWAPPED(a):
+        flg |= _NATIVE
+    size = cnp.PyArray_SIZE(a)
+    lo = <int64_t><uintptr_t>cnp.PyArray_DATA(a)
+    hi = lo
+    if size > 0:
+        nd = cnp.PyArray_NDIM(a)
+        shape = cnp.PyArray_DIMS(a)
+        strides = cnp.PyArray_STRIDES(a)
+        for j in range(nd):
+            ext = (shape[j] - 1) * strides[j]
+            if ext < 0:
+                lo += ext
+            else:
+                hi += ext
+        hi += cnp.PyArray_ITEMSIZE(a)
+    f[_PTR] = <int64_t><uintptr_t>cnp.PyArray_DATA(a)
+    f[_SIZE] = size
+    f[_CODE] = code
+    f[_FLAGS] = flg
+    f[_LO] = lo
+    f[_HI] = hi
+
+
+cdef inline void _prefetch_objs(PyObject **items, Py_ssize_t i, Py_ssize_t n) noexcept:
+    # the loops over the objects are bound by cache misses on them and on their shapes
+    if i + 8 < n:
+        fc_prefetch_obj(items[i + 8])
+    if i + 4 < n and cnp.PyArray_Check(<object>items[i + 4]):
+        fc_prefetch_obj(cnp.PyArray_DIMS(<cnp.ndarray>items[i + 4]))
+
+
 def describe(list objs):
     """Read what validation needs from each object, at C speed.
 
@@ -297,73 +360,26 @@ def describe(list objs):
     index where it holds (-1: nowhere), so that the clean case needs no
     further pass over ``d``.
     """
-    cdef Py_ssize_t n = len(objs), i, j
+    cdef Py_ssize_t n = len(objs), i
     cdef cnp.ndarray out = np.empty((6, n), dtype=np.int64)
     cdef int64_t[:, ::1] d = out
     cdef cnp.ndarray first_arr = np.full(_S_COUNT, -1, dtype=np.int64)
     cdef int64_t[::1] first = first_arr
     cdef int64_t reach = INT64_MIN
-    cdef cnp.ndarray a
-    cdef int tn, nd, fl, code, flg
-    cdef int64_t lo, hi, ext, size
-    cdef cnp.npy_intp *shape
-    cdef cnp.npy_intp *strides
+    cdef int64_t f[6]
+    cdef int flg, k
     cdef PyObject **items = PySequence_Fast_ITEMS(objs)
     for i in range(n):
-        if i + 4 < n:  # the loop is bound by cache misses on the array objects
-            fc_prefetch_obj(items[i + 4])
-        if i + 2 < n and cnp.PyArray_Check(<object>items[i + 2]):
-            fc_prefetch_obj(cnp.PyArray_DIMS(<cnp.ndarray>items[i + 2]))
-        o = objs[i]
-        if not cnp.PyArray_Check(o):
-            d[_PTR, i] = 0; d[_SIZE, i] = 0; d[_CODE, i] = _NOT_ARRAY
-            d[_FLAGS, i] = 0; d[_LO, i] = 0; d[_HI, i] = 0
+        _prefetch_objs(items, i, n)
+        _describe_one(<object>items[i], f)
+        for k in range(6):
+            d[k, i] = f[k]
+        if f[_CODE] == _NOT_ARRAY:
             if first[_S_NOT_ARRAY] < 0:
                 first[_S_NOT_ARRAY] = i
             continue
-        a = <cnp.ndarray>o
-        tn = cnp.PyArray_TYPE(a)
-        if tn == cnp.NPY_DOUBLE:
-            code = FC_F64
-        elif tn == cnp.NPY_FLOAT:
-            code = FC_F32
-        elif tn == cnp.NPY_FLOAT16:
-            code = FC_F16
-        elif tn == _BF16_NUM:
-            code = FC_BF16
-        else:
-            code = _BAD_DTYPE
-        fl = cnp.PyArray_FLAGS(a)
-        flg = 0
-        if fl & cnp.NPY_ARRAY_WRITEABLE:
-            flg |= _WRITEABLE
-        if fl & (cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_F_CONTIGUOUS):
-            flg |= _CONTIGUOUS
-        if fl & cnp.NPY_ARRAY_ALIGNED:
-            flg |= _ALIGNED
-        if cnp.PyArray_ISNOTSWAPPED(a):
-            flg |= _NATIVE
-        size = cnp.PyArray_SIZE(a)
-        lo = <int64_t><uintptr_t>cnp.PyArray_DATA(a)
-        hi = lo
-        if size > 0:
-            nd = cnp.PyArray_NDIM(a)
-            shape = cnp.PyArray_DIMS(a)
-            strides = cnp.PyArray_STRIDES(a)
-            for j in range(nd):
-                ext = (shape[j] - 1) * strides[j]
-                if ext < 0:
-                    lo += ext
-                else:
-                    hi += ext
-            hi += cnp.PyArray_ITEMSIZE(a)
-        d[_PTR, i] = <int64_t><uintptr_t>cnp.PyArray_DATA(a)
-        d[_SIZE, i] = size
-        d[_CODE, i] = code
-        d[_FLAGS, i] = flg
-        d[_LO, i] = lo
-        d[_HI, i] = hi
-        if code == _BAD_DTYPE and first[_S_BAD_DTYPE] < 0:
+        flg = <int>f[_FLAGS]
+        if f[_CODE] == _BAD_DTYPE and first[_S_BAD_DTYPE] < 0:
             first[_S_BAD_DTYPE] = i
         if not (flg & _NATIVE) and first[_S_NON_NATIVE] < 0:
             first[_S_NON_NATIVE] = i
@@ -371,15 +387,43 @@ def describe(list objs):
             first[_S_READ_ONLY] = i
         if (flg & (_CONTIGUOUS | _ALIGNED)) != (_CONTIGUOUS | _ALIGNED) and first[_S_STAGE] < 0:
             first[_S_STAGE] = i
-        if size == 0:
+        if f[_SIZE] == 0:
             if first[_S_EMPTY] < 0:
                 first[_S_EMPTY] = i
         else:
             # buffers in increasing, disjoint address order cannot overlap
-            if lo < reach and first[_S_UNORDERED] < 0:
+            if f[_LO] < reach and first[_S_UNORDERED] < 0:
                 first[_S_UNORDERED] = i
-            reach = hi if hi > reach else reach
+            reach = f[_HI] if f[_HI] > reach else reach
     return out, first_arr
+
+
+def same_record(list objs, const int64_t[:, :] d):
+    """True if describe(objs) would return exactly ``d``: one C pass over
+    the objects with no output (the plan cache's hit test), stopping at the
+    first difference."""
+    cdef Py_ssize_t n = len(objs), i, k
+    cdef int64_t f[6]
+    cdef PyObject **items = PySequence_Fast_ITEMS(objs)
+    if d.shape[0] != 6 or d.shape[1] != n:
+        return False
+    for i in range(n):
+        _prefetch_objs(items, i, n)
+        _describe_one(<object>items[i], f)
+        for k in range(6):
+            if f[k] != d[k, i]:
+                return False
+    return True
+
+
+def first_last(list objs):
+    """(data pointer of the first object, of the last) where both are
+    ndarrays, else None: the plan cache's key, read without a pass."""
+    cdef Py_ssize_t n = len(objs)
+    if n == 0 or not cnp.PyArray_Check(objs[0]) or not cnp.PyArray_Check(objs[n - 1]):
+        return None
+    return (<int64_t><uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>objs[0]),
+            <int64_t><uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>objs[n - 1]))
 
 
 def overlap_suspects(cnp.ndarray d):

@@ -200,9 +200,18 @@ def test_broadcast_of_a_non_finite_value(bad):
 
 
 def test_failed_staging_is_a_memory_error_naming_the_buffer():
-    base = np.arange(16.0)
+    # the view's elements span 512 MB past its base: lay out the address space
+    # (1 GB reserved, never touched) so that no other buffer lies in that span,
+    # else the overlap check, which comes first, rightly names the pair
+    import mmap
+
+    space = np.frombuffer(mmap.mmap(-1, 1 << 30), dtype=np.float64)
+    bufs = [space[k * 64:k * 64 + 50] for k in range(2)]
+    bufs[0][...] = good()[0]
+    bufs[1][...] = good()[1]
+    base = space[1 << 26:]
+    base[:16] = np.arange(16.0)
     huge = as_strided(base, (1 << 25, 1 << 25), (8, 8), writeable=False)  # 2**53 bytes staged
-    bufs = good()
     snap = snapshot(bufs)
     with pytest.raises(MemoryError) as e:
         fc.global_norm(bufs + [huge])

@@ -117,3 +117,30 @@ def test_a_strided_duplicate_or_lookalike_is_never_served_from_the_cache():
     with pytest.raises(ValueError):
         fc.clip_grad_norm_([a, c], 1.0)
     assert a.tolist() == list(np.arange(1.0, 9.0))
+
+
+def test_a_changed_middle_array_misses_although_the_key_matches():
+    a, b, c = np.ones(4), np.full(4, 2.0), np.ones(4)
+    assert fc.global_norm([a, b, c]) == pytest.approx(np.sqrt(24))
+    b2 = np.full(4, 3.0)  # first and last the same memory: the key is the same
+    assert fc.global_norm([a, b2, c]) == pytest.approx(np.sqrt(44))
+    with pytest.raises(ValueError, match="read-only"):
+        b.flags.writeable = False
+        fc.clip_grad_norm_([a, b, c], 1.0)
+    np.testing.assert_array_equal(b, 2.0)
+
+
+def test_a_clipper_is_built_from_the_cache_and_still_finds_a_resized_array():
+    g = [np.ones(1000), np.ones(10)]
+    fc.global_norm(g)
+    fc.clip_grad_norm_(g, 1e9)
+    cached = [v[1].table.chunks for v in _buffers._cpu_cache.values()]
+    c = fc.Clipper(g, 1e9)
+    assert any(c._plan.table.chunks is ch for ch in cached)  # not planned again
+    assert c._plan.table.partials is not _buffers._cpu_cache[next(iter(_buffers._cpu_cache))][1].table.partials
+    assert c().norm == pytest.approx(np.sqrt(1010))
+    c.max_norm = 1.0
+    assert c().clipped and fc.global_norm(g) == pytest.approx(1.0)
+    g[0].resize(100_000, refcheck=False)  # the memory moves: the plan would read freed memory
+    with pytest.raises(RuntimeError, match="resized"):
+        c()

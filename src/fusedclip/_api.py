@@ -78,11 +78,13 @@ class Clipper:
         replicated: Any = None,
     ) -> None:
         self._history = History(history)
-        self._setup(buffers, max_norm, norm_type, nonfinite, num_threads, rng, "Clipper", stream=stream,
-                    reduce=reduce, replicated=replicated)
+        # cache="cpu": a numpy list planned before (by a call or another
+        # Clipper) is not planned again
+        self._setup(buffers, max_norm, norm_type, nonfinite, num_threads, rng, "Clipper", cache="cpu",
+                    stream=stream, reduce=reduce, replicated=replicated)
 
     def _setup(self, buffers, max_norm, norm_type, nonfinite, num_threads, rng, fn: str,
-               cache: bool = False, stream: Any = None, reduce: Any = None,
+               cache: bool | str = False, stream: Any = None, reduce: Any = None,
                replicated: Any = None) -> None:
         if not hasattr(self, "_history"):
             self._history = None
