@@ -180,9 +180,15 @@ static __thread const char *fc_pf_next = fc_pf_nowhere;
         }                                                                           \
         /* then into the next chunk: prefetches only (never a load there) */        \
         uintptr_t q_ = (uintptr_t)fc_pf_next + (uintptr_t)((b + d_ - (n)) * sz_);   \
-        for (; b < (nb); b += FC_LANES, q_ += (uintptr_t)bb_) {                     \
-            FC_PF_LINES(q_, bb_, rw);                                               \
-            __VA_ARGS__                                                             \
+        if ((n) * sz_ > FC_PF_DIST / 2) {                                           \
+            for (; b < (nb); b += FC_LANES, q_ += (uintptr_t)bb_) {                 \
+                FC_PF_LINES(q_, bb_, rw);                                           \
+                __VA_ARGS__                                                         \
+            }                                                                       \
+        } else {  /* a small chunk: the table loop fetches its successors */        \
+            for (; b < (nb); b += FC_LANES) {                                       \
+                __VA_ARGS__                                                         \
+            }                                                                       \
         }                                                                           \
     } while (0)
 #define FC_LANE_LOOP(x, n, STMT)                                                    \
