@@ -24,7 +24,7 @@ ext = Extension(
     "fusedclip.kernels.cpu",
     sources=["src/fusedclip/kernels/cpu.pyx"],  # kernels/ through the package symlink
     include_dirs=["kernels", np.get_include()],
-    depends=["kernels/simd.h", "kernels/cpu.pxd"],
+    depends=["kernels/simd.h", "kernels/tableloop.h", "kernels/cpu.pxd"],
     extra_compile_args=compile_args,
     extra_link_args=link_args,
     define_macros=[

@@ -33,6 +33,7 @@ cnp.import_array()
 cdef extern from *:
     """
     #include "simd.h"
+    #include "tableloop.h"
     #ifndef FC_BUILD_FLAGS
     #define FC_BUILD_FLAGS "unknown"
     #endif
@@ -67,7 +68,12 @@ cdef extern from *:
     const char *fc_cpu_level() nogil
     uint64_t fc_floor_read(const uint64_t *x, int64_t n) noexcept nogil
     void fc_prefetch_obj "__builtin_prefetch" (const void *p) noexcept nogil
-    void fc_prefetch_chunks(const fc_chunk *c, int64_t i, int64_t n, int64_t ahead, int rw) noexcept nogil
+    void fc_table_reduce(const fc_chunk *c, int64_t n, int kind, double p, fc_partial *part,
+                         int nthreads, int parallel) noexcept nogil
+    void fc_table_write(const fc_chunk *c, int64_t n, int op, double v, int nthreads,
+                        int parallel) noexcept nogil
+    void fc_table_scale_rows(const fc_chunk *c, int64_t n, const int8_t *actions,
+                             const double *scales, int nthreads, int parallel) noexcept nogil
     void fc_floor_rw(uint64_t *x, int64_t n, uint64_t mask) noexcept nogil
     ctypedef void (*fc_ssq_fn)(const void *, int64_t, double *, double *) noexcept nogil
     ctypedef double (*fc_ssqw_fn)(const void *, int64_t) noexcept nogil
@@ -83,11 +89,6 @@ CHUNK = FC_CHUNK
 #: Below this many elements in a call, the work runs on the calling thread:
 #: forking the OpenMP team costs more than it saves.
 PARALLEL_MIN = 1 << 17
-#: The table loops prefetch the chunk this many rows ahead (small buffers lie
-#: far apart, where the hardware prefetcher cannot follow).
-cdef enum:
-    PREFETCH_AHEAD = 4
-
 NORM_P, NORM_1, NORM_2, NORM_INF = FC_NORM_P, FC_NORM_1, FC_NORM_2, FC_NORM_INF
 #: dtype codes (simd.h's FC_F64 .. FC_F16): the one source for every engine.
 F64, F32, BF16, F16 = FC_F64, FC_F32, FC_BF16, FC_F16
@@ -214,26 +215,12 @@ cdef inline int _team_size(int nthreads, Py_ssize_t nchunks, bint *parallel) noe
     return nthreads
 
 
-cdef inline Py_ssize_t _grab(Py_ssize_t nchunks, int nthreads) noexcept nogil:
-    """Chunks per grab of the dynamic schedule: about 16 grabs per thread.
-    Static halves made a call wait for its slowest thread, and on a shared
-    machine one thread is often late (a worker waking from sleep, another
-    process on its core); with grabs the threads that run take the work.
-    The result does not depend on who computes which chunk: every chunk
-    writes its own partial, combined in chunk order."""
-    cdef Py_ssize_t g = nchunks // (16 * nthreads)
-    return g if g > 1 else 1
-
-
 cdef void table_reduce(const fc_chunk *chunks, Py_ssize_t n, int kind, double p,
                        fc_partial *partials, int nthreads, bint parallel) noexcept nogil:
-    """One partial per chunk (the fused pass); the combine is the caller's."""
-    cdef Py_ssize_t i
+    """One partial per chunk (the fused pass); the combine is the caller's.
+    The loop is tableloop.h's: static ranges, and idle threads steal."""
     nthreads = _team_size(nthreads, n, &parallel)
-    cdef Py_ssize_t g = _grab(n, nthreads)
-    for i in prange(n, schedule="dynamic", chunksize=g, num_threads=nthreads, use_threads_if=parallel):
-        fc_prefetch_chunks(chunks, i, n, PREFETCH_AHEAD, 0)
-        fc_reduce_chunk(&chunks[i], kind, p, &partials[i])
+    fc_table_reduce(chunks, n, kind, p, partials, nthreads, parallel)
 
 
 cdef double table_norm(const fc_chunk *chunks, Py_ssize_t n, int kind, double p,
@@ -257,17 +244,8 @@ ROW_NONE, ROW_SCALE, ROW_ZERO = _ROW_NONE, _ROW_SCALE, _ROW_ZERO
 
 cdef void _table_write(const fc_chunk *chunks, Py_ssize_t n, int op, double v,
                        int nthreads, bint parallel) noexcept nogil:
-    cdef Py_ssize_t i
     nthreads = _team_size(nthreads, n, &parallel)
-    cdef Py_ssize_t g = _grab(n, nthreads)
-    for i in prange(n, schedule="dynamic", chunksize=g, num_threads=nthreads, use_threads_if=parallel):
-        fc_prefetch_chunks(chunks, i, n, PREFETCH_AHEAD, 1)
-        if op == _OP_SCALE:
-            fc_scale_chunk(&chunks[i], v)
-        elif op == _OP_CLAMP:
-            fc_clamp_chunk(&chunks[i], v)
-        else:
-            fc_zero_chunk(&chunks[i])
+    fc_table_write(chunks, n, op, v, nthreads, parallel)
 
 
 cdef void table_scale(const fc_chunk *chunks, Py_ssize_t n, double s,
@@ -673,20 +651,12 @@ cdef class Table:
             raise ValueError(f"actions and scales need one entry per row ({self.nrows})")
         cdef int nt = _nthreads(nthreads)
         cdef bint par = self._parallel(nt)
-        cdef Py_ssize_t i, n = self.nchunks, g
-        cdef int a
+        cdef Py_ssize_t n = self.nchunks
         if n == 0:
             return
         with nogil:
             nt = _team_size(nt, n, &par)
-            g = _grab(n, nt)
-            for i in prange(n, schedule="dynamic", chunksize=g, num_threads=nt, use_threads_if=par):
-                fc_prefetch_chunks(self._c, i, n, PREFETCH_AHEAD, 1)
-                a = A[self._c[i].buf]
-                if a == _ROW_SCALE:
-                    fc_scale_chunk(&self._c[i], V[self._c[i].buf])
-                elif a == _ROW_ZERO:
-                    fc_zero_chunk(&self._c[i])
+            fc_table_scale_rows(self._c, n, &A[0], &V[0], nt, par)
 
     def flagged_rows(self):
         """Rows whose chunks held inf or NaN in the last ``norm`` call."""

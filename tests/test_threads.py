@@ -66,3 +66,34 @@ def test_omp_num_threads_is_the_default(omp):
     assert threads == omp
     x = np.random.default_rng(0).standard_normal(1_000_000).astype(np.float32)
     assert norm == fc.global_norm(x).hex()
+
+
+def test_the_stealing_loop_visits_every_chunk_once_under_oversubscription():
+    """kernels/tableloop.h: static ranges, idle threads steal from the back of
+    others.  With 3 to 16 threads on this machine's cores, threads are often
+    descheduled mid-range, so steals happen on most calls: every chunk must
+    still be reduced once (the norm's bits equal the serial ones) and written
+    once (a scale by 0.5, then by 2, restores every element only if each was
+    scaled exactly once each time; zeroing reaches every chunk)."""
+    from fusedclip.kernels import cpu
+
+    rng = np.random.default_rng(7)
+    sizes = rng.integers(1, 3 * cpu.CHUNK, 60)
+    bufs = [rng.standard_normal(int(s)) for s in sizes] + [rng.standard_normal(300) for _ in range(400)]
+    t = cpu.Table([b.ctypes.data for b in bufs], [b.size for b in bufs], [cpu.F64] * len(bufs))
+    want = t.norm(cpu.NORM_2, 2.0, 1)
+    before = [b.copy() for b in bufs]
+    for k in range(40):
+        nt = 3 + k % 14
+        assert t.norm(cpu.NORM_2, 2.0, nt) == want
+        t.scale(0.5, nt)
+        t.scale(2.0, nt)
+        rows = t.row_norms(cpu.NORM_2, 2.0, nt)[0]
+        assert rows.tolist() == t.row_norms(cpu.NORM_2, 2.0, 1)[0].tolist()
+    assert all(np.array_equal(a, b) for a, b in zip(bufs, before))
+    actions = np.zeros(len(bufs), np.int8)
+    actions[::2] = cpu.ROW_ZERO
+    t.scale_rows(actions, np.ones(len(bufs)), 7)
+    assert all((not b.any()) == (i % 2 == 0) for i, b in enumerate(bufs))
+    t.zero(5)
+    assert not any(b.any() for b in bufs)
