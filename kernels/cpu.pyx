@@ -4,7 +4,8 @@
 Layering (see docs/DESIGN.md):
 
 * ``simd.h``   -- the inner loops, one per operation, instantiated per dtype.
-* this module  -- the chunk table (``Table``), ``prange`` over its chunks, and
+* this module  -- the chunk table (``Table``), the table loop over its chunks
+  (``tableloop.h``), and
   ``describe``, the fast per-buffer attribute read that lets the Python front
   end validate 10,000 buffers without a Python-level loop.
 * ``fusedclip._buffers`` -- validation, dedupe, overlap and staging policy.
@@ -14,7 +15,6 @@ thread count, each chunk writes its own partial, and ``fc_combine`` adds the
 partials in chunk order.  The norm is therefore bitwise identical for any
 number of threads.
 """
-from cython.parallel cimport prange
 from libc.stdint cimport int64_t, int32_t, int8_t, uint64_t, uintptr_t, INT64_MIN
 from libc.string cimport memset
 from cpython.object cimport PyObject
@@ -61,6 +61,24 @@ cdef extern from *:
         FC_PRAGMA(omp simd)
         for (int64_t i = 0; i < n; i++) x[i] ^= mask;
     }
+    /* over blocks of FC_CHUNK words, threaded by the kernels' own table loop */
+    static uint64_t fc_floor_read_all(const uint64_t *x, int64_t n, int nt, int par) {
+        const int64_t nblk = (n + FC_CHUNK - 1) / FC_CHUNK;
+        uint64_t acc = 0;
+        FC_FOR_CHUNKS(nblk, nt, par, {
+            const int64_t o = i * FC_CHUNK;
+            const uint64_t a = fc_floor_read(x + o, n - o < FC_CHUNK ? n - o : FC_CHUNK);
+            __atomic_fetch_xor(&acc, a, __ATOMIC_RELAXED);
+        });
+        return acc;
+    }
+    static void fc_floor_rw_all(uint64_t *x, int64_t n, uint64_t mask, int nt, int par) {
+        const int64_t nblk = (n + FC_CHUNK - 1) / FC_CHUNK;
+        FC_FOR_CHUNKS(nblk, nt, par, {
+            const int64_t o = i * FC_CHUNK;
+            fc_floor_rw(x + o, n - o < FC_CHUNK ? n - o : FC_CHUNK, mask);
+        });
+    }
     """
     const char *fc_build_flags
     const char *fc_f16_path
@@ -75,6 +93,8 @@ cdef extern from *:
     void fc_table_scale_rows(const fc_chunk *c, int64_t n, const int8_t *actions,
                              const double *scales, int nthreads, int parallel) noexcept nogil
     void fc_floor_rw(uint64_t *x, int64_t n, uint64_t mask) noexcept nogil
+    uint64_t fc_floor_read_all(const uint64_t *x, int64_t n, int nt, int par) noexcept nogil
+    void fc_floor_rw_all(uint64_t *x, int64_t n, uint64_t mask, int nt, int par) noexcept nogil
     ctypedef void (*fc_ssq_fn)(const void *, int64_t, double *, double *) noexcept nogil
     ctypedef double (*fc_ssqw_fn)(const void *, int64_t) noexcept nogil
     fc_ssq_fn fc_ssq_f32_impl
@@ -690,8 +710,10 @@ def _words(cnp.ndarray a):
 
 
 def floor_read(cnp.ndarray a, nthreads=None):
-    """One plain read pass over ``a`` (the memory-bandwidth floor)."""
-    cdef int64_t n = _words(a), per, i
+    """One plain read pass over ``a`` (the memory-bandwidth floor), threaded
+    by the kernels' own table loop (a late thread delays it no more than it
+    delays the kernels)."""
+    cdef int64_t n = _words(a)
     cdef int nt = _nthreads(nthreads)
     cdef uint64_t *x = <uint64_t *>cnp.PyArray_DATA(a)
     cdef uint64_t acc = 0
@@ -699,14 +721,13 @@ def floor_read(cnp.ndarray a, nthreads=None):
     cdef bint par = True
     with nogil:
         nt = _team_size(nt, nblk, &par)
-        for i in prange(nblk, schedule="static", num_threads=nt, use_threads_if=par):
-            acc ^= fc_floor_read(x + i * FC_CHUNK, min(FC_CHUNK, n - i * FC_CHUNK))
+        acc = fc_floor_read_all(x, n, nt, par)
     return int(acc)
 
 
 def floor_rw(cnp.ndarray a, nthreads=None):
     """One plain in-place read-modify-write pass over ``a`` (leaves it unchanged)."""
-    cdef int64_t n = _words(a), i
+    cdef int64_t n = _words(a)
     cdef int nt = _nthreads(nthreads)
     cdef uint64_t *x = <uint64_t *>cnp.PyArray_DATA(a)
     cdef int64_t nblk = (n + FC_CHUNK - 1) // FC_CHUNK
@@ -714,8 +735,7 @@ def floor_rw(cnp.ndarray a, nthreads=None):
     cdef bint par = True
     with nogil:
         nt = _team_size(nt, nblk, &par)
-        for i in prange(nblk, schedule="static", num_threads=nt, use_threads_if=par):
-            fc_floor_rw(x + i * FC_CHUNK, min(FC_CHUNK, n - i * FC_CHUNK), mask)
+        fc_floor_rw_all(x, n, mask, nt, par)
 
 
 def _ssq_paths(cnp.ndarray a):

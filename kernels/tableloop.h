@@ -72,13 +72,15 @@ static inline int64_t fc_range_left(const fc_range *r) {
     return f < b ? (int64_t)(b - f) : 0;
 }
 
-/* for (i = 0; i < n; i++) BODY, on `nthreads` threads when `parallel`
+/* for (i = 0; i < n; i++) BODY, on `nthreads` threads when `par_`
  * (otherwise, or when the ranges cannot be allocated, on the calling thread,
- * in order).  n < 2^32.  BODY sees the chunk index i (int64_t). */
-#define FC_FOR_CHUNKS(n, nthreads, parallel, ...)                                   \
+ * in order).  n < 2^32.  BODY sees the chunk index i (int64_t).  (No macro
+ * parameter may be named `parallel`: it would replace the word in the
+ * pragma, which GCC then ignores, silently running one thread.) */
+#define FC_FOR_CHUNKS(n, nthreads, par_, ...)                                       \
     do {                                                                            \
         const int64_t n_ = (n);                                                     \
-        int nt_ = (parallel) ? (nthreads) : 1;                                      \
+        int nt_ = (par_) ? (nthreads) : 1;                                          \
         fc_range *rg_ = nt_ > 1 ? (fc_range *)aligned_alloc(64, sizeof(fc_range) * (size_t)nt_) : NULL; \
         if (!rg_) {                                                                 \
             for (int64_t i = 0; i < n_; i++) { __VA_ARGS__ }                        \
