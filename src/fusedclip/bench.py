@@ -190,17 +190,27 @@ def _time(f: Callable[[], object]) -> float:
     return time.perf_counter() - t
 
 
+#: How long an implementation's idle threads keep spinning after it returns,
+#: taking a core from whatever runs next: OpenMP's (~2 ms), and OpenBLAS's,
+#: whose workers spin for 2^28 cycles (~0.1 s) after naive numpy's
+#: ``np.linalg.norm`` (a dot product).  Measured: after naive numpy's
+#: bfloat16 call, the next calls ran 3-4x slower, the floor included.
+_SETTLE_S = {"naive-numpy": 0.15}
+
+
 def _timed_rounds(impls, warmers, times, names, reps) -> None:
+    prev = None
     for r in range(reps):
         # rotate the order so that no implementation always starts a round
         for name in names[r % len(names):] + names[:r % len(names)]:
-            # let the previous implementation's OpenMP workers stop spinning
-            # (torch brings its own runtime), then read the data with this
-            # implementation's own threads: each timed call finds its data
-            # just read, as a clip finds the gradient backward has just written
-            time.sleep(0.002)
+            # let the previous implementation's idle threads stop spinning
+            # (_SETTLE_S), then read the data with this implementation's own
+            # threads: each timed call finds its data just read, as a clip
+            # finds the gradient backward has just written
+            time.sleep(_SETTLE_S.get(prev, 0.002))
             warmers[name]()
             times[name].append(_time(impls[name]))
+            prev = name
 
 
 class Setup:
