@@ -250,16 +250,17 @@ cdef double table_norm(const fc_chunk *chunks, Py_ssize_t n, int kind, double p,
     return fc_combine(partials, n, kind, p, flags)
 
 
-cdef enum:
-    _OP_SCALE = 0
-    _OP_CLAMP = 1
-    _OP_ZERO = 2
-#: per-row actions of ``Table.scale_rows`` (the codes of _policy.A_NONE, A_SCALE, A_ZERO)
-cdef enum:
-    _ROW_NONE = 0
-    _ROW_SCALE = 1
-    _ROW_ZERO = 2
-ROW_NONE, ROW_SCALE, ROW_ZERO = _ROW_NONE, _ROW_SCALE, _ROW_ZERO
+#: per-row actions of ``Table.scale_rows`` (the codes of _policy.A_NONE,
+#: A_SCALE, A_ZERO), and the write loop's operations: tableloop.h's codes
+cdef extern from "tableloop.h":
+    enum:
+        FC_OP_SCALE
+        FC_OP_CLAMP
+        FC_OP_ZERO
+        FC_ROW_NONE
+        FC_ROW_SCALE
+        FC_ROW_ZERO
+ROW_NONE, ROW_SCALE, ROW_ZERO = FC_ROW_NONE, FC_ROW_SCALE, FC_ROW_ZERO
 
 
 cdef void _table_write(const fc_chunk *chunks, Py_ssize_t n, int op, double v,
@@ -270,17 +271,17 @@ cdef void _table_write(const fc_chunk *chunks, Py_ssize_t n, int op, double v,
 
 cdef void table_scale(const fc_chunk *chunks, Py_ssize_t n, double s,
                       int nthreads, bint parallel) noexcept nogil:
-    _table_write(chunks, n, _OP_SCALE, s, nthreads, parallel)
+    _table_write(chunks, n, FC_OP_SCALE, s, nthreads, parallel)
 
 
 cdef void table_clamp(const fc_chunk *chunks, Py_ssize_t n, double v,
                       int nthreads, bint parallel) noexcept nogil:
-    _table_write(chunks, n, _OP_CLAMP, v, nthreads, parallel)
+    _table_write(chunks, n, FC_OP_CLAMP, v, nthreads, parallel)
 
 
 cdef void table_zero(const fc_chunk *chunks, Py_ssize_t n,
                      int nthreads, bint parallel) noexcept nogil:
-    _table_write(chunks, n, _OP_ZERO, 0.0, nthreads, parallel)
+    _table_write(chunks, n, FC_OP_ZERO, 0.0, nthreads, parallel)
 
 
 # ------------------------------------------------------------ describe

@@ -515,6 +515,10 @@ static const char *fc_ssq_path = "lane loops (target clones)";
 #error "the AVX-512 loops assume 32 lanes"
 #endif
 #define FC_V4 __attribute__((target("arch=x86-64-v4")))
+/* the 4 accumulators of the AVX-512 sums, as FC_LANE_LOOP's 32 lanes */
+#define FC_W_STORE_LANES(s, a0, a1, a2, a3) do {                                    \
+        _mm512_storeu_pd(s, a0); _mm512_storeu_pd(s + 8, a1);                        \
+        _mm512_storeu_pd(s + 16, a2); _mm512_storeu_pd(s + 24, a3); } while (0)
 /* float32: GCC's code for the lane loop loads 64 bytes and extracts the
  * upper half before converting (an extra shuffle per 16 elements);
  * converting straight from 32-byte loads is faster.  Same lanes, FMAs and
@@ -532,56 +536,53 @@ FC_V4 static void fc_ssq_f32_v4(const void *p, int64_t n, double *ss, double *mx
         a2 = _mm512_fmadd_pd(v2, v2, a2); a3 = _mm512_fmadd_pd(v3, v3, a3);
     });
     double s[FC_LANES];
-    _mm512_storeu_pd(s, a0); _mm512_storeu_pd(s + 8, a1);
-    _mm512_storeu_pd(s + 16, a2); _mm512_storeu_pd(s + 24, a3);
+    FC_W_STORE_LANES(s, a0, a1, a2, a3);
     for (int64_t I = nb; I < n; I++) { const double v = x[I]; s[I - nb] = __builtin_fma(v, v, s[I - nb]); }
     *ss = fc_lanes_sum(s); *mx = 0.0;
 }
-/* (t & FC_W_MASK) | FC_W_BIAS in one vpternlogq, as float64 */
+/* (t & mask) | FC_W_BIAS in one vpternlogq, as float64 */
 #define FC_W_V4(t) _mm512_castsi512_pd(_mm512_ternarylogic_epi64((t), mask, bias, 0xea))
-#define FC_W_STORE_LANES(s, a0, a1, a2, a3) do {                                    \
-        _mm512_storeu_pd(s, a0); _mm512_storeu_pd(s + 8, a1);                        \
-        _mm512_storeu_pd(s + 16, a2); _mm512_storeu_pd(s + 24, a3); } while (0)
-FC_V4 static double fc_ssqw_bf16_v4(const void *p, int64_t n) {
-    const uint16_t *restrict x = (const uint16_t *)p;
-    const __m512i mask = _mm512_set1_epi64((long long)FC_WB_MASK), bias = _mm512_set1_epi64((long long)FC_W_BIAS);
-    __m512d a0 = _mm512_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
-    const int64_t nb = n - n % FC_LANES;
-    FC_FOR_BLOCKS(x, n, nb, b, 0, {
-                __m512i v = _mm512_loadu_si512((const void *)(x + b));
-        __asm__("" : "+v"(v));  /* one load, not one per shift (a split line when unaligned) */
-        /* position k's 16 bits, shifted to bit 45 (= float32 bits << 29) */
-        const __m512d w0 = FC_W_V4(_mm512_slli_epi64(v, 45)), w1 = FC_W_V4(_mm512_slli_epi64(v, 29));
-        const __m512d w2 = FC_W_V4(_mm512_slli_epi64(v, 13)), w3 = FC_W_V4(_mm512_srli_epi64(v, 3));
-        a0 = _mm512_fmadd_pd(w0, w0, a0); a1 = _mm512_fmadd_pd(w1, w1, a1);
-        a2 = _mm512_fmadd_pd(w2, w2, a2); a3 = _mm512_fmadd_pd(w3, w3, a3);
-    });
-    double s[FC_LANES];
-    FC_W_STORE_LANES(s, a0, a1, a2, a3);
-    for (int64_t I = nb; I < n; I++) { const double w = fc_w_of_f32bits((uint32_t)x[I] << 16); s[I - nb] += w * w; }
-    return fc_lanes_sum(s);
+/* The 16-bit sums of squares: LOAD4 gives block b's 4 vectors of 64-bit
+ * words, each holding a value's |float32 bits| at bit 29 (and others, which
+ * MASK drops); TAILW is one tail element's lane value. */
+#define FC_SSQW_V4(SFX, MASK, LOAD4, TAILW)                                         \
+FC_V4 static double fc_ssqw_##SFX##_v4(const void *p, int64_t n) {                  \
+    const uint16_t *restrict x = (const uint16_t *)p;                                \
+    const __m512i mask = _mm512_set1_epi64((long long)(MASK));                       \
+    const __m512i bias = _mm512_set1_epi64((long long)FC_W_BIAS);                    \
+    __m512d a0 = _mm512_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;                     \
+    const int64_t nb = n - n % FC_LANES;                                             \
+    FC_FOR_BLOCKS(x, n, nb, b, 0, {                                                  \
+        __m512i t0, t1, t2, t3;                                                      \
+        LOAD4(x + b, t0, t1, t2, t3);                                                \
+        const __m512d w0 = FC_W_V4(t0), w1 = FC_W_V4(t1);                            \
+        const __m512d w2 = FC_W_V4(t2), w3 = FC_W_V4(t3);                            \
+        a0 = _mm512_fmadd_pd(w0, w0, a0); a1 = _mm512_fmadd_pd(w1, w1, a1);          \
+        a2 = _mm512_fmadd_pd(w2, w2, a2); a3 = _mm512_fmadd_pd(w3, w3, a3);          \
+    });                                                                              \
+    double s[FC_LANES];                                                              \
+    FC_W_STORE_LANES(s, a0, a1, a2, a3);                                             \
+    for (int64_t I = nb; I < n; I++) { const double w = TAILW(x[I]); s[I - nb] += w * w; } \
+    return fc_lanes_sum(s);                                                          \
 }
-FC_V4 static double fc_ssqw_f16_v4(const void *p, int64_t n) {
-    const uint16_t *restrict x = (const uint16_t *)p;
-    const __m512i mask = _mm512_set1_epi64((long long)FC_W_MASK), bias = _mm512_set1_epi64((long long)FC_W_BIAS);
-    __m512d a0 = _mm512_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
-    const int64_t nb = n - n % FC_LANES;
-    FC_FOR_BLOCKS(x, n, nb, b, 0, {
-                const __m512i f0 = _mm512_castps_si512(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(x + b))));
-        const __m512i f1 = _mm512_castps_si512(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(x + b + 16))));
-        const __m512d w0 = FC_W_V4(_mm512_slli_epi64(f0, 29)), w1 = FC_W_V4(_mm512_srli_epi64(f0, 3));
-        const __m512d w2 = FC_W_V4(_mm512_slli_epi64(f1, 29)), w3 = FC_W_V4(_mm512_srli_epi64(f1, 3));
-        a0 = _mm512_fmadd_pd(w0, w0, a0); a1 = _mm512_fmadd_pd(w1, w1, a1);
-        a2 = _mm512_fmadd_pd(w2, w2, a2); a3 = _mm512_fmadd_pd(w3, w3, a3);
-    });
-    double s[FC_LANES];
-    FC_W_STORE_LANES(s, a0, a1, a2, a3);
-    for (int64_t I = nb; I < n; I++) {
-        const double w = fc_w_of_f32bits(fc_f32_bits(_cvtsh_ss(x[I])));
-        s[I - nb] += w * w;
-    }
-    return fc_lanes_sum(s);
-}
+/* bfloat16: 4 per word; position k's 16 bits shifted to bit 45 (= float32
+ * bits << 29).  One load, not one per shift (GCC folds it into each shift:
+ * a split line each when unaligned), hence the empty asm. */
+#define FC_LOAD4_BF16(q, t0, t1, t2, t3) do {                                       \
+        __m512i v_ = _mm512_loadu_si512((const void *)(q));                          \
+        __asm__("" : "+v"(v_));                                                      \
+        t0 = _mm512_slli_epi64(v_, 45); t1 = _mm512_slli_epi64(v_, 29);              \
+        t2 = _mm512_slli_epi64(v_, 13); t3 = _mm512_srli_epi64(v_, 3); } while (0)
+/* float16: converted exactly to float32, 2 per word */
+#define FC_LOAD4_F16(q, t0, t1, t2, t3) do {                                        \
+        const __m512i f0_ = _mm512_castps_si512(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(q)))); \
+        const __m512i f1_ = _mm512_castps_si512(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((q) + 16)))); \
+        t0 = _mm512_slli_epi64(f0_, 29); t1 = _mm512_srli_epi64(f0_, 3);             \
+        t2 = _mm512_slli_epi64(f1_, 29); t3 = _mm512_srli_epi64(f1_, 3); } while (0)
+#define FC_TAILW_BF16(h) fc_w_of_f32bits((uint32_t)(h) << 16)
+#define FC_TAILW_F16(h) fc_w_of_f32bits(fc_f32_bits(_cvtsh_ss(h)))
+FC_SSQW_V4(bf16, FC_WB_MASK, FC_LOAD4_BF16, FC_TAILW_BF16)
+FC_SSQW_V4(f16, FC_W_MASK, FC_LOAD4_F16, FC_TAILW_F16)
 /* bfloat16 scale: the float32 product rounded to nearest even, NaN kept
  * quiet, exactly fc_bf16_store's rule.  32 values per iteration: the even
  * positions are (v << 16), the odd ones (v & 0xffff0000). */
@@ -845,7 +846,7 @@ static inline double fc_clip_scale(const fc_partial *part, int64_t n, int kind, 
  *    and left out: prefetching small chunks further ahead, with write
  *    intent for the write loops, and walking the writes in reverse order;
  *    none was faster on 10,000 buffers of 1 KB.) */
-static inline void fc_prefetch_chunks(const fc_chunk *c, int64_t i, int64_t n, int64_t ahead, int rw) {
+static inline void fc_prefetch_chunks(const fc_chunk *c, int64_t i, int64_t n, int64_t ahead) {
     if (i + ahead < n) {
         const fc_chunk *a = &c[i + ahead];
         const int64_t bytes = a->n * FC_OPS[a->dtype].itemsize;

@@ -120,30 +120,32 @@ static inline int64_t fc_range_left(const fc_range *r) {
 static void fc_table_reduce(const fc_chunk *c, int64_t n, int kind, double p, fc_partial *part,
                             int nthreads, int parallel) {
     FC_FOR_CHUNKS(n, nthreads, parallel, {
-        fc_prefetch_chunks(c, i, n, 4, 0);
+        fc_prefetch_chunks(c, i, n, 4);
         fc_reduce_chunk(&c[i], kind, p, &part[i]);
     });
 }
 
 enum { FC_OP_SCALE = 0, FC_OP_CLAMP = 1, FC_OP_ZERO = 2 };
+/* Table.scale_rows's per-row actions (_policy's A_NONE, A_SCALE, A_ZERO) */
+enum { FC_ROW_NONE = 0, FC_ROW_SCALE = 1, FC_ROW_ZERO = 2 };
 static void fc_table_write(const fc_chunk *c, int64_t n, int op, double v, int nthreads, int parallel) {
     FC_FOR_CHUNKS(n, nthreads, parallel, {
-        fc_prefetch_chunks(c, i, n, 4, 1);
+        fc_prefetch_chunks(c, i, n, 4);
         if (op == FC_OP_SCALE) fc_scale_chunk(&c[i], v);
         else if (op == FC_OP_CLAMP) fc_clamp_chunk(&c[i], v);
         else fc_zero_chunk(&c[i]);
     });
 }
 
-/* Per-row writes: row r's chunks are scaled by scales[r] (action 1), zeroed
- * (action 2) or not touched at all (action 0). */
+/* Per-row writes: row r's chunks are scaled by scales[r] (FC_ROW_SCALE),
+ * zeroed (FC_ROW_ZERO) or not touched at all (FC_ROW_NONE). */
 static void fc_table_scale_rows(const fc_chunk *c, int64_t n, const int8_t *actions, const double *scales,
                                 int nthreads, int parallel) {
     FC_FOR_CHUNKS(n, nthreads, parallel, {
-        fc_prefetch_chunks(c, i, n, 4, 1);
+        fc_prefetch_chunks(c, i, n, 4);
         const int a = actions[c[i].buf];
-        if (a == 1) fc_scale_chunk(&c[i], scales[c[i].buf]);
-        else if (a == 2) fc_zero_chunk(&c[i]);
+        if (a == FC_ROW_SCALE) fc_scale_chunk(&c[i], scales[c[i].buf]);
+        else if (a == FC_ROW_ZERO) fc_zero_chunk(&c[i]);
     });
 }
 
