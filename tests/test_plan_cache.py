@@ -144,3 +144,79 @@ def test_a_clipper_is_built_from_the_cache_and_still_finds_a_resized_array():
     g[0].resize(100_000, refcheck=False)  # the memory moves: the plan would read freed memory
     with pytest.raises(RuntimeError, match="resized"):
         c()
+
+
+def _mixed_list():
+    """Arrays that own their memory, views of one (their owner is the base),
+    a view through as_strided's holder, and one over a bytes object."""
+    from numpy.lib.stride_tricks import as_strided
+
+    flat = np.arange(1.0, 41.0)
+    own = np.full(6, 2.0, np.float32)
+    strided = as_strided(flat[30:], shape=(2, 5), strides=(40, 8))  # contiguous, DummyArray base
+    frombuf = np.frombuffer(bytearray(np.ones(4).tobytes()), dtype=np.float64)
+    return flat, [own, flat[:10], flat[10:30].reshape(4, 5), strided, frombuf]
+
+
+def test_bind_is_the_record_test_and_the_owners_in_one_pass():
+    from fusedclip.kernels import cpu
+
+    flat, g = _mixed_list()
+    d, first = cpu.describe(g)
+    for hold in (False, True):
+        arrays, owners, snap = cpu.bind(g, d, hold)
+        assert arrays is not g and len(arrays) == len(g)
+        assert all(x is y for x, y in zip(arrays, g))
+        if not hold:
+            assert owners is None and snap is None
+            continue
+        want_owners, want_snap = cpu.owners(g)
+        assert all(x is y for x, y in zip(owners, want_owners))
+        np.testing.assert_array_equal(snap, want_snap)
+        assert owners[1] is flat and owners[2] is flat and owners[3] is flat and owners[0] is g[0]
+    # every field of the record is compared: another array, size, dtype, flags, extent
+    lookalikes = [
+        [g[0].copy()] + g[1:],                             # other memory
+        [g[0][:5]] + g[1:],                                # fewer elements
+        [g[0].view(np.int32)] + g[1:],                     # other dtype
+        [g[0], g[1], _read_only(g[2])] + g[3:],             # the same memory, read-only
+        g[:4] + [g[4][:3]],                                # the last one shorter
+        g[:4],                                             # another length
+    ]
+    for other in lookalikes:
+        assert cpu.bind(other, d, True) is None
+    # an F-ordered view of the same bytes is the same record: the same plan
+    assert cpu.bind([g[0], g[1], g[2].reshape(5, 4).T] + g[3:], d, True) is not None
+
+
+def _read_only(a):
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
+def test_a_clipper_from_the_cache_over_views_duplicates_and_empties_finds_a_resized_owner():
+    flat = np.ones(1000)
+    e = np.zeros(0)
+    g = [flat[:400], e, flat[400:], flat[:400], np.ones(3)]
+    want = np.sqrt(1003)
+    assert fc.global_norm(g) == pytest.approx(want)
+    fc.clip_grad_norm_(g, 1e9)  # cached now
+    c = fc.Clipper(g, 1e9)
+    assert any(c._plan.table.chunks is v[1].table.chunks for v in _buffers._cpu_cache.values())
+    assert len(c._plan.arrays) == 3 and c._plan._owners[0] is flat and c._plan._owners[1] is flat
+    assert c().norm == pytest.approx(want)
+    flat.resize(50_000, refcheck=False)  # the owner moves; the views point at freed memory
+    with pytest.raises(RuntimeError, match="buffer 0's memory"):
+        c()
+
+
+def test_a_clipper_from_the_cache_over_arrays_that_own_their_memory_checks_them():
+    g = [np.ones(10), np.ones(20)]
+    fc.clip_grad_norm_(g, 1e9)
+    c = fc.Clipper(g, 1e9)
+    assert c._plan._owners is c._plan.arrays  # read in the hit's one pass, no second
+    g[1].resize(30, refcheck=False)
+    with pytest.raises(RuntimeError, match="buffer 1's memory"):
+        c()
+    np.testing.assert_array_equal(g[0], 1.0)
