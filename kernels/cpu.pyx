@@ -432,11 +432,13 @@ def bind(list objs, const int64_t[:, :] d, bint hold):
         Py_INCREF(<object>items[i])
         PyList_SET_ITEM(arrays, i, <object>items[i])
         if hold:
-            if f[_CODE] != _NOT_ARRAY and cnp.PyArray_BASE(<cnp.ndarray>items[i]) == NULL:
-                S[0, i] = f[_PTR]  # owns its memory: its own record
+            w = <object>items[i]
+            if f[_CODE] == _NOT_ARRAY or cnp.PyArray_BASE(<cnp.ndarray>items[i]) != NULL:
+                w = _owner(w)  # a view: the owner at the end of its bases (None: no array)
+            if <PyObject *>w == items[i]:
+                S[0, i] = f[_PTR]  # its own memory: its own record
                 S[1, i] = f[_SIZE]
             else:
-                w = _owner(<object>items[i])
                 foreign.append((i, w))
                 if w is not None:
                     S[0, i] = <int64_t><uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>w)
@@ -806,4 +808,3 @@ def _ssq_paths(cnp.ndarray a):
         s1 = fc_ssqw_f16_impl(p, n)
         s2 = fc_ssqw_f16_lanes(p, n)
     return s1, s2
-
