@@ -38,6 +38,7 @@ import json
 import math
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -200,9 +201,16 @@ _SETTLE_S = {"naive-numpy": 0.15}
 
 def _timed_rounds(impls, warmers, times, names, reps) -> None:
     prev = None
+    rng = random.Random(0)
     for r in range(reps):
-        # rotate the order so that no implementation always starts a round
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        # a new order every round (the same in every run): an implementation
+        # that always followed the same one would carry its neighbour's
+        # traces.  Measured: whatever ran right after the floor's 50 MB read
+        # was 0.2-0.35 ms slower on the GPT-like bfloat16 set, for several
+        # calls, even after its own warm-up read; with a fixed rotation the
+        # function API always came after the floor.
+        order = rng.sample(names, len(names))
+        for name in order:
             # let the previous implementation's idle threads stop spinning
             # (_SETTLE_S), then read the data with this implementation's own
             # threads: each timed call finds its data just read, as a clip
