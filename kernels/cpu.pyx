@@ -399,57 +399,68 @@ def describe(list objs):
     return out, first_arr
 
 
-def bind(list objs, const int64_t[:, :] d, bint hold):
+def bind(list objs, const int64_t[:, :] d, bint hold, rows=None):
     """The plan cache's hit test and the references a plan keeps, in one C
     pass over the objects (each pass over 10,000 array objects costs
     0.05-0.2 ms in cache misses, so a hit makes one, not three).
 
     Returns None where ``describe(objs)`` would differ from ``d`` (stopping
     at the first difference); else ``(arrays, owners, snap)``: ``arrays`` a
-    new list of the objects, and with ``hold`` what ``owners(arrays)``
-    returns (``owners`` is ``arrays`` itself when every array owns its
-    memory, the usual case), without it None and None.
+    new list of the objects at ``rows`` (increasing indices; None: all of
+    them), and with ``hold`` what ``owners(arrays)`` returns (``owners`` is
+    ``arrays`` itself when every array owns its memory, the usual case),
+    without it None and None.
     """
-    cdef Py_ssize_t n = len(objs), i, k
+    cdef Py_ssize_t n = len(objs), m = n, i, j = 0, k
     cdef int64_t f[6]
     cdef PyObject **items = PySequence_Fast_ITEMS(objs)
     cdef object w
     cdef list arrays, owners, foreign = []
     cdef cnp.ndarray snap = None
     cdef int64_t[:, ::1] S
+    cdef const int64_t[::1] R
+    cdef bint sel = rows is not None
     if d.shape[0] != 6 or d.shape[1] != n:
         return None
+    if sel:
+        R = np.ascontiguousarray(rows, dtype=np.int64)
+        m = R.shape[0]
     if hold:
-        snap = np.empty((2, n), dtype=np.int64)
+        snap = np.empty((2, m), dtype=np.int64)
         S = snap
-    arrays = PyList_New(n)  # NULL items until set: a list dropped half-filled is fine
+    arrays = PyList_New(m)  # NULL items until set: a list dropped half-filled is fine
     for i in range(n):
         _prefetch_objs(items, i, n)
         _describe_one(<object>items[i], f)
         for k in range(6):
             if f[k] != d[k, i]:
                 return None
+        if sel and (j >= m or R[j] != i):
+            continue  # compared, not kept (an empty array, a duplicate)
         Py_INCREF(<object>items[i])
-        PyList_SET_ITEM(arrays, i, <object>items[i])
+        PyList_SET_ITEM(arrays, j, <object>items[i])
         if hold:
             w = <object>items[i]
             if f[_CODE] == _NOT_ARRAY or cnp.PyArray_BASE(<cnp.ndarray>items[i]) != NULL:
                 w = _owner(w)  # a view: the owner at the end of its bases (None: no array)
             if <PyObject *>w == items[i]:
-                S[0, i] = f[_PTR]  # its own memory: its own record
-                S[1, i] = f[_SIZE]
+                S[0, j] = f[_PTR]  # its own memory: its own record
+                S[1, j] = f[_SIZE]
             else:
-                foreign.append((i, w))
+                foreign.append((j, w))
                 if w is not None:
-                    S[0, i] = <int64_t><uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>w)
-                    S[1, i] = cnp.PyArray_SIZE(<cnp.ndarray>w)
+                    S[0, j] = <int64_t><uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>w)
+                    S[1, j] = cnp.PyArray_SIZE(<cnp.ndarray>w)
+        j += 1
+    if j != m:
+        raise ValueError("bind: rows must be increasing indices into objs")
     if not hold:
         return arrays, None, None
     owners = arrays
     if foreign:
         owners = list(arrays)
-        for i, w in foreign:
-            owners[i] = w
+        for j, w in foreign:
+            owners[j] = w
     return arrays, owners, snap
 
 

@@ -220,3 +220,33 @@ def test_a_clipper_from_the_cache_over_arrays_that_own_their_memory_checks_them(
     with pytest.raises(RuntimeError, match="buffer 1's memory"):
         c()
     np.testing.assert_array_equal(g[0], 1.0)
+
+
+def test_bind_keeps_the_rows_and_compares_every_entry():
+    from fusedclip.kernels import cpu
+
+    flat, g = _mixed_list()
+    e = np.zeros(0)
+    objs = [g[0], e, g[1], g[1], g[2]]
+    d, _ = cpu.describe(objs)
+    arrays, owners, snap = cpu.bind(objs, d, True, np.array([0, 2, 4]))
+    assert [id(a) for a in arrays] == [id(g[0]), id(g[1]), id(g[2])]
+    assert owners[0] is g[0] and owners[1] is flat and owners[2] is flat
+    np.testing.assert_array_equal(snap, cpu.owners(arrays)[1])
+    for bad in ([2, 0], [0, 5], [0, 0]):
+        with pytest.raises(ValueError, match="increasing"):
+            cpu.bind(objs, d, False, np.array(bad))
+    # an entry outside the rows is compared too
+    assert cpu.bind([g[0], np.zeros(1), g[1], g[1], g[2]], d, False, np.array([0, 2, 4])) is None
+
+
+def test_a_list_with_an_empty_array_is_served_from_the_cache_and_a_change_there_is_seen():
+    a, b, e = np.full(4, 2.0), np.full(4, 1.0), np.zeros(0)
+    assert fc.global_norm([a, e, b]) == pytest.approx(np.sqrt(20))
+    cached = next(iter(_buffers._cpu_cache.values()))[1]
+    plan, _ = _buffers.plan_buffers([a, e, b], writable=False, fn="f", cache=True)
+    assert plan.table.chunks is cached.table.chunks and [x is y for x, y in zip(plan.arrays, [a, b])] == [True] * 2
+    # the same key (length, first and last memory), the empty slot now holds data
+    assert fc.global_norm([a, np.full(3, 3.0), b]) == pytest.approx(np.sqrt(47))
+    c = fc.Clipper([a, e, b], 1.0)
+    assert c().norm == pytest.approx(np.sqrt(20)) and fc.global_norm([a, b]) == pytest.approx(1.0)

@@ -63,23 +63,16 @@ class Plan:
             self._owners, self._snap = cpu.owners(self.arrays)
 
     def bound(self, arrays: list, owners: list | None = None, snap=None) -> "Plan":
-        """A copy of this (released) plan over ``arrays`` (a list the copy
-        may keep: ``cpu.bind``'s, of the same memory as when it was planned):
-        the copy holds the caller's arrays; the table is shared, the partials
-        are its own.  ``owners`` and ``snap``: what ``hold`` would record, for
-        ``arrays`` (bind reads them in its pass)."""
+        """A copy of this (released) plan over ``arrays``, one per row (a
+        list the copy may keep: ``cpu.bind``'s, of the same memory as when it
+        was planned): the copy holds the caller's arrays; the table is
+        shared, the partials are its own.  ``owners`` and ``snap``: what
+        ``hold`` would record for ``arrays`` (bind reads them in its pass)."""
         p = object.__new__(Plan)
         for k in Plan.__slots__:
             setattr(p, k, getattr(self, k))
         p.table = self.table.fresh()  # partials of its own: calls may run concurrently
-        rows = self.rows
-        if len(rows) == len(arrays):
-            p.arrays, p._owners, p._snap = arrays, owners, snap
-        else:  # empty arrays or duplicates have no row
-            sel = rows.tolist()
-            p.arrays = [arrays[i] for i in sel]
-            if owners is not None:
-                p._owners, p._snap = [owners[i] for i in sel], np.ascontiguousarray(snap[:, rows])
+        p.arrays, p._owners, p._snap = arrays, owners, snap
         return p
 
     def check(self) -> None:
@@ -554,7 +547,10 @@ def _cpu_cached(objs: list, writable: bool, fn: str, hold: bool = False):
     fl = cpu.first_last(objs)
     key = None if fl is None else (writable, len(objs)) + fl
     hit = None if key is None else _cpu_cache.get(key)
-    bound = None if hit is None else cpu.bind(objs, hit[0], hold)
+    bound = None
+    if hit is not None:
+        rows = hit[1].rows  # empty arrays and duplicates have no row
+        bound = cpu.bind(objs, hit[0], hold, None if len(rows) == len(objs) else rows)
     if bound is not None:
         try:
             _cpu_cache.move_to_end(key)
@@ -570,7 +566,7 @@ def _cpu_cached(objs: list, writable: bool, fn: str, hold: bool = False):
         return _make_plan(objs, d, first, writable, fn)
     plan = _make_plan(objs, d, first, writable, fn)
     if not plan.staged and not plan.extra:
-        kept = plan.bound(objs)
+        kept = plan.bound(plan.arrays)
         kept.release()
         _cpu_cache[key] = (d, kept)
         if len(_cpu_cache) > PLAN_CACHE_SIZE:
