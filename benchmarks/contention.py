@@ -5,10 +5,9 @@
 1. **A spinning BLAS pool.**  numpy's OpenBLAS keeps its worker threads
    spinning for ~0.1 s after a threaded call (a float64 ``np.dot`` of a large
    vector, as ``np.linalg.norm`` makes on the bfloat16 arrays it first
-   converts).  On a 2-core machine that worker holds one core: the OS runs
-   the caller and the OpenMP helper on one core, or the helper beside the
-   spinner, where it loses the core for a 4 ms tick; a 2-thread call then
-   waits at its join for the helper.  The GPT-like bfloat16 clip (triggered)
+   converts).  On a 2-core machine that worker takes one of the cores, and
+   a 2-thread call then often waits 3-4 ms (a scheduler tick) at its join
+   for its helper.  The GPT-like bfloat16 clip (triggered)
    is timed quiet and right after such a call, beside the floor (one read
    and one read-write pass over a single buffer of the same bytes, on the
    same table loop).
