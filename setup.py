@@ -43,6 +43,17 @@ capi = Extension(
     extra_link_args=link_args,
 )
 
+# fusedclip.torch's fast path: tensor layouts read in C (torch's AOTI C shim, or its
+# accessors), the work through the C API above
+torchread = Extension(
+    "fusedclip._torchread",
+    sources=["src/fusedclip/_torchread.pyx"],
+    include_dirs=["kernels"],
+    depends=["kernels/cpu.pxd", "src/fusedclip/capi.pxd"],
+    extra_compile_args=compile_args + ["-Wno-unused-function"],
+    extra_link_args=link_args,
+)
+
 setup(
-    ext_modules=cythonize([ext, capi], compiler_directives={"language_level": 3}),
+    ext_modules=cythonize([ext, capi, torchread], compiler_directives={"language_level": 3}),
 )

@@ -48,3 +48,8 @@ cdef void table_clamp(const fc_chunk *chunks, Py_ssize_t n, double v,
                       int nthreads, bint parallel) noexcept nogil
 cdef void table_zero(const fc_chunk *chunks, Py_ssize_t n,
                      int nthreads, bint parallel) noexcept nogil
+
+# Are the m byte extents [e[2i], e[2i+1]) pairwise disjoint?  e may be
+# reordered (sorted by start when they come in neither increasing nor
+# decreasing order).
+cdef bint extents_disjoint(int64_t *e, Py_ssize_t m) noexcept nogil

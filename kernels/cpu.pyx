@@ -16,7 +16,8 @@ partials in chunk order.  The norm is therefore bitwise identical for any
 number of threads.
 """
 from libc.stdint cimport int64_t, int32_t, int8_t, uint64_t, uintptr_t, INT64_MIN
-from libc.string cimport memset
+from libc.string cimport memset, memcpy
+from libc.stdlib cimport malloc, free
 from cpython.object cimport PyObject
 from cpython.sequence cimport PySequence_Fast_ITEMS
 from cpython.list cimport PyList_New, PyList_SET_ITEM
@@ -583,6 +584,44 @@ def moved(list owners, const int64_t[:, ::1] snap):
 
 
 # ------------------------------------------------------------ the table
+cdef extern from *:
+    """
+    static int fc_cmp_extent(const void *a, const void *b) {
+        const int64_t x = ((const int64_t *)a)[0], y = ((const int64_t *)b)[0];
+        return (x > y) - (x < y);
+    }
+    /* Are the m byte extents [e[2i], e[2i+1]) pairwise disjoint?  One pass
+     * when they come in increasing or decreasing order (the usual cases);
+     * else they are sorted by start (e is reordered) and swept. */
+    static int fc_disjoint(int64_t *e, int64_t m) {
+        int64_t i;
+        int up = 1, down = 1;
+        for (i = 1; i < m && (up || down); i++) {
+            up = up && e[2 * i] >= e[2 * i - 1];
+            down = down && e[2 * i + 1] <= e[2 * i - 2];
+        }
+        if (up || down) return 1;
+        qsort(e, (size_t)m, 2 * sizeof(int64_t), fc_cmp_extent);
+        for (i = 1; i < m; i++)
+            if (e[2 * i] < e[2 * i - 1]) return 0;
+        return 1;
+    }
+    """
+    int fc_disjoint(int64_t *e, int64_t m) noexcept nogil
+
+
+cdef bint extents_disjoint(int64_t *e, Py_ssize_t m) noexcept nogil:
+    """Are the m byte extents [e[2i], e[2i+1]) pairwise disjoint?  (e may be
+    reordered.)  One pass for increasing or decreasing order, else a sort."""
+    return m < 2 or fc_disjoint(e, m)
+
+
+def disjoint(extents):
+    """``extents_disjoint`` over an (m, 2) array of [lo, hi) (for the tests)."""
+    cdef cnp.ndarray e = np.array(extents, dtype=np.int64, order="C").reshape(-1, 2)
+    return bool(extents_disjoint(<int64_t *>cnp.PyArray_DATA(e), e.shape[0]))
+
+
 cdef class Table:
     """A chunk table over contiguous buffers, with its partials.
 

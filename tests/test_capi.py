@@ -64,7 +64,7 @@ def test_constants_are_the_kernels(ce):
     assert ce.DTYPE_CODES == {"float64": cpu.F64, "float32": cpu.F32,
                               "bfloat16": cpu.BF16, "float16": cpu.F16}
     assert (ce.FLAG_NAN, ce.FLAG_INF) == (cpu.HAS_NAN, cpu.HAS_INF)
-    assert ce.VERSION == capi.VERSION == 1
+    assert ce.VERSION == capi.VERSION == 2  # 2: fc_clamp, fc_clip_grad_norm_eps
     assert {"FC_" + k: v for k, v in ce.STATUS.items()} == capi.STATUS
     for v in capi.STATUS.values():
         assert ce.status_message(v) == capi.status_message(v) != "unknown status"
@@ -189,6 +189,44 @@ def test_clip_where_the_norm_is_beyond_float64(ce):
     assert rel(ref_norm(mine), 1.0) <= 1e-12
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_clamp_is_clip_grad_value_(ce, dtype, rng):
+    bufs = [(rng.standard_normal(n) * 4).astype(dtype) for n in (3, CHUNK + 1, 2 * CHUNK)]
+    bufs[0][:3] = [np.inf, -np.inf, np.nan]
+    mine = [b.copy() for b in bufs]
+    before = [b.copy() for b in bufs]
+    fc.clip_grad_value_(bufs, 1.5)
+    assert ce.PointerTable(mine).clamp(1.5) == 0
+    for a, b in zip(mine, bufs):  # bitwise the Python API's result
+        assert a.tobytes() == b.tobytes()
+    assert mine[1].tobytes() != before[1].tobytes()  # something was clamped
+    assert float(np.abs(mine[1].astype(np.float64)).max()) <= 1.5
+
+
+def test_clip_eps_is_torchs_rule(ce, rng):
+    """fc_clip_grad_norm_eps: clip when norm + eps > max_norm, by
+    max_norm / (norm + eps); eps 0 is fc_clip_grad_norm."""
+    x = np.array([3.0, 4.0])
+    for max_norm, clips in ((5.0, True), (5.0 + 0.5e-6, True), (5.0 + 2e-6, False)):
+        a = x.copy()
+        rc, norm, s, flags = ce.PointerTable([a]).clip_eps(max_norm, 1e-6)
+        assert (rc, norm, flags) == (0, 5.0, 0)
+        want = max_norm / (5.0 + 1e-6) if clips else 1.0
+        assert s == want and a.tobytes() == (scaled(x, want) if clips else x).tobytes()
+    bufs = mixed(rng, 6)
+    mine = [b.copy() for b in bufs]
+    assert ce.PointerTable(bufs).clip(0.5) == ce.PointerTable(mine).clip_eps(0.5, 0.0)
+    for a, b in zip(mine, bufs):
+        assert a.tobytes() == b.tobytes()
+    good = ce.PointerTable(bufs)
+    snap = snapshot(bufs)
+    for eps in (-1e-6, math.nan, math.inf):
+        assert good.clip_eps(1e-3, eps)[0] == ce.STATUS["EMAXNORM"]
+    for v in (-1.0, math.nan):
+        assert good.clamp(v) == ce.STATUS["EMAXNORM"]
+    assert_untouched(bufs, snap)
+
+
 def test_chunk_table_api_still_works(ce, rng):
     a = rng.standard_normal(3 * CHUNK + 5).astype(np.float32)
     assert ce.chunk_table_l2(a) == (fc.global_norm(a), 0)
@@ -228,6 +266,8 @@ def test_errors_write_nothing(ce, rng):
         assert t.scale(0.5) == want
         assert t.zero() == want
         assert t.clip(1e-3) == (want, -1.0, -1.0, -1)
+        assert t.clip_eps(1e-3, 1e-6) == (want, -1.0, -1.0, -1)
+        assert t.clamp(1e-3) == want
     good = ce.PointerTable(bufs)
     for p in (0.0, -1.0, math.nan, -math.inf):
         assert good.global_norm(p)[0] == st["ENORMTYPE"]

@@ -85,7 +85,7 @@ class Clipper:
 
     def _setup(self, buffers, max_norm, norm_type, nonfinite, num_threads, rng, fn: str,
                cache: bool | str = False, stream: Any = None, reduce: Any = None,
-               replicated: Any = None) -> None:
+               replicated: Any = None, writable: bool = True) -> None:
         if not hasattr(self, "_history"):
             self._history = None
         self._nonfinite_policy = policy = _policy.check_policy(nonfinite)
@@ -95,7 +95,7 @@ class Clipper:
         self._rng = rng
         if policy == "random":
             self._rng = _policy.make_rng(rng)
-        self._plan, self._gpu = plan_buffers(buffers, writable=True, fn=fn, cache=cache, stream=stream)
+        self._plan, self._gpu = plan_buffers(buffers, writable=writable, fn=fn, cache=cache, stream=stream)
         # distributed (docs/DISTRIBUTED.md): the global norm through the caller's all-reduce
         self._reduced = None if reduce is None and replicated is None else _reduce.Reduced(
             reduce, replicated, self._plan, self._gpu, fn)

@@ -32,7 +32,7 @@ See docs/EMBEDDING.md.
 from libc.stdint cimport int64_t, int32_t, uint16_t
 
 cdef enum:
-    FC_CAPI_VERSION = 1
+    FC_CAPI_VERSION = 2   # 2: fc_clamp, fc_clip_grad_norm_eps
 
 # dtype codes: the same as fusedclip.kernels.cpu.F64 .. F16 (simd.h's FC_F64 ..)
 cdef enum:
@@ -55,7 +55,7 @@ cdef enum:
     FC_ENULL = -4       # a NULL pointer (a table, or a buffer with elements)
     FC_EALIGN = -5      # a buffer not aligned to its element size
     FC_ENORMTYPE = -6   # norm_type not > 0 (NaN included); INFINITY is the max-norm
-    FC_EMAXNORM = -7    # max_norm not > 0 (NaN included)
+    FC_EMAXNORM = -7    # max_norm not > 0 (NaN included); eps or clip_value out of range
 
 # The message for a status code (a static string).
 cdef const char *fc_status_message(int status) noexcept nogil
@@ -88,6 +88,11 @@ cdef int fc_global_norm(void **ptrs, const int64_t *sizes, const int32_t *dtypes
 cdef int fc_scale(void **ptrs, const int64_t *sizes, const int32_t *dtypes,
                   int64_t nbuf, double s, int nthreads) noexcept nogil
 
+# x = min(max(x, -v), v) in place for every buffer (NaN stays NaN, +-inf
+# becomes +-v rounded to the buffer's dtype); v >= 0 (else FC_EMAXNORM).
+cdef int fc_clamp(void **ptrs, const int64_t *sizes, const int32_t *dtypes,
+                  int64_t nbuf, double v, int nthreads) noexcept nogil
+
 # x = 0 in place for every buffer.
 cdef int fc_zero(void **ptrs, const int64_t *sizes, const int32_t *dtypes,
                  int64_t nbuf, int nthreads) noexcept nogil
@@ -103,3 +108,11 @@ cdef int fc_clip_grad_norm(void **ptrs, const int64_t *sizes, const int32_t *dty
                            int64_t nbuf, double max_norm, double norm_type, int nthreads,
                            double *norm, double *scale, int *flags,
                            int32_t *buf_flags) noexcept nogil
+
+# fc_clip_grad_norm with an eps in the rule, as torch's clip_grad_norm_ has
+# (1e-6): clip when norm + eps > max_norm, by max_norm / (norm + eps).
+# eps: finite and >= 0 (else FC_EMAXNORM); fc_clip_grad_norm is eps = 0.
+cdef int fc_clip_grad_norm_eps(void **ptrs, const int64_t *sizes, const int32_t *dtypes,
+                               int64_t nbuf, double max_norm, double eps, double norm_type,
+                               int nthreads, double *norm, double *scale, int *flags,
+                               int32_t *buf_flags) noexcept nogil

@@ -14,7 +14,7 @@ from libc.math cimport INFINITY, NAN
 from fusedclip.kernels.cpu cimport (
     fc_chunk, fc_partial, FC_CHUNK, FC_NDTYPES, FC_HAS_NAN, FC_HAS_INF,
     FC_NORM_P, FC_NORM_1, FC_NORM_2, FC_NORM_INF, fc_clip_scale,
-    table_norm, table_scale, table_zero,
+    table_norm, table_scale, table_clamp, table_zero,
 )
 from fusedclip.kernels import cpu as _cpu
 
@@ -214,25 +214,25 @@ cdef int fc_sumsq_f16(const uint16_t *x, int64_t n, int nthreads,
 
 
 cdef int _norm(void **ptrs, const int64_t *sizes, const int32_t *dtypes, int64_t nbuf,
-               double norm_type, double max_norm, bint clip, int nthreads,
+               double norm_type, double max_norm, double eps, bint clip, int nthreads,
                double *norm, double *scale, int *flags, int32_t *buf_flags) noexcept nogil:
     """The norm, and for ``clip`` the decision and the scale (the Python API's
-    rule: _policy.decide with Table.clip_scale)."""
+    rule for finite data: _policy.decide with Table.clip_scale)."""
     cdef int kind = 0, rc, f = 0
     cdef _Table t
     cdef double r = 0.0, s = 1.0
     rc = _kind(norm_type, &kind)
     if rc != FC_OK:
         return rc
-    if clip and not max_norm > 0.0:
+    if clip and not (max_norm > 0.0 and eps >= 0.0 and eps < INFINITY):
         return FC_EMAXNORM
     rc = _build(ptrs, sizes, dtypes, nbuf, True, &t)
     if rc != FC_OK:
         return rc
     if t.n:
         r = table_norm(t.c, t.n, kind, norm_type, t.p, nthreads, _parallel(&t), &f)
-        if clip and not f and r > max_norm:
-            s = max_norm / r if r < INFINITY else fc_clip_scale(t.p, t.n, kind, norm_type, max_norm)
+        if clip and not f and r + eps > max_norm:
+            s = max_norm / (r + eps) if r + eps < INFINITY else fc_clip_scale(t.p, t.n, kind, norm_type, max_norm)
             table_scale(t.c, t.n, s, nthreads, _parallel(&t))
     if buf_flags != NULL:
         _buf_flags(&t, nbuf, buf_flags)
@@ -251,7 +251,7 @@ cdef int fc_global_norm(void **ptrs, const int64_t *sizes, const int32_t *dtypes
                         double *norm, int *flags, int32_t *buf_flags) noexcept nogil:
     if norm == NULL:
         return FC_ENULL
-    return _norm(ptrs, sizes, dtypes, nbuf, norm_type, INFINITY, False, nthreads,
+    return _norm(ptrs, sizes, dtypes, nbuf, norm_type, INFINITY, 0.0, False, nthreads,
                  norm, NULL, flags, buf_flags)
 
 
@@ -259,7 +259,15 @@ cdef int fc_clip_grad_norm(void **ptrs, const int64_t *sizes, const int32_t *dty
                            int64_t nbuf, double max_norm, double norm_type, int nthreads,
                            double *norm, double *scale, int *flags,
                            int32_t *buf_flags) noexcept nogil:
-    return _norm(ptrs, sizes, dtypes, nbuf, norm_type, max_norm, True, nthreads,
+    return _norm(ptrs, sizes, dtypes, nbuf, norm_type, max_norm, 0.0, True, nthreads,
+                 norm, scale, flags, buf_flags)
+
+
+cdef int fc_clip_grad_norm_eps(void **ptrs, const int64_t *sizes, const int32_t *dtypes,
+                               int64_t nbuf, double max_norm, double eps, double norm_type,
+                               int nthreads, double *norm, double *scale, int *flags,
+                               int32_t *buf_flags) noexcept nogil:
+    return _norm(ptrs, sizes, dtypes, nbuf, norm_type, max_norm, eps, True, nthreads,
                  norm, scale, flags, buf_flags)
 
 
@@ -271,6 +279,21 @@ cdef int fc_scale(void **ptrs, const int64_t *sizes, const int32_t *dtypes,
         return rc
     if t.n:
         table_scale(t.c, t.n, s, nthreads, _parallel(&t))
+    _free(&t)
+    return FC_OK
+
+
+cdef int fc_clamp(void **ptrs, const int64_t *sizes, const int32_t *dtypes,
+                  int64_t nbuf, double v, int nthreads) noexcept nogil:
+    cdef _Table t
+    cdef int rc
+    if not v >= 0.0:
+        return FC_EMAXNORM
+    rc = _build(ptrs, sizes, dtypes, nbuf, False, &t)
+    if rc != FC_OK:
+        return rc
+    if t.n:
+        table_clamp(t.c, t.n, v, nthreads, _parallel(&t))
     _free(&t)
     return FC_OK
 

@@ -1,16 +1,22 @@
-"""fusedclip.torch: drop-ins for ``torch.nn.utils.clip_grad_norm_`` and
-``clip_grad_value_``, and a ``Clipper`` for parameters whose grads change.
+"""fusedclip.torch: torch's gradient-clipping API on fusedclip's kernels.
 
 >>> import fusedclip.torch as fct
 >>> norm = fct.clip_grad_norm_(model.parameters(), max_norm=1.0)   # as torch's
+>>> fct.patch()     # or: torch.nn.utils.clip_grad_norm_ & co. become fusedclip's
 
-The signatures and return types are torch 2.13's.  The gradients are read in
-place: CPU tensors (bfloat16 included) as numpy views by the CPU engine, CUDA
-tensors by the CUDA engine on torch's current stream.  The returned norm is a
-tensor on the first gradient's device in the dtype torch returns; on a GPU it
-is written by a device-to-device copy of the engine's state, so the call
-never waits for the device (except with ``error_if_nonfinite=True``, which
-must know, and lists that mix CPU and CUDA gradients).
+``clip_grad_norm_``, ``clip_grad_value_``, ``get_total_norm`` and
+``clip_grads_with_norm_`` have torch 2.13's signatures and return types;
+``Clipper`` clips the same parameters every step; ``patch()`` installs the
+four functions into ``torch.nn.utils`` so that code written against torch
+(HF Trainer, Lightning, accelerate) uses them unchanged.
+
+The gradients are read in place: CPU tensors (bfloat16 included) by the CPU
+engine, CUDA tensors by the CUDA engine on torch's current stream.  The
+returned norm is a tensor on the first gradient's device in the dtype torch
+returns; on a GPU it is written by a device-to-device copy of the engine's
+state, so the call never waits for the device (except with
+``error_if_nonfinite=True``, which must know, and lists that mix CPU and
+CUDA gradients).
 
 The clipping rule is torch's: scale by ``max_norm / (norm + 1e-6)`` when that
 is below 1.  Differences (documented in docs/TORCH.md): the norm is exact
@@ -19,9 +25,16 @@ norm and a correct clip), nothing is written when nothing is clipped,
 ``max_norm`` must be > 0, ``norm_type`` > 0 or inf, ``clip_value`` >= 0, and
 the same gradient passed twice counts once.
 
-Repeated calls over the same parameters whose grads sit at the same
-addresses reuse one plan (a bounded cache that keeps no tensor alive), so
-the per-call host work is reading ``p.grad`` and ``data_ptr()`` of each.
+**Plans are layouts.**  ``zero_grad(set_to_none=True)`` (torch's default)
+makes every backward create new gradient tensors at new addresses, so a plan
+keyed by addresses is rebuilt every step.  Here a plan is keyed by the
+gradients' *layout* (each one's dtype, element count and device, read with
+its address in one C pass: ``kernels.cpu.read_tensors``), and the addresses
+are bound per call (``Table.rebased``: the new addresses are checked for
+overlap, and each tensor was checked to lie inside its storage).  A gradient
+whose dtype, size, strides or storage changed, at the same address or not,
+has another layout: it gets another plan, or the general path, which checks
+everything again.  Nothing outside a gradient is read or written.
 """
 from __future__ import annotations
 
@@ -34,54 +47,84 @@ except ImportError as _e:  # pragma: no cover - exercised in a subprocess test
     ) from _e
 
 import functools
+import math
+import re
 import types
 import warnings
-import weakref
 from collections import OrderedDict
 from typing import Any, Iterable, Union
 
 import ml_dtypes
 import numpy as np
 
-from . import _policy
+from . import _policy, _torchread
 from ._api import Clipper as _ArrayClipper
 from ._policy import NonFiniteError
+from .kernels import cpu
 
-__all__ = ["Clipper", "clip_grad_norm_", "clip_grad_value_", "EPS"]
+__all__ = ["Clipper", "clip_grad_norm_", "clip_grad_value_", "get_total_norm", "clip_grads_with_norm_",
+           "patch", "unpatch", "EPS"]
 
 #: torch's eps in ``clip_coef = max_norm / (total_norm + 1e-6)``
 EPS = 1e-6
 _TensorOrTensors = Union[torch.Tensor, Iterable[torch.Tensor]]
 _NO_GRAD = np.zeros(0, np.float32)  # stands in for a None grad: indices stay the parameters'
 _BF16 = np.dtype(ml_dtypes.bfloat16)
+#: torch's dtypes in the kernels' code order (cpu.DTYPES): what read_tensors reports
+_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+#: the tensor types whose memory read_tensors may take from their accessors
+#: (subclasses, DTensor among them, go the general way)
+_TYPES = (torch.Tensor, torch.nn.Parameter)
+_CPU = torch.device("cpu")
+_INF = float("inf")
 
 
+# ---------------------------------------------------------------- arguments
 def _number(name: str, x: Any) -> float:
-    """What torch's ``float(x)`` accepts (a number, a numeric string such as
-    'inf', a one-element tensor), except bools (TypeError, fusedclip's rule)."""
+    """What torch's ``float(x)`` accepts (a number, ``Decimal``, ``Fraction``,
+    a numeric string such as 'inf', a one-element tensor), except bools
+    (TypeError, fusedclip's rule)."""
+    if type(x) is float:
+        return x
     if isinstance(x, torch.Tensor):
         if x.numel() != 1:
             raise TypeError(f"{name} must be a real number or a one-element tensor, "
                             f"got a tensor of {x.numel()} elements")
-        x = x.item()
-    elif isinstance(x, str):
+        if x.dtype == torch.bool:
+            raise TypeError(f"{name} must be a real number, got a bool tensor")
+        return float(x.item())
+    if isinstance(x, str):
         try:
-            x = float(x)
+            return float(x)
         except ValueError:
             raise ValueError(f"{name} must be a real number, got {x!r}") from None
-    return _policy.real(name, x)
+    if isinstance(x, (bool, np.bool_)) or isinstance(x, complex) or not hasattr(x, "__float__"):
+        return _policy.real(name, x)  # the TypeError, worded as everywhere
+    try:
+        return float(x)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise TypeError(f"{name} must be a real number, got {type(x).__name__} {x!r} ({e})") from None
 
 
-def _param_list(parameters: Any, fn: str, warn_empty_generator: bool) -> list:
+def _check_norm_args(max_norm: Any, norm_type: Any) -> tuple[float, int, float]:
+    """(max_norm, kernel norm kind, p), checked as everywhere in fusedclip."""
+    v = _policy.check_max_norm(_number("max_norm", max_norm))
+    kind, p = _policy.norm_kind(_number("norm_type", norm_type))  # ValueError for p <= 0
+    return v, kind, p
+
+
+def _param_list(parameters: Any, fn: str, warn_empty_generator: bool, what: str = "parameters") -> list:
     if isinstance(parameters, torch.Tensor):
         return [parameters]
+    if type(parameters) is list:
+        return parameters
     if parameters is None or isinstance(parameters, (str, bytes, dict)) or not hasattr(parameters, "__iter__"):
-        raise TypeError(f"{fn}: parameters must be a tensor or an iterable of tensors, "
+        raise TypeError(f"{fn}: {what} must be a tensor or an iterable of tensors, "
                         f"got {type(parameters).__name__}")
     is_generator = isinstance(parameters, types.GeneratorType)
     params = list(parameters)
     if warn_empty_generator and is_generator and not params:
-        warnings.warn("`parameters` is an empty generator, no gradient clipping will occur.",
+        warnings.warn(f"`{what}` is an empty generator, no gradient clipping will occur.",
                       stacklevel=3)
     return params
 
@@ -95,16 +138,26 @@ def _grads(params: list, fn: str) -> list:
                         "(nothing was modified)") from None
 
 
-def _pointers(grads: list, fn: str) -> tuple:
-    try:
-        return tuple([None if g is None else g.data_ptr() for g in grads])
-    except RuntimeError:  # a sparse grad has no data pointer
-        for i, g in enumerate(grads):
-            if g is not None and g.layout is not torch.strided:
-                raise TypeError(f"{fn}: parameter {i}'s grad is a {g.layout} tensor; fusedclip clips "
-                                "dense gradients; use torch.nn.utils.clip_grad_norm_ for sparse ones; "
-                                "nothing was modified") from None
-        raise
+# ---------------------------------------------------------------- the general path's reads
+def _check_storage(g, i: int, fn: str) -> None:
+    """RuntimeError where a tensor's elements reach outside its storage (a
+    storage freed or shrunk under it, e.g. ``untyped_storage().resize_(0)``):
+    its data pointer would lead into memory it does not own."""
+    if not isinstance(g, torch.Tensor) or g.numel() == 0:
+        return
+    lo = hi = g.storage_offset()
+    for n, s in zip(g.shape, g.stride()):
+        if s < 0:
+            lo += (n - 1) * s
+        else:
+            hi += (n - 1) * s
+    item, have = g.element_size(), g.untyped_storage().nbytes()
+    if lo < 0 or (hi + 1) * item > have:
+        raise RuntimeError(
+            f"{fn}: parameter {i}'s grad (shape {tuple(g.shape)}, strides {g.stride()}, storage "
+            f"offset {g.storage_offset()}) needs {(hi + 1) * item} bytes of its storage, which has "
+            f"{have}: the storage was freed or shrunk under it (untyped_storage().resize_?); "
+            "nothing was read or modified")
 
 
 def _cpu_view(g, i: int, fn: str) -> np.ndarray:
@@ -113,15 +166,14 @@ def _cpu_view(g, i: int, fn: str) -> np.ndarray:
         t = g.detach() if g.requires_grad else g
         if g.layout is not torch.strided:
             raise TypeError(f"it is a {g.layout} tensor")
+        _check_storage(t, i, fn)
         if t.dtype == torch.bfloat16:
             return t.view(torch.int16).numpy().view(_BF16)
         return t.numpy()
     except (TypeError, RuntimeError) as e:
-        raise TypeError(
-            f"{fn}: parameter {i}'s grad ({g.dtype}, {g.device}) cannot be clipped in place ({e}); "
-            "fusedclip clips dense float16, bfloat16, float32 and float64 gradients on the CPU or "
-            "a CUDA device; use torch.nn.utils.clip_grad_norm_ for others; nothing was modified"
-        ) from None
+        if "storage was freed" in str(e):
+            raise
+        raise _unsupported(fn, f"parameter {i}'s grad", g, str(e)) from None
 
 
 def _device_empty(device) -> torch.Tensor:
@@ -130,51 +182,223 @@ def _device_empty(device) -> torch.Tensor:
     return torch.empty((), dtype=torch.float64, device=device)
 
 
-def _bump(grads: list) -> None:
+def _bump(grads: list, _increment=torch._C._increment_version) -> None:
     """Tell autograd the grads were modified in place (as torch's mul_ does)."""
-    torch._C._increment_version(grads)
+    _increment(grads)
+
+
+def _to_torch_message(e: BaseException) -> BaseException:
+    """The planner's messages say "buffer i" (the array API's word); here
+    the index is a parameter's (a tensor's, for get_total_norm)."""
+    if e.args and isinstance(e.args[0], str):
+        msg = re.sub(r"\bbuffers (\d+) and (\d+)", r"the grads of parameters \1 and \2", e.args[0])
+        msg = re.sub(r"\bbuffer (\d+)", r"parameter \1's grad", msg)
+        msg = re.sub(r"\bbuffer\b", "gradient", msg)
+        msg = re.sub(r"\barray\b", "tensor", msg)
+        e.args = (msg,) + e.args[1:]
+    return e
+
+
+def _promoted(dtypes) -> torch.dtype | None:
+    return functools.reduce(torch.promote_types, sorted(dtypes, key=str)) if dtypes else None
+
+
+def _norm_tensor(x: float, dtype, device, _scalar=torch.scalar_tensor) -> torch.Tensor:
+    """The norm as torch returns it: a 0-d tensor of ``dtype`` on ``device``
+    holding the float64 ``x`` rounded once (``torch.scalar_tensor`` refuses
+    a finite value beyond the dtype's range, which rounds to inf)."""
+    try:
+        return _scalar(x, dtype=dtype, device=device)
+    except RuntimeError:
+        return torch.tensor(x, dtype=torch.float64, device=device).to(dtype)
+
+
+def _nonfinite(norm: float, p: float, bad: tuple, what: str = "parameters") -> NonFiniteError:
+    """torch's error_if_nonfinite error, torch's words first (code matching on
+    them keeps working), then which parameters hold the inf/NaN."""
+    e = NonFiniteError(norm, bad)
+    e.args = (
+        f"The total norm of order {float(p)} for gradients from `parameters` is non-finite, so it "
+        "cannot be clipped. To disable this error and scale the gradients by the non-finite norm "
+        f"anyway, set `error_if_nonfinite=False` (fusedclip: the norm is {norm}; {what} "
+        f"{list(bad)} hold inf or NaN; nothing was modified)",)
+    return e
+
+
+# ---------------------------------------------------------------- the fast path
+#: A call over fewer bytes than this runs on one thread unless told
+#: otherwise: starting and joining the OpenMP team costs more than the
+#: second core saves there (measured inside a training step:
+#: benchmarks/torch_loop.py).
+ONE_THREAD_BYTES = 1 << 20
+_OP_NORM, _OP_CLIP, _OP_CLAMP, _OP_SCALE = (_torchread.OP_NORM, _torchread.OP_CLIP, _torchread.OP_CLAMP,
+                                            _torchread.OP_SCALE)
+_torchread.configure(_DTYPES, _TYPES)
+#: the returned norm's dtype for each set of gradient dtypes (a bit set of codes)
+_RESULT_DTYPE = {m: _promoted([_DTYPES[c] for c in range(4) if m >> c & 1]) for m in range(16)}
+
+
+def _fast(items: list, grads: bool, op: int, a: float = 1.0, p: float = 2.0, nt: int | None = None):
+    """fusedclip.torch's fast path (``_torchread.run``): CPU tensors read and
+    checked in C, the work through the C API.  None where the list goes
+    the general way; else (norm, flags, scale, live, mask, bad)."""
+    return _torchread.run(items, grads, op, a, p, EPS, 0 if nt is None else nt, ONE_THREAD_BYTES)
+
+
+def _install_aoti() -> str:
+    """Read layouts through torch's AOTI C shim (``_torchread``) where this
+    torch has it and it reads sample tensors exactly as torch's accessors
+    do; else through the accessors.  Returns what ``READER`` says."""
+    import ctypes
+    import os
+
+    _torchread.use_aoti(None)
+    if os.environ.get("FUSEDCLIP_TORCH_READER", "") == "accessors":
+        return "accessors (FUSEDCLIP_TORCH_READER=accessors)"
+    try:
+        alloc = torch._C._aoti.unsafe_alloc_void_ptrs_from_tensors
+        libdir = os.path.join(os.path.dirname(torch.__file__), "lib")
+        lib = None
+        for name in ("libtorch_cpu.so", "libtorch_cpu.dylib", "torch_cpu.dll"):
+            if os.path.exists(os.path.join(libdir, name)):
+                lib = ctypes.CDLL(os.path.join(libdir, name))
+                break
+        if lib is None:
+            return "accessors (no libtorch_cpu found)"
+        addrs = {n: ctypes.cast(getattr(lib, n), ctypes.c_void_p).value for n in _torchread.AOTI_FUNCTIONS}
+
+        def code(name: str) -> int:
+            f = getattr(lib, name)
+            f.restype, f.argtypes = ctypes.c_int32, []
+            return int(f())
+
+        dtypes = [code(f"aoti_torch_dtype_{n}") for n in ("float64", "float32", "bfloat16", "float16")]
+        _torchread.use_aoti(addrs, alloc, dtypes, code("aoti_torch_device_type_cpu"),
+                            code("aoti_torch_device_type_cuda"), code("aoti_torch_layout_strided"))
+    except Exception as e:  # an older torch, another build: the accessors
+        _torchread.use_aoti(None)
+        return f"accessors (the AOTI shim is not usable here: {type(e).__name__}: {e})"
+    base = torch.arange(40, dtype=torch.float32)
+    samples = [
+        [base[3:11], torch.zeros(2, 3, dtype=torch.bfloat16), torch.ones(5, dtype=torch.float16)[1:],
+         torch.zeros((), dtype=torch.float64), torch.zeros(0)],
+        [base.view(5, 8).t()], [torch.zeros(3, dtype=torch.int32)], [torch.zeros(3, dtype=torch.complex64)],
+        [torch.zeros(4, device="meta")], [torch.zeros(4).to_sparse()],
+    ]
+    for items in samples:
+        got = _torchread.read_tensors(items, False)
+        _torchread.use_aoti(None)
+        want = _torchread.read_tensors(items, False)
+        _torchread.use_aoti(addrs, alloc, dtypes, code("aoti_torch_device_type_cpu"),
+                            code("aoti_torch_device_type_cuda"), code("aoti_torch_layout_strided"))
+        same = got[3] == want[3] and (got[3] < 0 or (
+            np.array_equal(got[1], want[1]) and np.array_equal(got[2], want[2])
+            and all(a is b for a, b in zip(got[0], want[0]))))
+        if not same:
+            _torchread.use_aoti(None)
+            return "accessors (the AOTI shim read a sample tensor differently)"
+    return "aoti (torch's AOTInductor C shim)"
+
+
+#: How fusedclip.torch reads tensor layouts: "aoti ..." (torch's C shim) or
+#: "accessors ..." (torch's Python accessors, from C), with the reason.
+READER = _install_aoti()
+
+
+# ---------------------------------------------------------------- the general path
+class UnsupportedGradients(TypeError):
+    """Gradients fusedclip does not clip (sparse, tensor subclasses such as
+    DTensor, devices other than CPU and CUDA, non-float dtypes).  Raised
+    before anything is read or written; ``patch()`` hands such calls to
+    torch's own function."""
+
+
+def _unsupported(fn: str, what: str, g, why: str) -> UnsupportedGradients:
+    return UnsupportedGradients(
+        f"{fn}: {what} ({getattr(g, 'dtype', '?')}, {getattr(g, 'device', '?')}) cannot be clipped "
+        f"in place ({why}); fusedclip clips dense float16, bfloat16, float32 and float64 "
+        "gradients on the CPU or a CUDA device; use torch.nn.utils' function for others; "
+        "nothing was modified")
+
+
+def _noun(grads: bool, i: int) -> str:
+    return f"parameter {i}'s grad" if grads else f"tensor {i}"
+
+
+def _general_key(items: list, grads: bool, tensors: list, writable: bool):
+    """The general path's cache key: read_tensors' record and the addresses
+    where the list is simple (CUDA tensors), else each tensor's type,
+    dtype, shape, strides, address and storage (None: not cacheable)."""
+    live, rec, ptrs, devices = _torchread.read_tensors(items, grads)
+    if devices > 0:
+        return writable, rec.tobytes(), ptrs.tobytes()
+    try:
+        return (writable,) + tuple(None if g is None else (
+            type(g), g.dtype, bool(getattr(g, "is_cuda", False)), tuple(g.shape), tuple(g.stride()),
+            g.data_ptr(), _storage(g)) for g in tensors)
+    except Exception:  # sparse (no strides) and other oddities: planned every call
+        return None
+
+
+def _storage(g):
+    try:
+        st = g.untyped_storage()
+    except AttributeError:  # not a torch tensor (the tests' CUDA stand-ins)
+        return None
+    return st.data_ptr(), st.nbytes(), g.storage_offset()
 
 
 class _Plan:
-    """One planned gradient list: an array-level Clipper over the grads that
-    keeps no reference to them (its table has raw addresses), the addresses
-    it was built for, and the return dtype and device."""
+    """The general path: the tensors as arrays (CPU tensors as zero-copy
+    numpy views, CUDA tensors as themselves) in an array-level Clipper whose
+    plan keeps no reference to them (its table has raw addresses), so that
+    it can be cached under ``_general_key``.  Every check runs when it is
+    built, before anything is written."""
 
-    __slots__ = ("clipper", "ptrs", "dtype", "device", "gpu_only", "cached", "__weakref__")
+    __slots__ = ("clipper", "dtype", "device", "gpu_only", "cached", "key")
 
-    def __init__(self, grads: list, ptrs: tuple, fn: str, max_norm: float, norm_type: float,
-                 policy: str, num_threads):
+    def __init__(self, tensors: list, fn: str, grads: bool = True, writable: bool = True):
         bufs, dtypes, device = [], set(), None
-        for i, g in enumerate(grads):
+        for i, g in enumerate(tensors):
             if g is None:
+                if not grads:
+                    raise TypeError(f"{fn}: tensor {i} is None, not a tensor (nothing was modified)")
                 bufs.append(_NO_GRAD)
                 continue
+            what = _noun(grads, i)
+            if not (hasattr(g, "dtype") and hasattr(g, "data_ptr")):
+                raise TypeError(f"{fn}: {what} is a {type(g).__name__}, not a tensor (nothing was modified)")
+            if isinstance(g, torch.Tensor) and type(g) not in _TYPES:
+                raise _unsupported(fn, what, g, f"it is a {type(g).__name__}, a tensor subclass")
+            if g.layout is not torch.strided:
+                raise _unsupported(fn, what, g, f"it is a {g.layout} tensor")
             if device is None:
                 device = g.device
             dtypes.add(g.dtype)
             if getattr(g, "is_cuda", False):
-                if g.layout is not torch.strided:
-                    raise TypeError(f"{fn}: parameter {i}'s grad is a {g.layout} tensor; fusedclip "
-                                    "clips dense gradients; use torch.nn.utils.clip_grad_norm_ for "
-                                    "sparse ones; nothing was modified")
+                _check_storage(g, i, fn)
                 bufs.append(g)
+            elif isinstance(g, torch.Tensor) and g.device.type != "cpu":
+                raise _unsupported(fn, what, g, f"it is on {g.device}")
             else:
                 bufs.append(_cpu_view(g, i, fn))
         c = _ArrayClipper.__new__(_ArrayClipper)
-        # every check (scalars, dtypes, overlap, devices) runs here, before anything is written
-        c._setup(bufs, max_norm, norm_type, policy, num_threads, None, fn)
+        try:  # every check (dtypes, overlap, devices) runs here, before anything is written
+            c._setup(bufs, _INF, 2.0, "propagate", None, None, fn, writable=writable)
+        except (TypeError, ValueError, RuntimeError, MemoryError) as e:
+            raise _to_torch_message(e) from None
         c._eps = EPS
         self.clipper = c
-        self.ptrs = ptrs
-        self.dtype = functools.reduce(torch.promote_types, sorted(dtypes, key=str)) if dtypes else None
+        self.dtype = _promoted(dtypes)
         self.device = device
         self.gpu_only = c._gpu is not None and c._plan.table.nchunks == 0
-        # keep no reference to the grads: set_to_none must free them
+        self.key = None
+        # keep no reference to the tensors: set_to_none must free them
         self.cached = c._plan.release()
         if c._gpu is not None:
             c._gpu.release()
 
-    def configure(self, max_norm: float, norm_type: float, policy: str) -> None:
+    def configure(self, max_norm: float, norm_type: float, policy: str, nt) -> None:
         c = self.clipper
         if c._max_norm != max_norm:
             c.max_norm = max_norm
@@ -182,93 +406,130 @@ class _Plan:
             c.norm_type = norm_type
         if c._nonfinite_policy != policy:
             c.nonfinite = policy
+        c._num_threads = nt
 
-    def norm_clip(self, grads: list, fn: str):
+    def norm_clip(self, live: list, p: float):
         """Clip; (norm tensor, stats)."""
         c = self.clipper
         try:
             stats = c()
         except NonFiniteError as e:
-            e.args = (
-                f"{fn}: the total norm of order {c.norm_type} for gradients from `parameters` is "
-                f"non-finite ({e.norm}), so it cannot be clipped: parameters {list(e.buffers)} hold "
-                "inf or NaN; nothing was modified. To disable this error and scale the gradients by "
-                "the non-finite norm anyway, set `error_if_nonfinite=False`",)
-            raise
+            raise _nonfinite(e.norm, p, e.buffers) from None
         if self.gpu_only:  # the norm stays on the device: a device-to-device copy, no wait
             g = c._gpu
             out = _device_empty(self.device)
             g.copy_norm(g.calls, out.data_ptr())
-            _bump([x for x in grads if x is not None])  # the device may have written
-        else:
-            out = torch.tensor(stats.norm, dtype=torch.float64, device=self.device)
-            if stats.clipped:
-                _bump([x for x in grads if x is not None])
-        return (out if self.dtype == torch.float64 else out.to(self.dtype)), stats
+            _bump(live)  # the device may have written
+            return (out if self.dtype == torch.float64 else out.to(self.dtype)), stats
+        if stats.clipped:
+            _bump(live)
+        return _norm_tensor(stats.norm, self.dtype, self.device), stats
 
-    def clamp(self, grads: list, v: float) -> None:
+    def norm(self, kind: int, p: float, error: bool, nt) -> torch.Tensor:
+        """The norm only (get_total_norm): never writes."""
+        c = self.clipper
+        plan, g = c._plan, c._gpu
+        if g is None or not self.gpu_only:
+            plan.refresh()
+            norm, flags = plan.norm(kind, p, nt)
+            bad = lambda: plan.callers(plan.table.flagged_rows())  # noqa: E731
+        if g is not None:
+            call = g.reduce(kind, p)
+            if self.gpu_only and not error:  # no wait: a device-to-device copy
+                out = _device_empty(self.device)
+                g.copy_norm(call, out.data_ptr())
+                return out if self.dtype == torch.float64 else out.to(self.dtype)
+            from .kernels import cuda as ck
+
+            st = g.state_of(call)  # the one wait
+            gn, gf = float(st[ck.S_NORM]), int(st[ck.S_FLAGS])
+            if self.gpu_only:
+                norm, flags, bad = gn, gf, lambda: tuple(sorted(g.flagged_callers(call)))
+            else:
+                cpu_bad = bad
+                norm = _policy.combine_norms([norm, gn], flags | gf, kind, p)
+                flags |= gf
+                bad = lambda: tuple(sorted(set(cpu_bad()) | set(g.flagged_callers(call))))  # noqa: E731
+        if error and flags:
+            raise _nonfinite(norm, p, bad(), "tensors")
+        return _norm_tensor(norm, self.dtype, self.device)
+
+    def scale(self, d: "_policy.Decision", live: list, nt) -> None:
+        """Apply a decision taken on the host (clip_grads_with_norm_)."""
+        if d.action != _policy.A_SCALE:
+            return
+        c = self.clipper
+        plan, g = c._plan, c._gpu
+        plan.refresh()
+        plan.table.scale(d.scale, nt)
+        plan.write_back()
+        if g is not None:
+            g.apply(d.action, d.scale)
+        _bump(live)
+
+    def clamp(self, live: list, v: float, nt) -> None:
         # the plumbing of fusedclip.clip_grad_value_, over this plan
         c = self.clipper
         plan, g = c._plan, c._gpu
         plan.refresh()
-        plan.table.clamp(v, c._num_threads)
+        plan.table.clamp(v, nt)
         plan.write_back()
         if g is not None:
             g.clamp(v)
-        _bump([x for x in grads if x is not None])
+        _bump(live)
 
 
-# ---------------------------------------------------------------- the function API's plans
-#: Plans of recent calls, keyed by the parameters' ids and their grads' data
-#: pointers.  An entry is dropped when one of its parameters dies (weak
-#: references), so equal ids mean the same live parameters; torch keeps a
-#: grad's shape and dtype equal to its parameter's, so equal pointers mean the
-#: same memory.  No entry references a gradient.  As for the array API's GPU
-#: cache, an in-place change of a grad's metadata that keeps its pointer
-#: (set_, as_strided_, resize_) is not seen.
+#: General-path plans (CUDA tensors, and lists of stand-ins for them), by
+#: _general_key: a bounded LRU; no entry holds a tensor.
 PLAN_CACHE_SIZE = 16
-_cache: "OrderedDict[tuple, tuple]" = OrderedDict()
+_general: "OrderedDict[tuple, _Plan]" = OrderedDict()
 
 
-def _evict(key, plan_ref):
-    def cb(_):
-        hit = _cache.get(key)
-        if hit is not None and hit[0] is plan_ref():
-            del _cache[key]
-    return cb
+def _general_plan(items: list, grads: bool, fn: str, writable: bool,
+                  last: "_Plan | None" = None) -> tuple[_Plan, list]:
+    """(plan, the tensors with their Nones, the live ones) for a list the
+    fast path does not take: a cached plan where the key matches, else a
+    new one (which checks everything)."""
+    tensors = _grads(items, fn) if grads else items
+    key = _general_key(items, grads, tensors, writable)
+    if key is not None and last is not None and last.key == key:
+        return last, tensors
+    plan = None if key is None else _general.get(key)
+    if plan is None:
+        plan = _Plan(tensors, fn, grads, writable)
+        if key is not None and plan.cached:
+            plan.key = key
+            _general[key] = plan
+            if len(_general) > PLAN_CACHE_SIZE:
+                _general.popitem(last=False)
+    else:
+        _general.move_to_end(key)
+    return plan, tensors
 
 
-def _cached_plan(params: list, grads: list, fn: str, max_norm: float, norm_type: float,
-                 policy: str) -> _Plan:
-    ptrs = _pointers(grads, fn)
-    key = (tuple(map(id, params)), ptrs)
-    hit = _cache.get(key)
-    if hit is not None:
-        _cache.move_to_end(key)
-        plan = hit[0]
-        plan.configure(max_norm, norm_type, policy)
-        return plan
-    plan = _Plan(grads, ptrs, fn, max_norm, norm_type, policy, None)
-    if plan.cached:
-        try:
-            cb = _evict(key, weakref.ref(plan))
-            refs = [weakref.ref(p, cb) for p in params]
-        except TypeError:  # parameters without weak references: not cached
-            return plan
-        _cache[key] = (plan, refs)
-        if len(_cache) > PLAN_CACHE_SIZE:
-            _cache.popitem(last=False)
-    return plan
+def _live(tensors: list) -> list:
+    return [g for g in tensors if g is not None]
 
 
-def _check_norm_args(max_norm: Any, norm_type: Any) -> tuple[float, float]:
-    v = _policy.check_max_norm(_number("max_norm", max_norm))
-    p = _number("norm_type", norm_type)
-    _policy.norm_kind(p)  # ValueError for p <= 0 (torch's 0, negative and -inf "norms")
-    return v, p
+# ---------------------------------------------------------------- torch's API
+def _policy_for(error_if_nonfinite: bool) -> str:
+    return "error" if error_if_nonfinite else "propagate"
 
 
-# ---------------------------------------------------------------- the drop-ins
+def _after_nonfinite(r, items: list, v: float, p: float, policy: str, nt):
+    """The fast path wrote nothing for non-finite grads: the policy decides
+    (``_policy.decide``, as everywhere): raise, or scale by v / norm (NaN or
+    0, as torch).  Returns the scale written."""
+    norm, flags, _, live, _, bad = r
+    d = _policy.decide(norm, flags, v, policy, None, EPS)
+    if d.action == _policy.A_RAISE:
+        raise _nonfinite(norm, p, bad)
+    if _fast(items, True, _OP_SCALE, d.scale, p, nt) is None:  # cannot happen: the same tensors
+        raise RuntimeError("fusedclip.torch: the gradients changed during the call")
+    _bump(live)
+    return d.scale
+
+
 def clip_grad_norm_(
     parameters: _TensorOrTensors,
     max_norm: float,
@@ -284,18 +545,43 @@ def clip_grad_norm_(
     tensor on the first gradient's device, in the promoted dtype of the
     gradients (as torch).  ``foreach`` is accepted and ignored (fusedclip
     always clips all tensors in one fused pass).  ``error_if_nonfinite``:
-    ``NonFiniteError`` (a RuntimeError) before anything is written; else a
-    NaN/inf norm scales by NaN/0 as torch does.
+    ``NonFiniteError`` (a RuntimeError, with torch's message) before
+    anything is written; else a NaN/inf norm scales by NaN/0 as torch does.
     """
+    r = _torchread.clip_norm(parameters, max_norm, norm_type, EPS, 0, ONE_THREAD_BYTES)
+    if type(r) is tuple:  # the fast path ran (CPU grads, finite): only autograd and the result are left
+        if r[2] != 1.0:
+            _bump(r[3])
+        return _norm_tensor(r[0], _RESULT_DTYPE[r[4]], _CPU)
+    return _clip_grad_norm(parameters if r is None else r, parameters, max_norm, norm_type,
+                           error_if_nonfinite)
+
+
+def _clip_grad_norm(params: Any, original: Any, max_norm: Any, norm_type: Any,
+                    error_if_nonfinite: bool) -> torch.Tensor:
+    """clip_grad_norm_ beyond the fast path's common case: every check, with
+    its message; non-finite grads; the general path.  ``params``: the list
+    the fast path made (a generator is consumed by then), or the input."""
     fn = "fusedclip.torch.clip_grad_norm_"
-    params = _param_list(parameters, fn, warn_empty_generator=True)
-    v, p = _check_norm_args(max_norm, norm_type)
-    grads = _grads(params, fn)
-    if all(g is None for g in grads):
+    params = _param_list(params, fn, warn_empty_generator=False)
+    if not params and isinstance(original, types.GeneratorType):
+        warnings.warn("`parameters` is an empty generator, no gradient clipping will occur.", stacklevel=3)
+    v, kind, p = _check_norm_args(max_norm, norm_type)
+    r = _fast(params, True, _OP_CLIP, v, p)
+    if r is not None:
+        if not r[3]:
+            return torch.tensor(0.0)
+        if r[1]:
+            _after_nonfinite(r, params, v, p, _policy_for(error_if_nonfinite), None)
+        elif r[2] != 1.0:
+            _bump(r[3])
+        return _norm_tensor(r[0], _RESULT_DTYPE[r[4]], _CPU)
+    plan, tensors = _general_plan(params, True, fn, True)
+    live = _live(tensors)
+    if not live:
         return torch.tensor(0.0)
-    policy = "error" if error_if_nonfinite else "propagate"
-    plan = _cached_plan(params, grads, fn, v, p, policy)
-    return plan.norm_clip(grads, fn)[0]
+    plan.configure(v, p, _policy_for(error_if_nonfinite), None)
+    return plan.norm_clip(live, p)[0]
 
 
 def clip_grad_value_(
@@ -309,14 +595,74 @@ def clip_grad_value_(
     fn = "fusedclip.torch.clip_grad_value_"
     params = _param_list(parameters, fn, warn_empty_generator=False)
     v = _policy.check_clip_value(_number("clip_value", clip_value))
-    grads = _grads(params, fn)
-    if all(g is None for g in grads):
+    r = _fast(params, True, _OP_CLAMP, v)
+    if r is not None:
+        if r[3]:
+            _bump(r[3])
         return None
-    _cached_plan(params, grads, fn, _INF, 2.0, "propagate").clamp(grads, v)
+    plan, tensors = _general_plan(params, True, fn, True)
+    live = _live(tensors)
+    if live:
+        plan.clamp(live, v, None)
     return None
 
 
-_INF = float("inf")
+def get_total_norm(
+    tensors: _TensorOrTensors,
+    norm_type: float = 2.0,
+    error_if_nonfinite: bool = False,
+    foreach: bool | None = None,
+) -> torch.Tensor:
+    """``torch.nn.utils.get_total_norm``: the norm of the tensors themselves
+    (not of their ``.grad``), as one vector.  Never writes.  Returns a
+    tensor on the first tensor's device in their promoted dtype;
+    ``tensor(0.)`` for no tensors.  ``error_if_nonfinite``: torch's
+    RuntimeError (a ``NonFiniteError``) for an inf/NaN norm."""
+    fn = "fusedclip.torch.get_total_norm"
+    items = _param_list(tensors, fn, warn_empty_generator=False, what="tensors")
+    kind, p = _policy.norm_kind(_number("norm_type", norm_type))
+    if not items:
+        return torch.tensor(0.0)
+    r = _fast(items, False, _OP_NORM, 1.0, p)
+    if r is not None:
+        if error_if_nonfinite and r[1]:
+            raise _nonfinite(r[0], p, r[5], "tensors")
+        return _norm_tensor(r[0], _RESULT_DTYPE[r[4]], _CPU)
+    plan, _ = _general_plan(items, False, fn, False)
+    return plan.norm(kind, p, error_if_nonfinite, None)
+
+
+def clip_grads_with_norm_(
+    parameters: _TensorOrTensors,
+    max_norm: float,
+    total_norm: torch.Tensor | float,
+    foreach: bool | None = None,
+) -> None:
+    """``torch.nn.utils.clip_grads_with_norm_``: scale every ``p.grad`` by
+    ``max_norm / (total_norm + 1e-6)`` where that is below 1 (torch's rule),
+    given the norm (``get_total_norm``'s, or any, e.g. a global one).
+    Nothing is written when nothing is clipped; an inf ``total_norm``
+    scales by 0 and a NaN one by NaN, as torch does.  ``total_norm`` is a
+    one-element tensor or a number; on a CUDA device reading it waits for
+    the device once.  ``foreach`` is ignored."""
+    fn = "fusedclip.torch.clip_grads_with_norm_"
+    params = _param_list(parameters, fn, warn_empty_generator=False)
+    v = _policy.check_max_norm(_number("max_norm", max_norm))
+    tn = _number("total_norm", total_norm)
+    if tn < 0.0:
+        raise ValueError(f"{fn}: total_norm must be >= 0 (a norm), got {tn}; nothing was modified")
+    flags = cpu.HAS_NAN if tn != tn else cpu.HAS_INF if tn == _INF else 0
+    d = _policy.decide(tn, flags, v, "propagate", None, EPS)
+    r = _fast(params, True, _OP_SCALE, d.scale if d.action == _policy.A_SCALE else 1.0)
+    if r is not None:
+        if r[2] != 1.0:
+            _bump(r[3])
+        return None
+    plan, tensors = _general_plan(params, True, fn, True)
+    live = _live(tensors)
+    if live:
+        plan.scale(d, live, None)
+    return None
 
 
 class Clipper:
@@ -327,24 +673,25 @@ class Clipper:
     >>> loss.backward(); norm = clipper(); opt.step(); opt.zero_grad()
 
     It keeps the parameters (as an optimizer does), never their gradients:
-    every call reads each parameter's *current* ``.grad`` and re-plans only
-    when a grad's address changed (``zero_grad(set_to_none=True)`` frees the
-    grads, and the next backward may put them elsewhere).  Compare the
-    array-level ``fusedclip.Clipper``, whose plan holds the arrays it was
-    given: over last step's grads it measures stale memory (docs/TORCH.md).
+    every call reads each parameter's *current* ``.grad``, so new grad
+    tensors (``zero_grad(set_to_none=True)``) are what it clips.  CPU grads
+    need no plan (their layouts are read and checked in C on every call);
+    ``replans`` counts the general-path plans it built (CUDA grads: a new
+    one when an address or a layout changed).  Compare the array-level
+    ``fusedclip.Clipper``, whose plan holds the arrays it was given: over
+    last step's grads it measures stale memory (docs/TORCH.md).
 
     ``max_norm``, ``norm_type`` and ``error_if_nonfinite`` may be assigned
     between calls (validated).  ``stats`` is the last call's ``ClipStats``
-    (``DeviceClipStats`` on a GPU: reading it waits); ``replans`` counts the
-    plans built.  Not thread-safe.
+    (``DeviceClipStats`` on a GPU: reading it waits).  Not thread-safe.
     """
 
     _fn = "fusedclip.torch.Clipper"
 
     def __init__(self, parameters: _TensorOrTensors, max_norm: float, norm_type: float = 2.0,
                  error_if_nonfinite: bool = False, *, num_threads: int | None = None) -> None:
-        self._params = _param_list(parameters, self._fn, warn_empty_generator=True)
-        self._max_norm, self._norm_type = _check_norm_args(max_norm, norm_type)
+        self._params = list(_param_list(parameters, self._fn, warn_empty_generator=True))
+        self._max_norm, self._kind, self._norm_type = _check_norm_args(max_norm, norm_type)
         self.error_if_nonfinite = bool(error_if_nonfinite)
         self._num_threads = _policy.check_threads(num_threads)
         self._plan: _Plan | None = None
@@ -365,7 +712,7 @@ class Clipper:
 
     @norm_type.setter
     def norm_type(self, value: float) -> None:
-        self._norm_type = _check_norm_args(self._max_norm, value)[1]
+        _, self._kind, self._norm_type = _check_norm_args(self._max_norm, value)
 
     def __len__(self) -> int:
         return len(self._params)
@@ -375,19 +722,167 @@ class Clipper:
                 f"norm_type={self._norm_type}, error_if_nonfinite={self.error_if_nonfinite})")
 
     def __call__(self) -> torch.Tensor:
-        grads = _grads(self._params, self._fn)
-        if all(g is None for g in grads):
+        v, p, nt = self._max_norm, self._norm_type, self._num_threads
+        r = _torchread.clip_norm(self._params, v, p, EPS, 0 if nt is None else nt, ONE_THREAD_BYTES)
+        if type(r) is tuple:  # the fast path ran (CPU grads, finite)
+            if r[2] != 1.0:
+                _bump(r[3])
+            self.stats = _policy.ClipStats(r[0], r[2], r[2] != 1.0, True, v, ())
+            return _norm_tensor(r[0], _RESULT_DTYPE[r[4]], _CPU)
+        r = _fast(self._params, True, _OP_CLIP, v, p, nt)
+        if r is not None:
+            norm, flags, scale, live, mask, bad = r
+            if not live:
+                self.stats = None
+                return torch.tensor(0.0)
+            if flags:
+                scale = _after_nonfinite(r, self._params, v, p, _policy_for(self.error_if_nonfinite), nt)
+            elif scale != 1.0:
+                _bump(live)
+            self.stats = _policy.ClipStats(norm, scale, bool(flags) or scale != 1.0, not flags, v, bad)
+            return _norm_tensor(norm, _RESULT_DTYPE[mask], _CPU)
+        last = self._plan
+        plan, tensors = _general_plan(self._params, True, self._fn, True, last)
+        if plan is not last:
+            self._plan = plan
+            self.replans += 1
+        live = _live(tensors)
+        if not live:
             self.stats = None
             return torch.tensor(0.0)
-        policy = "error" if self.error_if_nonfinite else "propagate"
-        ptrs = _pointers(grads, self._fn)
-        plan = self._plan
-        if plan is None or plan.ptrs != ptrs or not plan.cached:
-            plan = _Plan(grads, ptrs, self._fn, self._max_norm, self._norm_type, policy,
-                         self._num_threads)
-            self.replans += 1
-            self._plan = plan if plan.cached else None
-        else:
-            plan.configure(self._max_norm, self._norm_type, policy)
-        norm, self.stats = plan.norm_clip(grads, self._fn)
+        plan.configure(v, p, _policy_for(self.error_if_nonfinite), nt)
+        norm, self.stats = plan.norm_clip(live, p)
         return norm
+
+
+# ---------------------------------------------------------------- patch()
+#: torch.nn.utils' names and the clip_grad module's, for each of ours
+_PATCHED = {
+    "clip_grad_norm_": ("clip_grad_norm_", "clip_grad_norm_"),
+    "clip_grad_value_": ("clip_grad_value_", "clip_grad_value_"),
+    "get_total_norm": ("get_total_norm", "_get_total_norm"),
+    "clip_grads_with_norm_": ("clip_grads_with_norm_", "_clip_grads_with_norm_"),
+}
+
+
+class Patch:
+    """What ``patch()`` installed: ``calls`` counts the calls fusedclip ran,
+    per function, and ``fallbacks`` those it handed to torch's own function
+    (gradients fusedclip does not clip: sparse, tensor subclasses such as
+    DTensor, other devices).  ``unpatch()`` (or leaving the ``with`` block)
+    restores torch's functions exactly."""
+
+    def __init__(self, fallback: bool):
+        import torch.nn.utils as nu
+        import torch.nn.utils.clip_grad as cg
+
+        self.fallback = fallback
+        self.calls = dict.fromkeys(_PATCHED, 0)
+        self.fallbacks = dict.fromkeys(_PATCHED, 0)
+        self.active = False
+        self._saved = [(m, name, m.__dict__[name]) for ours, names in _PATCHED.items()
+                       for m, name in zip((nu, cg), names) if name in m.__dict__]
+        self._wrappers = {ours: self._wrap(ours, cg.__dict__.get(names[1])) for ours, names in _PATCHED.items()}
+
+    def _wrap(self, ours: str, theirs):
+        impl = globals()[ours]
+        first = "tensors" if ours == "get_total_norm" else "parameters"
+
+        @functools.wraps(impl)
+        def wrapper(*args, **kwargs):
+            if self.fallback and theirs is not None:
+                # a generator is read once: both functions must see the same parameters
+                args, kwargs = _materialised(args, kwargs, first, ours == "clip_grad_norm_")
+                try:
+                    out = impl(*args, **kwargs)
+                except UnsupportedGradients:
+                    self.fallbacks[ours] += 1
+                    return theirs(*args, **kwargs)
+            else:
+                out = impl(*args, **kwargs)
+            self.calls[ours] += 1
+            return out
+
+        wrapper.__fusedclip_patch__ = self
+        return wrapper
+
+    def _install(self) -> None:
+        import torch.nn.utils as nu
+        import torch.nn.utils.clip_grad as cg
+
+        for ours, names in _PATCHED.items():
+            for m, name in zip((nu, cg), names):
+                if name in m.__dict__:
+                    setattr(m, name, self._wrappers[ours])
+        self.active = True
+
+    def unpatch(self) -> None:
+        """Restore torch's own functions (what they were before ``patch()``)."""
+        global _active
+        if not self.active:
+            return
+        for m, name, f in self._saved:
+            setattr(m, name, f)
+        self.active = False
+        if _active is self:
+            _active = None
+
+    def __enter__(self) -> "Patch":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.unpatch()
+
+    def __repr__(self) -> str:
+        return (f"fusedclip.torch.Patch(active={self.active}, calls={self.calls}, "
+                f"fallbacks={self.fallbacks})")
+
+
+def _materialised(args: tuple, kwargs: dict, name: str, warn: bool) -> tuple[tuple, dict]:
+    """The call's first argument (``name``) as a list where it is an iterator
+    (torch's empty-generator warning kept)."""
+    if args:
+        x = args[0]
+    elif name in kwargs:
+        x = kwargs[name]
+    else:
+        return args, kwargs
+    if isinstance(x, (torch.Tensor, list, tuple)) or not hasattr(x, "__next__"):
+        return args, kwargs
+    items = list(x)
+    if warn and not items and isinstance(x, types.GeneratorType):
+        warnings.warn("`parameters` is an empty generator, no gradient clipping will occur.", stacklevel=4)
+    if args:
+        return (items,) + args[1:], kwargs
+    return args, dict(kwargs, **{name: items})
+
+
+_active: Patch | None = None
+
+
+def patch(*, fallback: bool = True) -> Patch:
+    """Install fusedclip's ``clip_grad_norm_``, ``clip_grad_value_``,
+    ``get_total_norm`` and ``clip_grads_with_norm_`` into ``torch.nn.utils``
+    and ``torch.nn.utils.clip_grad``, so that code that calls torch's (HF
+    Trainer, Lightning, accelerate, your own) runs fusedclip's.  Returns a
+    ``Patch`` (also a context manager: ``with fct.patch(): ...``).
+
+    ``fallback``: gradients fusedclip does not clip (sparse, tensor
+    subclasses such as FSDP2's DTensor, other devices) go to torch's own
+    function instead of raising.  fusedclip's deliberate differences stay
+    (docs/TORCH.md): ``max_norm <= 0`` is a ValueError, for one.  Calling
+    ``patch()`` while patched returns the active ``Patch``.  Code that
+    imported the functions by name before ``patch()`` keeps torch's.
+    """
+    global _active
+    if _active is not None and _active.active:
+        return _active
+    _active = Patch(fallback)
+    _active._install()
+    return _active
+
+
+def unpatch() -> None:
+    """Restore torch's own functions (a no-op when not patched)."""
+    if _active is not None:
+        _active.unpatch()

@@ -78,6 +78,24 @@ cdef class PointerTable:
         return rc, norm, s, flags
 
 
+    def clamp(self, double v, int nthreads=0):
+        cdef int rc
+        with nogil:
+            rc = fc.fc_clamp(<void **>&self.ptrs[0], &self.sizes[0], &self.dtypes[0],
+                             self.n, v, nthreads)
+        return rc
+
+    def clip_eps(self, double max_norm, double eps, double norm_type=2.0, int nthreads=0):
+        """(status, norm, scale, flags): fc_clip_grad_norm_eps."""
+        cdef double norm = -1.0, s = -1.0
+        cdef int flags = -1, rc
+        with nogil:
+            rc = fc.fc_clip_grad_norm_eps(<void **>&self.ptrs[0], &self.sizes[0], &self.dtypes[0],
+                                          self.n, max_norm, eps, norm_type, nthreads,
+                                          &norm, &s, &flags, NULL)
+        return rc, norm, s, flags
+
+
 def sumsq(a, int nthreads=0):
     """(status, sum of squares, flags) of one contiguous array, through the
     typed entry point of its dtype."""

@@ -1,0 +1,443 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""fusedclip.torch's fast path: read torch tensors' layouts and addresses in
+one C pass, and clip them through the C API (``fusedclip.capi``).
+
+A training step with ``zero_grad(set_to_none=True)`` (torch's default) makes
+new gradient tensors at new addresses every step, so nothing about the
+previous step's tensors can be reused: their layout must be read and checked
+again.  Here that costs nanoseconds per tensor, so no plan is kept at all:
+
+* **the read** goes through torch's stable C ABI, the AOTInductor shim of
+  ``libtorch`` (``aoti_torch_get_data_ptr``, ``_get_dtype``,
+  ``_get_storage_size``, ...: ``extern "C"`` functions torch keeps
+  ABI-stable for compiled AOTI models), over handles made for the whole list
+  in one call (``torch._C._aoti.unsafe_alloc_void_ptrs_from_tensors``) and
+  deleted here.  ``fusedclip.torch`` installs it (``use_aoti``) only after a
+  self-test against the accessors.  Without it the read goes through torch's
+  Python accessors (``dtype``, ``is_cpu``, ``is_contiguous()``, ``nbytes``,
+  ``data_ptr()``, ``untyped_storage().nbytes()``, ``storage_offset()``), in
+  the same C loop, ~4x slower (DESIGN.md §2b);
+* **the checks**: each tensor of an exact plain type, strided, of a
+  supported dtype, on the CPU, C-contiguous, aligned to its element, inside
+  its storage (a storage freed or shrunk under the tensor is caught), and
+  the tensors pairwise disjoint in memory;
+* **the work**: the C API's ``fc_global_norm``, ``fc_clip_grad_norm_eps``,
+  ``fc_scale``, ``fc_clamp`` over the pointer table (the chunk table is
+  built there, per call: ~10 ns a tensor).
+
+Anything else (CUDA tensors, strided or overlapping grads, subclasses,
+other dtypes or devices) returns None: ``fusedclip.torch`` plans it the
+general way, which checks and explains.  Nothing here imports torch.
+"""
+from libc.stdint cimport int64_t, int32_t, uintptr_t
+from libc.stdlib cimport malloc, free
+from libc.math cimport INFINITY
+from cpython.object cimport PyObject, PyObject_GetAttr
+from cpython.sequence cimport PySequence_Fast_ITEMS
+
+from fusedclip.kernels.cpu cimport extents_disjoint
+from fusedclip cimport capi as fc
+
+import numpy as np
+
+
+cdef extern from "Python.h":
+    object PyObject_CallMethodNoArgs(object o, object name)
+    object PySequence_List(object o)
+    bint PyGen_Check(object o)
+    void *PyCapsule_GetPointer(object capsule, const char *name) except? NULL
+
+cdef enum:
+    _DEV_CPU = 0
+    _DEV_CUDA = 1
+    _NDTYPES = 4
+#: the record's device classes (its third column)
+DEV_CPU, DEV_CUDA = _DEV_CPU, _DEV_CUDA
+#: run()'s operations
+OP_NORM, OP_CLIP, OP_CLAMP, OP_SCALE = 0, 1, 2, 3
+cdef int64_t _ITEMSIZE[4]
+_ITEMSIZE[:] = [8, 4, 2, 2]  # the kernels' codes: float64, float32, bfloat16, float16
+
+cdef object _A_GRAD = "grad", _A_DTYPE = "dtype", _A_IS_CPU = "is_cpu", _A_IS_CUDA = "is_cuda"
+cdef object _A_CONTIG = "is_contiguous", _A_NBYTES = "nbytes", _A_DATA_PTR = "data_ptr"
+cdef object _A_STORAGE = "untyped_storage", _A_OFFSET = "storage_offset"
+
+# torch's dtypes in the kernels' code order, and the exact tensor types read
+# (configure(); subclasses, DTensor among them, go the general way)
+cdef tuple _dtypes = ()
+cdef tuple _types = ()
+
+
+def configure(tuple dtypes, tuple types):
+    """The torch dtypes of the kernels' codes (float64, float32, bfloat16,
+    float16) and the exact tensor types the fast path takes."""
+    global _dtypes, _types
+    if len(dtypes) != _NDTYPES:
+        raise ValueError("configure: four torch dtypes")
+    _dtypes, _types = dtypes, types
+
+
+# ------------------------------------------------------------ the AOTI shim
+ctypedef int32_t (*f_ptr)(void *, void **) noexcept nogil
+ctypedef int32_t (*f_i64)(void *, int64_t *) noexcept nogil
+ctypedef int32_t (*f_i32)(void *, int32_t *) noexcept nogil
+ctypedef int32_t (*f_bool)(void *, unsigned char *) noexcept nogil
+ctypedef int32_t (*f_del)(void *) noexcept nogil
+
+cdef f_ptr _get_data_ptr = NULL
+cdef f_i64 _get_numel = NULL, _get_storage_size = NULL, _get_storage_offset = NULL
+cdef f_i32 _get_dtype = NULL, _get_device_type = NULL, _get_layout = NULL
+cdef f_bool _is_contiguous = NULL
+cdef f_del _delete = NULL
+cdef object _alloc = None  # torch._C._aoti.unsafe_alloc_void_ptrs_from_tensors
+cdef int32_t _aoti_dtypes[4]
+cdef int32_t _aoti_cpu = -1, _aoti_cuda = -1, _aoti_strided = -1
+
+#: the shim functions use_aoti needs, by name
+AOTI_FUNCTIONS = ("aoti_torch_get_data_ptr", "aoti_torch_get_numel", "aoti_torch_get_storage_size",
+                  "aoti_torch_get_storage_offset", "aoti_torch_get_dtype", "aoti_torch_get_device_type",
+                  "aoti_torch_get_layout", "aoti_torch_is_contiguous", "aoti_torch_delete_tensor_object")
+
+
+def use_aoti(addresses, alloc=None, dtypes=(), int cpu=-1, int cuda=-1, int strided=-1):
+    """Read through the AOTI shim from now on: ``addresses`` maps each name
+    in AOTI_FUNCTIONS to its address in libtorch, ``alloc`` makes handles for
+    a list of tensors, ``dtypes`` are the shim's codes of float64, float32,
+    bfloat16 and float16, ``cpu``/``cuda``/``strided`` its device and layout
+    codes.  ``use_aoti(None)``: read through the accessors."""
+    global _get_data_ptr, _get_numel, _get_storage_size, _get_storage_offset, _get_dtype
+    global _get_device_type, _get_layout, _is_contiguous, _delete, _alloc, _aoti_cpu, _aoti_cuda, _aoti_strided
+    if addresses is None:
+        _alloc = None
+        return
+    a = {k: int(addresses[k]) for k in AOTI_FUNCTIONS}
+    if any(v == 0 for v in a.values()) or len(dtypes) != _NDTYPES or alloc is None:
+        raise ValueError("use_aoti: every shim function, four dtype codes and an allocator are needed")
+    _get_data_ptr = <f_ptr><uintptr_t>a["aoti_torch_get_data_ptr"]
+    _get_numel = <f_i64><uintptr_t>a["aoti_torch_get_numel"]
+    _get_storage_size = <f_i64><uintptr_t>a["aoti_torch_get_storage_size"]
+    _get_storage_offset = <f_i64><uintptr_t>a["aoti_torch_get_storage_offset"]
+    _get_dtype = <f_i32><uintptr_t>a["aoti_torch_get_dtype"]
+    _get_device_type = <f_i32><uintptr_t>a["aoti_torch_get_device_type"]
+    _get_layout = <f_i32><uintptr_t>a["aoti_torch_get_layout"]
+    _is_contiguous = <f_bool><uintptr_t>a["aoti_torch_is_contiguous"]
+    _delete = <f_del><uintptr_t>a["aoti_torch_delete_tensor_object"]
+    for k in range(_NDTYPES):
+        _aoti_dtypes[k] = <int32_t>dtypes[k]
+    _aoti_cpu, _aoti_cuda, _aoti_strided = cpu, cuda, strided
+    _alloc = alloc
+
+
+def using_aoti():
+    """Whether reads go through the AOTI shim (else the accessors)."""
+    return _alloc is not None
+
+
+# ------------------------------------------------------------ the read
+cdef struct _Read:
+    Py_ssize_t n        # items
+    Py_ssize_t m        # live tensors (rows)
+    void **ptrs         # per row
+    int64_t *sizes      # per row: elements
+    int32_t *codes      # per row: dtype code
+    int32_t *devs       # per row: device class
+    int64_t *item       # per row: the item's index
+    int64_t nbytes      # all rows
+    int mask            # bit set of the dtype codes met
+    int devices         # bit set of the device classes met
+
+
+cdef inline bint _in_storage(int64_t nbytes, int64_t off, int64_t snb, int64_t item) noexcept nogil:
+    """[off * item, off * item + nbytes) lies in a storage of snb bytes."""
+    return nbytes >= 0 and off >= 0 and snb >= nbytes and off <= (snb - nbytes) // item
+
+
+cdef bint _set_row(_Read *r, Py_ssize_t j, int code, int dev, int64_t numel, void *p,
+                   int64_t off, int64_t snb) noexcept nogil:
+    cdef int64_t item = _ITEMSIZE[code]
+    if not _in_storage(numel * item, off, snb, item):
+        return False
+    if numel > 0 and (p == NULL or <uintptr_t>p % <uintptr_t>item != 0):
+        return False
+    r.ptrs[j], r.sizes[j], r.codes[j], r.devs[j] = p, numel, code, dev
+    r.nbytes += numel * item
+    r.mask |= 1 << code
+    r.devices |= 1 << dev
+    return True
+
+
+cdef bint _row_aoti(_Read *r, Py_ssize_t j, void *h) noexcept nogil:
+    cdef int32_t dt, dev, lay
+    cdef int64_t numel, snb, off
+    cdef void *p
+    cdef unsigned char contig
+    cdef int code = -1, k
+    if _get_layout(h, &lay) or lay != _aoti_strided or _get_dtype(h, &dt):
+        return False
+    for k in range(_NDTYPES):
+        if dt == _aoti_dtypes[k]:
+            code = k
+            break
+    if code < 0 or _get_device_type(h, &dev):
+        return False
+    if dev == _aoti_cpu:
+        dev = _DEV_CPU
+    elif dev == _aoti_cuda:
+        dev = _DEV_CUDA
+    else:
+        return False
+    if _is_contiguous(h, &contig) or not contig or _get_numel(h, &numel) or _get_data_ptr(h, &p):
+        return False
+    if _get_storage_size(h, &snb) or _get_storage_offset(h, &off):
+        return False
+    return _set_row(r, j, code, dev, numel, p, off, snb)
+
+
+cdef bint _rows_aoti(_Read *r, list live) except -1:
+    cdef Py_ssize_t m = r.m, i
+    cdef void **h
+    cdef bint ok = True
+    try:
+        caps = _alloc(live)
+    except Exception:  # pybind refused the list: the accessors
+        return _rows_accessors(r, live)
+    if len(caps) != m:  # cannot happen; never guess which handle is whose
+        raise RuntimeError("fusedclip: the AOTI allocator returned a wrong number of handles")
+    h = <void **>malloc(m * sizeof(void *) + 1)
+    if h == NULL:
+        raise MemoryError()
+    try:
+        for i in range(m):
+            h[i] = PyCapsule_GetPointer(caps[i], NULL)
+    except BaseException:  # not capsules of handles: free those taken
+        for k in range(i):
+            _delete(h[k])
+        free(h)
+        raise
+    for i in range(m):
+        if ok and not _row_aoti(r, i, h[i]):
+            ok = False
+        _delete(h[i])
+    free(h)
+    return ok
+
+
+cdef bint _rows_accessors(_Read *r, list live) except -1:
+    cdef Py_ssize_t i, k
+    cdef object g, dt, st
+    cdef int64_t nbytes, ptr, off, snb
+    cdef int code, dev
+    try:
+        for i in range(r.m):
+            g = live[i]
+            dt = PyObject_GetAttr(g, _A_DTYPE)
+            code = -1
+            for k in range(_NDTYPES):
+                if dt is _dtypes[k]:
+                    code = <int>k
+                    break
+            if code < 0:
+                return False
+            if PyObject_GetAttr(g, _A_IS_CPU) is True:
+                dev = _DEV_CPU
+            elif PyObject_GetAttr(g, _A_IS_CUDA) is True:
+                dev = _DEV_CUDA
+            else:
+                return False
+            if PyObject_CallMethodNoArgs(g, _A_CONTIG) is not True:  # (a sparse tensor raises)
+                return False
+            nbytes = PyObject_GetAttr(g, _A_NBYTES)
+            ptr = PyObject_CallMethodNoArgs(g, _A_DATA_PTR)
+            st = PyObject_CallMethodNoArgs(g, _A_STORAGE)
+            snb = PyObject_CallMethodNoArgs(st, _A_NBYTES)
+            off = PyObject_CallMethodNoArgs(g, _A_OFFSET)
+            if nbytes % _ITEMSIZE[code]:
+                return False
+            if not _set_row(r, i, code, dev, nbytes // _ITEMSIZE[code], <void *><uintptr_t>ptr, off, snb):
+                return False
+    except Exception:  # an accessor refused
+        return False
+    return True
+
+
+cdef void _release(_Read *r) noexcept:
+    free(r.ptrs)
+    r.ptrs = NULL
+
+
+cdef int _read(list items, bint grads, _Read *r, list live) except -2:
+    """Read the items (their grads) into r: 0, or -1 where the list is not
+    simple.  r's arrays are allocated here (``_release``); ``live`` gets the
+    tensors read."""
+    cdef Py_ssize_t n = len(items), i
+    cdef PyObject **it = PySequence_Fast_ITEMS(items)
+    cdef object g
+    cdef char *block
+    r.n, r.m, r.nbytes, r.mask, r.devices = n, 0, 0, 0, 0
+    r.ptrs = NULL
+    block = <char *>malloc(n * (sizeof(void *) + 3 * sizeof(int64_t) + 2 * sizeof(int32_t)) + 8)
+    if block == NULL:
+        raise MemoryError()
+    r.ptrs = <void **>block
+    r.sizes = <int64_t *>(block + n * sizeof(void *))
+    r.item = r.sizes + n
+    r.codes = <int32_t *>(r.item + n)
+    r.devs = r.codes + n
+    for i in range(n):  # the tensors, and each one's exact type
+        if grads:
+            try:
+                g = PyObject_GetAttr(<object>it[i], _A_GRAD)
+            except AttributeError:  # not a parameter: the general path says so
+                return -1
+            if g is None:
+                continue
+        else:
+            g = <object>it[i]
+        if type(g) not in _types:
+            return -1
+        r.item[r.m] = i
+        r.m += 1
+        live.append(g)
+    if r.m == 0:
+        return 0
+    if not (_rows_aoti(r, live) if _alloc is not None else _rows_accessors(r, live)):
+        return -1
+    return 0
+
+
+def read_tensors(list items, bint grads):
+    """The layout and the address of each item (each item's ``.grad`` when
+    ``grads``): ``(live, rec, ptrs, devices)``, or ``(None, None, None,
+    -1)`` where the list is not simple (see the module's doc).
+
+    ``rec`` is int64 ``(n, 3)``: the dtype code (-1 for a None grad), the
+    element count and the device class (DEV_CPU, DEV_CUDA); ``ptrs`` the data
+    pointers (0 for None); ``live`` the tensors read, Nones left out;
+    ``devices`` the bit set of the device classes met (1 << class).
+    The general path's cache key for CUDA tensors.  Reads only."""
+    cdef _Read r
+    cdef list live = []
+    cdef Py_ssize_t i, j
+    rec = np.zeros((len(items), 3), dtype=np.int64)
+    r.ptrs = NULL
+    ptrs = np.zeros(len(items), dtype=np.int64)
+    cdef int64_t[:, ::1] R = rec
+    cdef int64_t[::1] P = ptrs
+    try:
+        if _read(items, grads, &r, live) < 0:
+            return None, None, None, -1
+        R[:, 0] = -1
+        for j in range(r.m):
+            i = r.item[j]
+            R[i, 0], R[i, 1], R[i, 2] = r.codes[j], r.sizes[j], r.devs[j]
+            P[i] = <int64_t><uintptr_t>r.ptrs[j]
+        return live, rec, ptrs, r.devices
+    finally:
+        _release(&r)
+
+
+# ------------------------------------------------------------ the fast path
+def run(list items, bint grads, int op, double a, double norm_type, double eps, int nthreads,
+        int64_t one_thread_bytes):
+    """One call of fusedclip.torch's fast path over CPU tensors (each item's
+    ``.grad`` when ``grads``): read and check them (module doc), then
+
+    * OP_NORM: the norm (``fc_global_norm``);
+    * OP_CLIP: the norm, then, for finite data with norm + eps > a, scale by
+      a / (norm + eps) (``fc_clip_grad_norm_eps``: overflow-safe where
+      finite data have a norm beyond float64); non-finite data: nothing
+      written (the caller decides, with ``_policy.decide``);
+    * OP_CLAMP: clamp to [-a, a] (``fc_clamp``);
+    * OP_SCALE: scale by a, unless a is 1.0 (``fc_scale``).
+
+    ``nthreads`` 0 is OpenMP's default, or 1 where the tensors hold fewer
+    than ``one_thread_bytes``.  Returns None where the list goes the general
+    way (not simple, CUDA tensors, overlapping tensors); else ``(norm,
+    flags, scale, live, mask, bad)``: ``scale`` the factor written (1.0:
+    nothing), ``live`` the tensors (Nones left out), ``mask`` the bit set of
+    their dtype codes, ``bad`` the items holding inf/NaN (when flags).
+    Nothing is written before every check has passed."""
+    cdef _Read r
+    cdef list live = []
+    cdef int64_t *ext
+    cdef int32_t *bf = NULL
+    cdef Py_ssize_t j, k
+    cdef double norm = 0.0, scale = 1.0
+    cdef int flags = 0, rc = 0, nt = nthreads
+    cdef tuple bad = ()
+    cdef bint ok
+    r.ptrs = NULL
+    try:
+        if _read(items, grads, &r, live) < 0 or r.devices & ~(1 << _DEV_CPU):
+            return None
+        ext = <int64_t *>malloc(2 * r.m * sizeof(int64_t) + 8)
+        if ext == NULL:
+            raise MemoryError()
+        k = 0
+        for j in range(r.m):
+            if r.sizes[j]:
+                ext[2 * k] = <int64_t><uintptr_t>r.ptrs[j]
+                ext[2 * k + 1] = ext[2 * k] + r.sizes[j] * _ITEMSIZE[r.codes[j]]
+                k += 1
+        ok = extents_disjoint(ext, k)
+        free(ext)
+        if not ok:  # the same tensor twice, or overlapping views: the general path
+            return None
+        if nt == 0 and r.nbytes < one_thread_bytes:
+            nt = 1
+        if op == 0 or op == 1:
+            bf = <int32_t *>malloc(r.m * sizeof(int32_t) + 4)
+            if bf == NULL:
+                raise MemoryError()
+        with nogil:
+            if op == 0:
+                rc = fc.fc_global_norm(r.ptrs, r.sizes, r.codes, r.m, norm_type, nt, &norm, &flags, bf)
+            elif op == 1:
+                rc = fc.fc_clip_grad_norm_eps(r.ptrs, r.sizes, r.codes, r.m, a, eps, norm_type, nt,
+                                              &norm, &scale, &flags, bf)
+            elif op == 2:
+                rc = fc.fc_clamp(r.ptrs, r.sizes, r.codes, r.m, a, nt)
+            elif a != 1.0:
+                rc = fc.fc_scale(r.ptrs, r.sizes, r.codes, r.m, a, nt)
+                scale = a
+        if rc != fc.FC_OK:
+            raise ValueError(f"fusedclip: {fc.fc_status_message(rc).decode()}")
+        if flags:
+            bad = tuple([r.item[j] for j in range(r.m) if bf[j]])
+        return norm, flags, scale, live, r.mask, bad
+    finally:
+        free(bf)
+        _release(&r)
+
+
+def clip_norm(parameters, max_norm, norm_type, double eps, int nthreads, int64_t one_thread_bytes):
+    """``clip_grad_norm_``'s common case, with no Python between the call and
+    the kernels: ``parameters`` a list, tuple or generator of parameters (or
+    one), ``max_norm`` and ``norm_type`` plain numbers > 0, CPU grads that
+    ``run`` takes, finite.  Returns ``run``'s tuple (with at least one grad,
+    finite: flags 0); otherwise, having written nothing, the parameters as a
+    list (or None where they are not an iterable): the caller takes the
+    general way with it (a generator has been consumed)."""
+    cdef double v, p
+    cdef list params
+    if type(parameters) is list:
+        params = <list>parameters
+    elif type(parameters) in _types:
+        params = [parameters]
+    elif type(parameters) is tuple or PyGen_Check(parameters):
+        params = PySequence_List(parameters)
+    else:
+        return None
+    if (type(max_norm) is not float and type(max_norm) is not int) or \
+            (type(norm_type) is not float and type(norm_type) is not int):
+        return params
+    try:
+        v, p = max_norm, norm_type
+    except OverflowError:  # an int beyond float64: the caller's checks
+        return params
+    if not (v > 0.0 and p > 0.0):  # (NaN included): the caller's checks say why
+        return params
+    r = run(params, True, 1, v, p, eps, nthreads, one_thread_bytes)
+    if r is None or r[1] or not r[3]:  # the general way; inf/NaN: the policy; no grads
+        return params
+    return r
