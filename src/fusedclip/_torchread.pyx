@@ -68,13 +68,21 @@ cdef tuple _dtypes = ()
 cdef tuple _types = ()
 
 
-def configure(tuple dtypes, tuple types):
+# what ClipCall hands the result to (configure())
+cdef object _scalar = None, _increment = None, _cpu = None
+cdef dict _result_dtype = None
+
+
+def configure(tuple dtypes, tuple types, scalar=None, increment=None, cpu=None, dict result_dtype=None):
     """The torch dtypes of the kernels' codes (float64, float32, bfloat16,
-    float16) and the exact tensor types the fast path takes."""
-    global _dtypes, _types
+    float16) and the exact tensor types the fast path takes; for ClipCall,
+    ``torch.scalar_tensor``, ``torch._C._increment_version``, the CPU device
+    and the returned norm's dtype per bit set of dtype codes."""
+    global _dtypes, _types, _scalar, _increment, _cpu, _result_dtype
     if len(dtypes) != _NDTYPES:
         raise ValueError("configure: four torch dtypes")
     _dtypes, _types = dtypes, types
+    _scalar, _increment, _cpu, _result_dtype = scalar, increment, cpu, result_dtype
 
 
 # ------------------------------------------------------------ the AOTI shim
@@ -410,6 +418,71 @@ def run(list items, bint grads, int op, double a, double norm_type, double eps, 
         _release(&r)
 
 
+cdef list _as_list(object items):
+    """A list of the items (a list itself, one tensor, a tuple or a
+    generator materialised), or None for anything else."""
+    if type(items) is list:
+        return <list>items
+    if type(items) in _types:
+        return [items]
+    if type(items) is tuple or PyGen_Check(items):
+        return PySequence_List(items)
+    return None
+
+
+cdef bint _positive(object x, double *out):
+    """x is a plain float or int > 0 (NaN refused): its value in out."""
+    if type(x) is not float and type(x) is not int:
+        return False
+    try:
+        out[0] = x
+    except OverflowError:
+        return False
+    return out[0] > 0.0
+
+
+def total_norm(tensors, norm_type, bint error_if_nonfinite, int nthreads, int64_t one_thread_bytes):
+    """``get_total_norm``'s common case (see ``clip_norm``): ``run``'s tuple
+    for CPU tensors that ``run`` takes, with a finite norm or no
+    ``error_if_nonfinite``; otherwise the tensors as a list (or None)."""
+    cdef double p
+    cdef list items = _as_list(tensors)
+    if items is None or not items or not _positive(norm_type, &p):
+        return items
+    r = run(items, False, 0, 1.0, p, 0.0, nthreads, one_thread_bytes)
+    if r is None or (r[1] and error_if_nonfinite):
+        return items
+    return r
+
+
+def clip_with_norm(parameters, max_norm, total_norm, double eps, int nthreads, int64_t one_thread_bytes):
+    """``clip_grads_with_norm_``'s common case (see ``clip_norm``): a finite
+    ``total_norm`` >= 0 given as a number or a CPU tensor, CPU grads that
+    ``run`` takes: scaled by ``max_norm / (total_norm + eps)`` where that is
+    below 1 (else nothing written); ``run``'s tuple.  Otherwise, having
+    written nothing, the parameters as a list (or None)."""
+    cdef double v, t
+    cdef list params = _as_list(parameters)
+    if params is None or not _positive(max_norm, &v):
+        return params
+    if type(total_norm) in _types and PyObject_GetAttr(total_norm, _A_IS_CPU) is True:
+        try:
+            t = float(total_norm)
+        except Exception:  # not one element: the caller's checks say why
+            return params
+    elif type(total_norm) is float or type(total_norm) is int:
+        try:
+            t = total_norm
+        except OverflowError:
+            return params
+    else:
+        return params
+    if not (t >= 0.0 and t < INFINITY):  # NaN, inf, negative: the caller decides or refuses
+        return params
+    r = run(params, True, 3, v / (t + eps) if t + eps > v else 1.0, 2.0, eps, nthreads, one_thread_bytes)
+    return params if r is None else r
+
+
 def clip_norm(parameters, max_norm, norm_type, double eps, int nthreads, int64_t one_thread_bytes):
     """``clip_grad_norm_``'s common case, with no Python between the call and
     the kernels: ``parameters`` a list, tuple or generator of parameters (or
@@ -419,25 +492,46 @@ def clip_norm(parameters, max_norm, norm_type, double eps, int nthreads, int64_t
     list (or None where they are not an iterable): the caller takes the
     general way with it (a generator has been consumed)."""
     cdef double v, p
-    cdef list params
-    if type(parameters) is list:
-        params = <list>parameters
-    elif type(parameters) in _types:
-        params = [parameters]
-    elif type(parameters) is tuple or PyGen_Check(parameters):
-        params = PySequence_List(parameters)
-    else:
-        return None
-    if (type(max_norm) is not float and type(max_norm) is not int) or \
-            (type(norm_type) is not float and type(norm_type) is not int):
-        return params
-    try:
-        v, p = max_norm, norm_type
-    except OverflowError:  # an int beyond float64: the caller's checks
-        return params
-    if not (v > 0.0 and p > 0.0):  # (NaN included): the caller's checks say why
-        return params
+    cdef list params = _as_list(parameters)
+    if params is None or not _positive(max_norm, &v) or not _positive(norm_type, &p):
+        return params  # (the caller's checks say why)
     r = run(params, True, 1, v, p, eps, nthreads, one_thread_bytes)
     if r is None or r[1] or not r[3]:  # the general way; inf/NaN: the policy; no grads
         return params
     return r
+
+
+cdef class ClipCall:
+    """The state of a ``fusedclip.torch.Clipper`` in C fields, and its call:
+    ``clip_norm`` over the parameters, then (in C) the autograd version bump
+    and the returned tensor; anything else goes to ``self._call(r)`` (the
+    subclass's general path).  Reading a Python instance's attributes right
+    after a backward costs ~3 us each (cold dicts); these cost nothing.  It
+    keeps the last call's norm and scale, never its tensors (holding last
+    step's grads would keep their memory, and free it in the next call)."""
+    cdef list _cparams
+    cdef object _cmax_norm, _cnorm_type
+    cdef double _ceps
+    cdef int _cnt
+    cdef int64_t _cone
+    cdef readonly bint _fast_last     # the last call took the fast path: _last_* hold its result
+    cdef readonly double _last_norm, _last_scale
+    cdef readonly object _last_max_norm
+
+    def _configure_call(self, list params, max_norm, norm_type, double eps, int nthreads, int64_t one_thread_bytes):
+        self._cparams, self._cmax_norm, self._cnorm_type = params, max_norm, norm_type
+        self._ceps, self._cnt, self._cone = eps, nthreads, one_thread_bytes
+
+    def __call__(self):
+        r = clip_norm(self._cparams, self._cmax_norm, self._cnorm_type, self._ceps, self._cnt, self._cone)
+        if type(r) is not tuple:
+            self._fast_last = False
+            return self._call(r)
+        if r[2] != 1.0:
+            _increment(r[3])
+        self._fast_last = True
+        self._last_norm, self._last_scale, self._last_max_norm = r[0], r[2], self._cmax_norm
+        try:
+            return _scalar(r[0], dtype=_result_dtype[r[4]], device=_cpu)
+        except RuntimeError:  # a finite norm beyond the dtype's range: the subclass rounds it
+            return self._norm_tensor(r[0], _result_dtype[r[4]])

@@ -227,15 +227,20 @@ def _nonfinite(norm: float, p: float, bad: tuple, what: str = "parameters") -> N
 
 # ---------------------------------------------------------------- the fast path
 #: A call over fewer bytes than this runs on one thread unless told
-#: otherwise: starting and joining the OpenMP team costs more than the
-#: second core saves there (measured inside a training step:
-#: benchmarks/torch_loop.py).
-ONE_THREAD_BYTES = 1 << 20
+#: otherwise (the kernels' own rule, PARALLEL_MIN, counts elements: 512 KB
+#: of float32, 256 KB of bfloat16).  Inside a training step on 2 cores, two
+#: threads were 4-20 % faster from 0.7 MB of float32 grads on and 40 %
+#: faster at 9 MB; below 0.5 MB the calls were serial either way (DESIGN.md
+#: §2b).
+ONE_THREAD_BYTES = 1 << 19
 _OP_NORM, _OP_CLIP, _OP_CLAMP, _OP_SCALE = (_torchread.OP_NORM, _torchread.OP_CLIP, _torchread.OP_CLAMP,
                                             _torchread.OP_SCALE)
-_torchread.configure(_DTYPES, _TYPES)
+_clip_norm, _total_norm, _clip_with_norm = _torchread.clip_norm, _torchread.total_norm, _torchread.clip_with_norm
+_scalar = torch.scalar_tensor
+_increment_version = torch._C._increment_version
 #: the returned norm's dtype for each set of gradient dtypes (a bit set of codes)
 _RESULT_DTYPE = {m: _promoted([_DTYPES[c] for c in range(4) if m >> c & 1]) for m in range(16)}
+_torchread.configure(_DTYPES, _TYPES, torch.scalar_tensor, torch._C._increment_version, _CPU, _RESULT_DTYPE)
 
 
 def _fast(items: list, grads: bool, op: int, a: float = 1.0, p: float = 2.0, nt: int | None = None):
@@ -548,11 +553,14 @@ def clip_grad_norm_(
     ``NonFiniteError`` (a RuntimeError, with torch's message) before
     anything is written; else a NaN/inf norm scales by NaN/0 as torch does.
     """
-    r = _torchread.clip_norm(parameters, max_norm, norm_type, EPS, 0, ONE_THREAD_BYTES)
+    r = _clip_norm(parameters, max_norm, norm_type, EPS, 0, ONE_THREAD_BYTES)
     if type(r) is tuple:  # the fast path ran (CPU grads, finite): only autograd and the result are left
         if r[2] != 1.0:
-            _bump(r[3])
-        return _norm_tensor(r[0], _RESULT_DTYPE[r[4]], _CPU)
+            _increment_version(r[3])
+        try:
+            return _scalar(r[0], dtype=_RESULT_DTYPE[r[4]], device=_CPU)
+        except RuntimeError:  # a finite norm beyond the dtype's range
+            return _norm_tensor(r[0], _RESULT_DTYPE[r[4]], _CPU)
     return _clip_grad_norm(parameters if r is None else r, parameters, max_norm, norm_type,
                            error_if_nonfinite)
 
@@ -618,8 +626,14 @@ def get_total_norm(
     tensor on the first tensor's device in their promoted dtype;
     ``tensor(0.)`` for no tensors.  ``error_if_nonfinite``: torch's
     RuntimeError (a ``NonFiniteError``) for an inf/NaN norm."""
+    r = _total_norm(tensors, norm_type, error_if_nonfinite, 0, ONE_THREAD_BYTES)
+    if type(r) is tuple:  # the fast path ran (CPU tensors)
+        try:
+            return _scalar(r[0], dtype=_RESULT_DTYPE[r[4]], device=_CPU)
+        except RuntimeError:  # a finite norm beyond the dtype's range
+            return _norm_tensor(r[0], _RESULT_DTYPE[r[4]], _CPU)
     fn = "fusedclip.torch.get_total_norm"
-    items = _param_list(tensors, fn, warn_empty_generator=False, what="tensors")
+    items = _param_list(tensors if r is None else r, fn, warn_empty_generator=False, what="tensors")
     kind, p = _policy.norm_kind(_number("norm_type", norm_type))
     if not items:
         return torch.tensor(0.0)
@@ -645,8 +659,13 @@ def clip_grads_with_norm_(
     scales by 0 and a NaN one by NaN, as torch does.  ``total_norm`` is a
     one-element tensor or a number; on a CUDA device reading it waits for
     the device once.  ``foreach`` is ignored."""
+    r = _clip_with_norm(parameters, max_norm, total_norm, EPS, 0, ONE_THREAD_BYTES)
+    if type(r) is tuple:  # the fast path ran (CPU grads, a finite norm)
+        if r[2] != 1.0:
+            _increment_version(r[3])
+        return None
     fn = "fusedclip.torch.clip_grads_with_norm_"
-    params = _param_list(parameters, fn, warn_empty_generator=False)
+    params = _param_list(parameters if r is None else r, fn, warn_empty_generator=False)
     v = _policy.check_max_norm(_number("max_norm", max_norm))
     tn = _number("total_norm", total_norm)
     if tn < 0.0:
@@ -665,7 +684,7 @@ def clip_grads_with_norm_(
     return None
 
 
-class Clipper:
+class Clipper(_torchread.ClipCall):
     """Clip the same parameters every step: ``clipper()`` is
     ``clip_grad_norm_(parameters, max_norm, norm_type, error_if_nonfinite)``.
 
@@ -684,6 +703,8 @@ class Clipper:
     ``max_norm``, ``norm_type`` and ``error_if_nonfinite`` may be assigned
     between calls (validated).  ``stats`` is the last call's ``ClipStats``
     (``DeviceClipStats`` on a GPU: reading it waits).  Not thread-safe.
+    The call itself is ``_torchread.ClipCall.__call__`` (C: no Python
+    attribute is read on the common path).
     """
 
     _fn = "fusedclip.torch.Clipper"
@@ -695,8 +716,22 @@ class Clipper:
         self.error_if_nonfinite = bool(error_if_nonfinite)
         self._num_threads = _policy.check_threads(num_threads)
         self._plan: _Plan | None = None
-        self.stats = None
+        self._stats: Any = None
         self.replans = 0
+        self._sync()
+
+    def _sync(self) -> None:
+        """Hand the settings to the C call."""
+        self._configure_call(self._params, self._max_norm, self._norm_type, EPS,
+                             0 if self._num_threads is None else self._num_threads, ONE_THREAD_BYTES)
+
+    @property
+    def stats(self):
+        """The last call's ``ClipStats`` (``DeviceClipStats`` on a GPU), or None."""
+        if self._fast_last:  # the fast path's result: finite, written iff the scale is not 1
+            s = self._last_scale
+            return _policy.ClipStats(self._last_norm, s, s != 1.0, True, self._last_max_norm, ())
+        return self._stats
 
     @property
     def max_norm(self) -> float:
@@ -705,6 +740,7 @@ class Clipper:
     @max_norm.setter
     def max_norm(self, value: float) -> None:
         self._max_norm = _check_norm_args(value, self._norm_type)[0]
+        self._sync()
 
     @property
     def norm_type(self) -> float:
@@ -713,6 +749,7 @@ class Clipper:
     @norm_type.setter
     def norm_type(self, value: float) -> None:
         _, self._kind, self._norm_type = _check_norm_args(self._max_norm, value)
+        self._sync()
 
     def __len__(self) -> int:
         return len(self._params)
@@ -721,25 +758,24 @@ class Clipper:
         return (f"fusedclip.torch.Clipper({len(self._params)} parameters, max_norm={self._max_norm}, "
                 f"norm_type={self._norm_type}, error_if_nonfinite={self.error_if_nonfinite})")
 
-    def __call__(self) -> torch.Tensor:
+    def _norm_tensor(self, x: float, dtype) -> torch.Tensor:
+        return _norm_tensor(x, dtype, _CPU)
+
+    def _call(self, _r) -> torch.Tensor:
+        """Beyond the fast path's common case (``ClipCall.__call__``):
+        non-finite grads, and the general path."""
         v, p, nt = self._max_norm, self._norm_type, self._num_threads
-        r = _torchread.clip_norm(self._params, v, p, EPS, 0 if nt is None else nt, ONE_THREAD_BYTES)
-        if type(r) is tuple:  # the fast path ran (CPU grads, finite)
-            if r[2] != 1.0:
-                _bump(r[3])
-            self.stats = _policy.ClipStats(r[0], r[2], r[2] != 1.0, True, v, ())
-            return _norm_tensor(r[0], _RESULT_DTYPE[r[4]], _CPU)
         r = _fast(self._params, True, _OP_CLIP, v, p, nt)
         if r is not None:
             norm, flags, scale, live, mask, bad = r
             if not live:
-                self.stats = None
+                self._stats = None
                 return torch.tensor(0.0)
             if flags:
                 scale = _after_nonfinite(r, self._params, v, p, _policy_for(self.error_if_nonfinite), nt)
             elif scale != 1.0:
                 _bump(live)
-            self.stats = _policy.ClipStats(norm, scale, bool(flags) or scale != 1.0, not flags, v, bad)
+            self._stats = _policy.ClipStats(norm, scale, bool(flags) or scale != 1.0, not flags, v, bad)
             return _norm_tensor(norm, _RESULT_DTYPE[mask], _CPU)
         last = self._plan
         plan, tensors = _general_plan(self._params, True, self._fn, True, last)
@@ -748,10 +784,10 @@ class Clipper:
             self.replans += 1
         live = _live(tensors)
         if not live:
-            self.stats = None
+            self._stats = None
             return torch.tensor(0.0)
         plan.configure(v, p, _policy_for(self.error_if_nonfinite), nt)
-        norm, self.stats = plan.norm_clip(live, p)
+        norm, self._stats = plan.norm_clip(live, p)
         return norm
 
 
