@@ -827,8 +827,9 @@ class Patch:
         @functools.wraps(impl)
         def wrapper(*args, **kwargs):
             if self.fallback and theirs is not None:
-                # a generator is read once: both functions must see the same parameters
-                args, kwargs = _materialised(args, kwargs, first, ours == "clip_grad_norm_")
+                if not args or type(args[0]) is not list:
+                    # a generator is read once: both functions must see the same parameters
+                    args, kwargs = _materialised(args, kwargs, first, ours == "clip_grad_norm_")
                 try:
                     out = impl(*args, **kwargs)
                 except UnsupportedGradients:
