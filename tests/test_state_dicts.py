@@ -170,3 +170,119 @@ def test_the_reported_zscore_states_are_refused():
     for key, bad in [("var", -1.0), ("var", NAN), ("var", INF), ("mean", NAN)]:
         check_refused(t, {**state, key: bad}, key, bad, ValueError)
     assert t.step(1000.0) < 10.0  # still clips the spike
+
+
+# ---------------------------------------------------------------- in a Clipper
+def clipper_in_a_state(thr, norms, history=5, nonfinite="skip"):
+    g = [np.ones(4)]
+    c = fc.Clipper(g, thr, nonfinite=nonfinite, history=history)
+    for v in norms:
+        g[0][:] = v / 2.0  # norm v
+        c()
+    return c
+
+
+def history_corruptions(h):
+    """(field, bad state['history'], exception): one bad entry or count."""
+    n = len(h["norm"])
+    out = []
+    for field, bad, exc in [("norm", "x", TypeError), ("norm", None, TypeError), ("norm", -1.0, ValueError),
+                            ("threshold", NAN, ValueError), ("threshold", -2.0, ValueError),
+                            ("scale", 1.5, ValueError), ("scale", -0.5, ValueError),
+                            ("scale", "1", TypeError), ("clipped", 2, ValueError),
+                            ("clipped", 0.5, TypeError), ("finite", "yes", TypeError)]:
+        col = list(h[field])
+        col[n // 2] = bad
+        out.append((field, {**h, field: col}, exc))
+    out += [("calls", {**h, "calls": n - 1}, ValueError), ("calls", {**h, "calls": -1}, ValueError),
+            ("calls", {**h, "calls": 2.0}, TypeError), ("capacity", {**h, "capacity": n - 1}, ValueError),
+            ("capacity", {**h, "capacity": None}, TypeError),
+            ("norm", {**h, "norm": h["norm"][1:]}, ValueError),
+            ("finite", {**h, "finite": "abc"}, TypeError),
+            ("calls", {k: v for k, v in h.items() if k != "calls"}, ValueError),
+            ("bogus", {**h, "bogus": []}, ValueError)]
+    return out
+
+
+def clipper_check_refused(c, state, key, exc):
+    before = frozen(c.state_dict())
+    hist_before = None if c.history is None else frozen(c.history.as_dict())
+    with pytest.raises(exc) as e:
+        c.load_state_dict(state)
+    assert key in str(e.value), str(e.value)
+    assert frozen(c.state_dict()) == before
+    if c.history is not None:
+        assert frozen(c.history.as_dict()) == hist_before
+
+
+SAVED = clipper_in_a_state(ZScore(warmup=2), [1.0, 3.0, 2.0, 50.0, 2.5, 2.0, 1.5]).state_dict()
+
+
+@pytest.mark.parametrize("field,bad_history,exc", history_corruptions(SAVED["history"]),
+                         ids=[f"{f}-{i}" for i, (f, _, _) in enumerate(history_corruptions(SAVED["history"]))])
+def test_one_bad_history_value_changes_neither_threshold_nor_history(field, bad_history, exc):
+    """The issue's case: the threshold was restored and the history emptied, then it raised."""
+    c = clipper_in_a_state(ZScore(warmup=2), [4.0, 4.0, 4.0])
+    clipper_check_refused(c, {**SAVED, "history": bad_history}, field, exc)
+    # a Clipper keeping no history refuses it too, its threshold unchanged
+    d = clipper_in_a_state(ZScore(warmup=2), [4.0, 4.0, 4.0], history=0)
+    clipper_check_refused(d, {**SAVED, "history": bad_history}, field, exc)
+
+
+def test_a_bad_threshold_state_leaves_the_history_alone():
+    c = clipper_in_a_state(ZScore(warmup=2), [4.0, 4.0, 4.0])
+    clipper_check_refused(c, {**SAVED, "threshold": {**SAVED["threshold"], "var": -1.0}}, "var", ValueError)
+    clipper_check_refused(c, {**SAVED, "history": []}, "History", ValueError)  # not a state dict
+    clipper_check_refused(c, {**SAVED, "history": {**SAVED["history"], "norm": [1.0]}}, "norm", ValueError)
+
+
+@SETTINGS
+@given(st.sampled_from(["skip", "zero", "propagate"]),
+       st.lists(st.one_of(st.floats(0.0, 100.0), st.sampled_from([NAN, INF])), max_size=12),
+       st.integers(1, 6), st.integers(0, 8), st.data())
+def test_clipper_states_round_trip_and_any_corruption_is_refused(policy, norms, cap, cap2, data):
+    thr = data.draw(st.sampled_from([lambda: ZScore(0.8, 2.0, 3), lambda: Percentile(50, window=3),
+                                     lambda: Fixed(5.0)]))
+    c = clipper_in_a_state(thr(), norms, history=cap, nonfinite=policy)
+    state = pickle.loads(pickle.dumps(c.state_dict()))
+    d = clipper_in_a_state(thr(), [7.0], history=cap2, nonfinite=policy)
+    d.load_state_dict(state)  # every state saved, non-finite steps included, loads
+    assert frozen(d.max_norm.state_dict()) == frozen(state["threshold"])
+    if cap2:
+        keep = min(cap2, len(state["history"]["norm"]))
+        assert frozen(d.history.norm) == frozen(c.history.norm[len(c.history.norm) - keep:])
+    if cap2 == cap:
+        assert frozen(d.state_dict()) == frozen(state)
+    # one corruption, of the threshold or of the history
+    cases = [(key, {**state, "threshold": {**state["threshold"], key: bad}}, exc)
+             for key, bad, exc in corruptions(state["threshold"])]
+    if state["history"]["norm"]:
+        cases += [(f, {**state, "history": h}, exc) for f, h, exc in history_corruptions(state["history"])]
+    key, bad_state, exc = data.draw(st.sampled_from(cases))
+    clipper_check_refused(d, bad_state, key, exc)
+
+
+def test_a_random_policys_infinite_step_length_is_refused_before_the_history_changes():
+    c = fc.Clipper([np.array([np.nan, 1.0, 1.0])], Fixed(1.0), nonfinite="random", rng=0, history=3)
+    c()
+    state = clipper_in_a_state(Fixed(2.0), [1.0, 5.0], history=3).state_dict()
+    clipper_check_refused(c, {**state, "threshold": {"type": "Fixed", "v": INF}}, "finite", ValueError)
+    assert c.max_norm.v == 1.0
+
+
+@pytest.mark.parametrize("make", [lambda: ZScore(warmup=3), lambda: Percentile(20, window=4),
+                                  lambda: Percentile(80, warmup=2)])
+@pytest.mark.parametrize("steps", [0, 2, 9])  # nothing yet, in warmup (a partial window), after
+def test_edge_states_of_a_clipper_load_and_resume_as_an_uninterrupted_run(make, steps):
+    norms = [1.0, 2.0, NAN, 1.5, 40.0, 1.2, 1.1, 30.0, 1.0, 1.3, 1.2, 25.0, 1.4]
+    whole = clipper_in_a_state(make(), norms, history=20)
+    first = clipper_in_a_state(make(), norms[:steps], history=20)
+    state = pickle.loads(pickle.dumps(first.state_dict()))
+    second = clipper_in_a_state(make(), [3.0, 3.0], history=20)
+    second.load_state_dict(state)
+    assert frozen(second.state_dict()) == frozen(state)
+    g = second._plan.arrays[0]
+    for v in norms[steps:]:
+        g[:] = v / 2.0
+        second()
+    assert frozen(second.state_dict()) == frozen(whole.state_dict())
