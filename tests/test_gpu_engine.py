@@ -270,3 +270,29 @@ def test_unitwise_is_five_launches_and_plans_its_units_once(recorder):
         assert [x[0] for x in recorder.launches[n0:]] in (
             ["partials", "finalize", "rownorms", "agc", "scale_rows"], ["graph"])
     assert len(_family._unit_plans) == 1 and recorder.replays == 2
+
+
+def test_a_bound_zscore_refuses_an_impossible_state_and_its_device_state_stays(recorder):
+    """A ZScore bound to a plan keeps its state in the plan's params: a bad
+    state is refused before any upload, a good one is uploaded and read back."""
+    import math
+    import pickle
+
+    thr = fc.thresholds.ZScore(warmup=3)
+    c = fc.Clipper(fakes(10), thr, nonfinite="skip")
+    c()
+    assert thr._device is not None
+    good = {**thr.state_dict(), "n": 3, "mean": 1.5, "m2": 0.75, "var": 0.25}
+    thr.load_state_dict(good)  # uploaded: the device holds it
+    thr._set_vector([0, 0.0, 0.0, 0.0])  # the host's copy is stale; state_dict reads the device
+    assert thr.state_dict() == good
+    before = pickle.dumps(c.state_dict())
+    for key, bad in [("var", -1.0), ("var", math.nan), ("var", math.inf), ("mean", math.nan),
+                     ("m2", -1.0), ("n", -1), ("n", 4), ("alpha", 1.0)]:
+        with pytest.raises(ValueError, match=key):
+            thr.load_state_dict({**good, key: bad})
+        with pytest.raises(ValueError, match=key):
+            c.load_state_dict({"threshold": {**good, key: bad}, "history": None})
+        assert pickle.dumps(c.state_dict()) == before and thr.state_dict() == good
+    c.load_state_dict({"threshold": {**good, "mean": 2.5}, "history": None})
+    assert thr.state_dict()["mean"] == 2.5

@@ -167,29 +167,30 @@ class Clipper:
     def load_state_dict(self, state: dict) -> None:
         """Restore what ``state_dict`` saved (the threshold object must be of
         the same type as the saved one).  Everything is checked before
-        anything is restored; a history keeps the last entries it has room for."""
+        anything is restored (ValueError; TypeError for a wrong type): on an
+        error the Clipper is as it was.  A history keeps the last entries it
+        has room for; a saved history is checked even where none is kept."""
         if not isinstance(state, dict) or set(state) != {"threshold", "history"}:
-            raise ValueError("Clipper.load_state_dict: expected a dict from Clipper.state_dict()")
+            raise ValueError("Clipper.load_state_dict: expected a dict from Clipper.state_dict() "
+                             "(keys threshold, history)")
         saved, thr = state["threshold"], self._threshold
         if (saved is None) != (thr is None):
             raise ValueError("Clipper.load_state_dict: the saved state has "
                              f"{'no' if saved is None else 'a'} threshold object, this Clipper "
                              f"{'has one' if thr is not None else 'has none'}")
-        hist = self._history if self._history and state["history"] is not None else None
-        if hist is not None:
-            hist.check_state(state["history"])
+        # check everything first ...
+        hist = self._history if self._history is not None else History(0)
+        new_hist = None if state["history"] is None else hist.check_state(state["history"])
+        new_thr = None if thr is None else thr._parse_state(saved)
+        if isinstance(thr, Fixed) and self._nonfinite_policy == "random":
+            _random_needs_fixed(new_thr.v, new_thr)
+        # ... then restore (a bound ZScore's upload comes first: if it fails, nothing changed)
         if thr is not None:
-            trial = type(thr).__new__(type(thr))
-            trial.__dict__.update({k: v for k, v in thr.__dict__.items() if k != "_device"})
-            trial._device = None
-            trial.load_state_dict(saved)  # validates without touching thr
-            if isinstance(thr, Fixed) and self._nonfinite_policy == "random":
-                _random_needs_fixed(trial.v, trial)
-            thr.load_state_dict(saved)
+            thr._set_state(new_thr)
             if isinstance(thr, Fixed):
                 self._max_norm = thr.v
-        if hist is not None:
-            hist.load_state_dict(state["history"])
+        if new_hist is not None and self._history:
+            self._history._restore(new_hist)
 
     def _threshold_for(self, norm: float) -> float:
         thr = self._threshold

@@ -5,8 +5,22 @@ from typing import Any
 
 import numpy as np
 
+from . import _state
 
 _FIELDS = ("norm", "threshold", "scale", "clipped", "finite")
+_KEYS = ("capacity", "calls") + _FIELDS
+
+
+#: what each recorded field can be (ClipStats): the norm NaN for a NaN
+#: gradient, the threshold inf for "never clip", the scale NaN where the
+#: "propagate" policy met a NaN norm
+_RULES = {
+    "norm": _state.Reals(lambda v: (v >= 0.0) | (v != v), "a number >= 0, or NaN"),
+    "threshold": _state.Reals(lambda v: v >= 0.0, "a number >= 0 (inf: never clip)"),
+    "scale": _state.Reals(lambda v: (v >= 0.0) & (v <= 1.0) | (v != v), "a number in [0, 1], or NaN"),
+    "clipped": _state.Flags(),
+    "finite": _state.Flags(),
+}
 
 
 class History:
@@ -89,30 +103,36 @@ class History:
         return {"capacity": self.capacity, "calls": self._calls,
                 **{k: v.tolist() for k, v in d.items() if k != "step"}}
 
-    def check_state(self, state: Any) -> None:
-        """ValueError unless ``state`` is a History.state_dict()."""
-        try:
-            n, calls = len(state["norm"]), int(state["calls"])
-            ok = all(len(state[f]) == n for f in _FIELDS) and 0 <= n <= calls
-        except (TypeError, KeyError, ValueError):
-            ok = False
-        if not ok:
-            raise ValueError("History.load_state_dict: expected a History.state_dict() "
-                             "(as many entries of each field, and no more than calls)")
+    def check_state(self, state: Any) -> tuple[int, np.ndarray]:
+        """Check a ``state_dict()`` (ValueError; TypeError for a wrong type)
+        without changing anything; returns (calls, the rows this History keeps)."""
+        with _state.loading("History.load_state_dict"):
+            _state.keys(state, _KEYS, "a History.state_dict()")
+            capacity = _state.count("capacity", state["capacity"])
+            calls = _state.count("calls", state["calls"])
+            cols = [_state.sequence(f, state[f]) for f in _FIELDS]
+            n = len(cols[0])
+            if any(len(c) != n for c in cols):
+                raise ValueError("norm, threshold, scale, clipped and finite must have as many entries "
+                                 "each, got " + ", ".join(f"{f} {len(c)}" for f, c in zip(_FIELDS, cols)))
+            for name, held in (("capacity", capacity), ("calls", calls)):
+                if n > held:
+                    raise ValueError(f"{name} must be >= the entries held ({n}), got {held}")
+            rows = np.stack([_RULES[f].column(f, col) for f, col in zip(_FIELDS, cols)])
+        return calls, rows[:, n - min(n, self.capacity):]
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the last min(saved, capacity) entries and the call count."""
-        self.check_state(state)
-        calls = int(state["calls"])
-        keep = min(len(state["norm"]), self.capacity)
+        """Restore the last min(saved, capacity) entries and the call count;
+        a bad state raises and changes nothing."""
+        self._restore(self.check_state(state))
+
+    def _restore(self, parsed: tuple[int, np.ndarray]) -> None:
+        calls, rows = parsed
+        keep = rows.shape[1]
         self._pending = []
-        self._calls, self._n = calls - keep, 0
-        for i in range(len(state["norm"]) - keep, len(state["norm"])):
-            s = type("S", (), {f: state[f][i] for f in _FIELDS})
-            self._put(self._calls, s)
-            self._calls += 1
-            self._n += 1
-        self._calls = calls
+        if keep:
+            self._data[:, np.arange(calls - keep, calls) % self.capacity] = rows
+        self._calls, self._n = calls, keep
 
     def __repr__(self) -> str:
         return f"History({len(self)} of the last {self.capacity} calls)"

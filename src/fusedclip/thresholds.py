@@ -21,7 +21,9 @@ unchanged: the non-finite policy handles that step.
 
 Every threshold saves and restores its state (``state_dict()`` /
 ``load_state_dict()``), so that a resumed run clips exactly as an
-uninterrupted one.  Each step costs O(log n) at most: Percentile keeps its
+uninterrupted one; a state that no run can reach (a negative or NaN
+variance, a history that disagrees with its count, ...) raises ValueError
+(TypeError for a wrong type) before anything changes.  Each step costs O(log n) at most: Percentile keeps its
 window sorted (a bounded window) or two heaps (the whole history); it never
 sorts the history.  On GPU buffers a ZScore or Fixed threshold runs inside
 the device's finalize step (no host wait, see docs/GPU.md); a Percentile
@@ -30,12 +32,13 @@ needs the norm on the host, one wait per call.
 from __future__ import annotations
 
 import bisect
+import copy
 import heapq
 import math
 from collections import deque
 from typing import Any
 
-from . import _policy
+from . import _policy, _state
 
 __all__ = ["Threshold", "Fixed", "Percentile", "ZScore"]
 
@@ -57,20 +60,24 @@ class Threshold:
     def load_state_dict(self, state: dict[str, Any]) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def _check_state(self, state: Any) -> None:
+    # load_state_dict in two steps, so that a Clipper checks its whole state
+    # (threshold and history) before it changes anything:
+    def _parse_state(self, state: Any) -> Any:
+        """Check ``state`` (ValueError; TypeError for a wrong type) and return
+        what ``_set_state`` takes; changes nothing.  This default, for a
+        threshold that defines only load_state_dict, loads it into a copy."""
+        copy.deepcopy(self).load_state_dict(state)
+        return state
+
+    def _set_state(self, parsed: Any) -> None:
+        """Install what ``_parse_state`` returned."""
+        self.load_state_dict(parsed)
+
+    def _check_type(self, state: Any) -> None:
         if not isinstance(state, dict) or state.get("type") != type(self).__name__:
             got = state.get("type") if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"{type(self).__name__}.load_state_dict: expected the state of a "
                              f"{type(self).__name__}, got {got!r}")
-
-
-def _count(name: str, x: Any, minimum: int = 0) -> int:
-    if isinstance(x, bool) or not isinstance(x, int) and not hasattr(x, "__index__"):
-        raise TypeError(f"{name} must be an int, got {type(x).__name__}")
-    x = int(x)
-    if x < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {x}")
-    return x
 
 
 class Fixed(Threshold):
@@ -86,8 +93,17 @@ class Fixed(Threshold):
         return {"type": "Fixed", "v": self.v}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._check_state(state)
-        self.v = _policy.check_max_norm(state["v"], "v")
+        """Restore a ``state_dict()``; a bad state raises and changes nothing."""
+        self._set_state(self._parse_state(state))
+
+    def _parse_state(self, state: Any) -> Fixed:
+        self._check_type(state)
+        with _state.loading("Fixed.load_state_dict"):
+            _state.keys(state, ("type", "v"), "a Fixed.state_dict()")
+            return Fixed(state["v"])
+
+    def _set_state(self, new: Fixed) -> None:
+        self.v = new.v
 
     def __repr__(self) -> str:
         return f"Fixed({self.v})"
@@ -104,8 +120,8 @@ class Percentile(Threshold):
         if not 0.0 <= p <= 100.0:
             raise ValueError(f"p must be a percentile in [0, 100], got {p}")
         self.p = p
-        self.window = None if window is None else _count("window", window, 1)
-        self.warmup = _count("warmup", warmup)
+        self.window = None if window is None else _state.count("window", window, 1)
+        self.warmup = _state.count("warmup", warmup)
         self._reset()
 
     def _reset(self) -> None:
@@ -166,14 +182,31 @@ class Percentile(Threshold):
                 "count": self.count, "history": hist}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._check_state(state)
-        new = Percentile(state["p"], state["window"], state["warmup"])
-        for g in state["history"]:
-            g = float(g)
-            if not math.isfinite(g):
-                raise ValueError(f"Percentile.load_state_dict: a history entry is {g}")
+        """Restore a ``state_dict()``; a bad state raises and changes nothing."""
+        self._set_state(self._parse_state(state))
+
+    _KEYS = ("type", "p", "window", "warmup", "count", "history")
+
+    def _parse_state(self, state: Any) -> Percentile:
+        """The state's Percentile: its parameters as the constructor checks them,
+        finite norms >= 0, as many as count (a window: the last min(count, window))."""
+        self._check_type(state)
+        with _state.loading("Percentile.load_state_dict"):
+            _state.keys(state, self._KEYS, "a Percentile.state_dict()")
+            new = Percentile(state["p"], state["window"], state["warmup"])
+            count = _state.count("count", state["count"])
+            hist = _state.FINITE_NONNEGATIVE.column("history", _state.sequence("history", state["history"]))
+            held = count if new.window is None else min(count, new.window)
+            if len(hist) != held:
+                rule = "count" if new.window is None else f"min(count, window {new.window})"
+                raise ValueError(f"count {count} and history disagree: history must hold {rule} = "
+                                 f"{held} norms, it holds {len(hist)}")
+        for g in hist.tolist():
             new._add(g)
-        new.count = _count("count", state["count"], len(new))
+        new.count = count
+        return new
+
+    def _set_state(self, new: Percentile) -> None:
         self.__dict__.update(new.__dict__)
 
     def __repr__(self) -> str:
@@ -212,7 +245,7 @@ class ZScore(Threshold):
         if not (z > 0.0 and math.isfinite(z)):
             raise ValueError(f"z must be a finite number > 0, got {z}")
         self.alpha, self.z = alpha, z
-        self.warmup = _count("warmup", warmup, 1)
+        self.warmup = _state.count("warmup", warmup, 1)
         self.n, self.mean, self.m2, self.var = 0, 0.0, 0.0, 0.0
         self._device = None  # (download, upload) while a GPU Clipper keeps the state
 
@@ -245,13 +278,36 @@ class ZScore(Threshold):
                 "n": self.n, "mean": self.mean, "m2": self.m2, "var": self.var}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._check_state(state)
-        new = ZScore(state["alpha"], state["z"], state["warmup"])
-        new._set_vector([_count("n", state["n"]), state["mean"], state["m2"], state["var"]])
+        """Restore a ``state_dict()`` (bound to a GPU plan: uploaded); a bad
+        state raises and changes nothing."""
+        self._set_state(self._parse_state(state))
+
+    _KEYS = ("type", "alpha", "z", "warmup", "n", "mean", "m2", "var")
+
+    def _parse_state(self, state: Any) -> ZScore:
+        """The state's ZScore: its parameters as the constructor checks them,
+        0 <= n <= warmup (n counts the warmup norms), mean, m2 and var finite
+        and >= 0, all 0 before the first norm, var 0 until the warmup ends."""
+        self._check_type(state)
+        with _state.loading("ZScore.load_state_dict"):
+            _state.keys(state, self._KEYS, "a ZScore.state_dict()")
+            new = ZScore(state["alpha"], state["z"], state["warmup"])
+            n = _state.count("n", state["n"], 0, new.warmup, "warmup")
+            mean, m2, var = (_state.FINITE_NONNEGATIVE(k, state[k]) for k in ("mean", "m2", "var"))
+            for k, v in (("mean", mean), ("m2", m2)):
+                if n == 0 and v != 0.0:
+                    raise ValueError(f"{k} must be 0 while n is 0 (no norm seen), got {v}")
+            if n < new.warmup and var != 0.0:
+                raise ValueError(f"var must be 0 until the warmup ends (n {n} < warmup {new.warmup}), "
+                                 f"got {var}")
+        new.n, new.mean, new.m2, new.var = n, mean, m2, var
+        return new
+
+    def _set_state(self, new: ZScore) -> None:
+        if self._device is not None:  # first: if the upload fails, nothing has changed
+            self._device[1](new._vector())
         self.alpha, self.z, self.warmup = new.alpha, new.z, new.warmup
         self._set_vector(new._vector())
-        if self._device is not None:
-            self._device[1](self._vector())
 
     def __repr__(self) -> str:
         return f"ZScore(alpha={self.alpha}, z={self.z}, warmup={self.warmup})"
