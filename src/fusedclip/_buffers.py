@@ -387,6 +387,48 @@ def overlap_clusters(lo: np.ndarray, hi: np.ndarray, order: np.ndarray):
     return cid, np.bincount(cid)[cid] > 1
 
 
+def extent_pairs(lo: np.ndarray, hi: np.ndarray, order: np.ndarray, n_first: int) -> list[tuple[int, int]]:
+    """Two lists in one: items ``< n_first`` are the first list's, the rest the
+    second's.  Every pair ``(i, j - n_first)`` of an item of each whose byte
+    extents [lo, hi) overlap, sorted.  The same sweep as a list's own
+    (``overlap_clusters``, ``order`` sorting the non-empty extents by
+    start): only clusters holding items of both lists are compared."""
+    cid, busy = overlap_clusters(lo, hi, order)
+    clusters: dict[int, list[int]] = {}
+    for pos in np.flatnonzero(busy).tolist():  # by start within each cluster
+        clusters.setdefault(int(cid[pos]), []).append(int(order[pos]))
+    out = []
+    for members in clusters.values():
+        for q, j in enumerate(members):
+            for i in members[:q]:
+                if (i < n_first) != (j < n_first) and hi[i] > lo[j]:
+                    a, b = (i, j) if i < n_first else (j, i)
+                    out.append((a, b - n_first))
+    return sorted(out)
+
+
+def first_shared(first: list[np.ndarray], second: list[np.ndarray]) -> tuple[int, int] | None:
+    """The first pair (i, j), in that order, such that ``first[i]`` and
+    ``second[j]`` share an element (``clip_unitwise_``: a grad in a param's
+    memory), or None.  One ``describe()`` pass over both lists; when the
+    extents are not in increasing, disjoint order, the extents sweep finds
+    the candidate pairs and ``np.shares_memory`` decides each (interleaved
+    views share none; a ``TooHardError`` counts as shared)."""
+    d, flags = cpu.describe(list(first) + list(second))
+    if flags[_F.S_UNORDERED] < 0:
+        return None
+    order, suspects = cpu.overlap_suspects(d)
+    if not suspects.size:
+        return None
+    for i, j in extent_pairs(d[_F.F_LO], d[_F.F_HI], order, len(first)):
+        try:
+            if np.shares_memory(first[i], second[j]):
+                return i, j
+        except np.exceptions.TooHardError:
+            return i, j
+    return None
+
+
 def partial_overlap(fn: str, a: int, b: int, where: str = "memory", why: str = "") -> ValueError:
     """The one message for two buffers that share some but not all elements."""
     a, b = sorted((a, b))
