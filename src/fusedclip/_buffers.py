@@ -160,14 +160,20 @@ def _combine(parts: list, kind: int, p: float) -> float:
 
 
 def as_list(buffers: Any, fn: str) -> list:
-    """The caller's buffers as a list; a single array is a list of one."""
+    """The caller's buffers as a list; a single array is a list of one.
+
+    A single array is anything a list may hold as one buffer (``is_buffer``):
+    an array-like object, or an object with the buffer protocol.  So a lone
+    ``memoryview``, ``array.array``, ``bytearray`` or ``bytes`` is one buffer
+    (read in place; a non-float one is a dtype error), never iterated as
+    a list of Python numbers."""
     if isinstance(buffers, list):
         return buffers
     if isinstance(buffers, tuple):
         return list(buffers)
-    if _is_array_like(buffers):
+    if is_buffer(buffers):
         return [buffers]
-    if isinstance(buffers, (str, bytes, dict)) or not hasattr(buffers, "__iter__"):
+    if isinstance(buffers, (str, dict)) or not hasattr(buffers, "__iter__"):
         raise TypeError(
             f"{fn}: expected an array or a list, tuple or generator of arrays, "
             f"got {type(buffers).__name__}"
@@ -181,6 +187,11 @@ def as_list(buffers: Any, fn: str) -> list:
             stacklevel=3,
         )
     return items
+
+
+def is_buffer(x: Any) -> bool:
+    """One buffer, alone or in a list: array-like, or the buffer protocol."""
+    return _is_array_like(x) or _has_buffer(x)
 
 
 def _is_array_like(x: Any) -> bool:
@@ -646,7 +657,7 @@ def _make_plan(objs: list, d: np.ndarray, first: np.ndarray, writable: bool, fn:
             o = objs[i]
             if writable and isinstance(o, np.generic):
                 raise _numpy_scalar(o, i, fn)
-            if not _is_array_like(o) and not _has_buffer(o):
+            if not is_buffer(o):
                 raise _not_array(o, i, fn)
             arrays[i] = _to_ndarray(o, i, fn)
         d, first = cpu.describe(arrays)
@@ -734,7 +745,7 @@ def _numpy_scalar(o: Any, i: int, fn: str) -> TypeError:
 
 def _has_buffer(o: Any) -> bool:
     try:
-        memoryview(o)
+        memoryview(o).release()  # released at once: a bytearray may be resized again
         return True
     except TypeError:
         return False
