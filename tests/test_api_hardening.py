@@ -407,3 +407,52 @@ def test_str_and_a_list_of_floats_are_still_refused():
         fc.global_norm("abc")
     with pytest.raises(TypeError, match="buffer 0 is a float"):
         fc.global_norm([1.0, 2.0])
+
+
+# rng: a Generator, a non-negative int seed, a SeedSequence or None.  -1
+# got numpy's bare "expected non-negative integer" and True was seed 1.
+def _bad_grads():
+    g = grads()
+    g[1][0, 0] = np.inf  # "random" would replace this buffer
+    return g
+
+
+RNG_CALLS = [
+    ("clip_grad_norm_", lambda g, r: fc.clip_grad_norm_(g, 1.0, nonfinite="random", rng=r)),
+    ("Clipper", lambda g, r: fc.Clipper(g, 1.0, nonfinite="random", rng=r)()),
+    ("clip_by_norm_", lambda g, r: fc.clip_by_norm_(g, 1.0, nonfinite="random", rng=r)),
+]
+
+
+def _switch(g, r):
+    c = fc.Clipper(g, 1.0, nonfinite="skip", rng=r)
+    try:
+        c.nonfinite = "random"
+    except (TypeError, ValueError):
+        assert c.nonfinite == "skip"  # a refused assignment changes nothing
+        raise
+    c()
+
+
+@pytest.mark.parametrize("name,call", RNG_CALLS + [("Clipper.nonfinite", _switch)],
+                         ids=lambda x: x if isinstance(x, str) else "")
+@pytest.mark.parametrize("bad,exc", [(-1, ValueError), (np.int64(-7), ValueError), (-(2**70), ValueError),
+                                     (True, TypeError), (False, TypeError), (np.bool_(True), TypeError),
+                                     (1.5, TypeError), ("seed", TypeError)], ids=repr)
+def test_a_bad_rng_is_refused_naming_rng_before_any_write(name, call, bad, exc):
+    g = _bad_grads()
+    snap = snapshot(g)
+    with pytest.raises(exc) as e:
+        call(g, bad)
+    msg = str(e.value)
+    assert "rng" in msg and "Generator" in msg and "seed" in msg, msg
+    assert_untouched(g, snap)
+
+
+@pytest.mark.parametrize("good", [0, 2**70, np.int64(3), None, np.random.SeedSequence(4),
+                                  np.random.default_rng(5)], ids=repr)
+def test_good_rngs_are_accepted(good):
+    for name, call in RNG_CALLS:
+        g = _bad_grads()
+        call(g, good)
+        assert np.isfinite(g[1]).all(), name  # the bad buffer was replaced
