@@ -310,6 +310,26 @@ def test_clip_unitwise_argument_errors_write_nothing(engine):
     assert_untouched([engine.get(b) for b in gb], snap)
 
 
+def test_clip_unitwise_refuses_grads_that_share_memory_with_params(engine):
+    """The params are never written: a grad that is a param (at its own index
+    or another), or a view into a param's memory, is a ValueError naming the
+    param and the grad, raised before any write."""
+    W, G, wb, gb = agc_case(engine, np.float32)
+    own = engine.put([np.ones((4, 5), np.float32), np.ones((4, 5), np.float32)])
+    both = wb + gb + own
+    snap = snapshot([engine.get(b) for b in both])
+    for params, grads, pi, gi in [
+            (wb, wb, 0, 0),                                # every grad is its param
+            (wb, gb[:1] + [wb[1]] + gb[2:], 1, 1),         # one grad is its param
+            ([wb[1][:4], own[0]], [own[1], wb[1][2:]], 0, 1),  # a view of a param's rows
+    ]:
+        with pytest.raises(ValueError) as e:
+            fc.clip_unitwise_(params, grads, 1e-6)  # every unit would clip
+        msg = str(e.value)
+        assert f"params[{pi}]" in msg and f"grads[{gi}]" in msg and "nothing was modified" in msg, msg
+        assert_untouched([engine.get(b) for b in both], snap)
+
+
 def test_clip_unitwise_a_nan_weight_propagates(engine):
     """propagate with a NaN weight: the unit's gradient becomes NaN (it is
     not scaled by clipping * eps / ||G||), on every engine alike."""

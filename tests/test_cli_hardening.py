@@ -4,6 +4,7 @@ Bad numbers are argparse errors (exit code 2, a message naming the option),
 and what would fail at the end of a long benchmark (an unwritable output
 path, ``--plot`` without matplotlib) is refused before it starts.
 """
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,101 @@ def test_bench_device_cuda_without_a_gpu_is_a_clear_error(capsys, tmp_path):
 def test_bench_device_cuda_refuses_cpu_only_options(flag, capsys):
     err = usage_error(["bench", "--device", "cuda", "--quick"] + flag, capsys)
     assert "applies to the CPU bench only" in err
+
+
+# ---------------------------------------------------------------- Hardening II, item 6
+# Every file a command writes is checked before the run: the benchmark and
+# the demos write their results last, so a path that cannot be written used
+# to cost the whole run and then exit 1 with a traceback.
+def listing(d):
+    return sorted(p.relative_to(d).as_posix() for p in Path(d).rglob("*"))
+
+
+@pytest.mark.parametrize("flag", ["--json", "--markdown"])
+@pytest.mark.parametrize("case", ["empty", "new-dir-slash", "dir-slash", "parent-is-a-file",
+                                  "parent-missing", "not-writable"])
+def test_bench_output_paths_are_checked_before_the_run(flag, case, capsys, tmp_path, monkeypatch):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    path, words = {
+        "empty": ("", "empty"),
+        "new-dir-slash": (str(tmp_path / "newdir") + "/", "directory"),
+        "dir-slash": (str(tmp_path / "d") + "/", "directory"),
+        "parent-is-a-file": (str(tmp_path / "file.txt" / "out"), "not a directory"),
+        "parent-missing": (str(tmp_path / "no" / "such" / "out"), "does not exist"),
+        "not-writable": (str(tmp_path / "d" / "out"), "not writable"),
+    }[case]
+    if case == "not-writable":  # (tests run as root here, for whom every mode is writable)
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, m, *a, **k: False if str(p).startswith(
+            str(tmp_path / "d")) and m & os.W_OK else real(p, m, *a, **k))
+    before = listing(tmp_path)
+    other = ["--json", str(tmp_path / "ok.json")] if flag == "--markdown" else []
+    err = usage_error(QUICK + other + [flag, path], capsys)
+    assert flag in err and words in err and "Traceback" not in err, err
+    assert "usage:" in err  # argparse's form
+    assert listing(tmp_path) == before  # nothing written, no directory made
+
+
+def test_plot_png_that_is_a_directory_is_refused(capsys, tmp_path):
+    (tmp_path / "r.png").mkdir()
+    err = usage_error(QUICK + ["--json", str(tmp_path / "r.json"), "--plot"], capsys)
+    assert "--plot" in err and str(tmp_path / "r.png") in err and "directory" in err
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("json_arg", ["", "newdir/"])
+def test_bench_bad_json_is_exit_2_without_a_traceback(json_arg, tmp_path):
+    """The reported cases, as a console command, from a fresh directory."""
+    r = subprocess.run(fusedclip_cmd() + QUICK + ["--json", json_arg], capture_output=True, text=True,
+                       timeout=300, cwd=tmp_path)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr and "usage:" in r.stderr and "--json" in r.stderr
+    assert "making data" not in r.stderr and listing(tmp_path) == []
+
+
+# the demos, each made as quick as its options allow (if a check were
+# missing, the run would go ahead and fail at its end)
+DEMOS = {
+    "cliff": (["--steps", "3"], ["cliff.json", "cliff.png"]),
+    "temporal-order": (["--lengths", "6", "--seeds", "1", "--steps", "2"],
+                       ["temporal-order.csv", "temporal-order.json", "temporal-order.png"]),
+    "lr": (["--lrs", "0.3", "--steps", "2"], ["lr.json", "lr.png"]),
+    "thresholds": (["--steps", "3"], ["thresholds.json", "thresholds.png"]),
+}
+
+
+@pytest.mark.parametrize("name,target", [(n, f) for n, (_, files) in DEMOS.items() for f in files])
+def test_demo_output_that_is_a_directory_is_refused_before_the_run(name, target, capsys, tmp_path):
+    (tmp_path / target).mkdir()
+    before = listing(tmp_path)
+    err = usage_error(["demo", name, "--out", str(tmp_path)] + DEMOS[name][0], capsys)
+    assert "--out" in err and str(tmp_path / target) in err and "directory" in err, err
+    assert "Traceback" not in err and "usage:" in err
+    assert listing(tmp_path) == before
+
+
+def test_demo_png_is_not_checked_with_no_plot(tmp_path, capsys):
+    """--no-plot writes no PNG: a directory in its place is no obstacle."""
+    (tmp_path / "cliff.png").mkdir()
+    assert cli.main(["demo", "cliff", "--no-plot", "--out", str(tmp_path), "--steps", "3"]) == 0
+    assert (tmp_path / "cliff.json").is_file()
+
+
+def test_demo_unwritable_output_file_is_refused(tmp_path, capsys, monkeypatch):
+    (tmp_path / "cliff.json").write_text("{}")
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, m, *a, **k: False if str(p) == str(
+        tmp_path / "cliff.json") and m & os.W_OK else real(p, m, *a, **k))
+    err = usage_error(["demo", "cliff", "--out", str(tmp_path), "--steps", "3"], capsys)
+    assert str(tmp_path / "cliff.json") in err and "not writable" in err
+    assert (tmp_path / "cliff.json").read_text() == "{}"
+
+
+def test_demo_output_directory_is_exit_2_without_a_traceback(tmp_path):
+    (tmp_path / "cliff.json").mkdir()
+    r = subprocess.run([sys.executable, "-m", "fusedclip.cli", "demo", "cliff", "--steps", "3",
+                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr and "usage:" in r.stderr and "cliff.json" in r.stderr
+    assert listing(tmp_path) == ["cliff.json"]

@@ -174,3 +174,66 @@ def test_clip_unitwise_non_finite_weights_and_huge_units():
     G = [np.ones((4, 3))]
     fc.clip_unitwise_([np.broadcast_to(np.ones(3), (4, 3))], G, 0.01)
     np.testing.assert_allclose(G[0], 0.01 * np.sqrt(3) / np.sqrt(3))
+
+
+# ---------------------------------------------------------------- clip_unitwise_: params never written
+def _overlap_cases():
+    """(params, grads, param index, grad index, base arrays to snapshot): a
+    grad that is its param or a view of some param's memory."""
+    rng = np.random.default_rng(3)
+    out = []
+    w = rng.standard_normal((4, 3))
+    out.append(("itself", [w], [w], 0, 0, [w]))
+    a = rng.standard_normal((6, 3))
+    out.append(("view-shifted", [a[:4]], [a[2:]], 0, 0, [a]))
+    b = rng.standard_normal((4, 3))
+    out.append(("reshaped-view", [b], [b.reshape(2, 6).reshape(4, 3)], 0, 0, [b]))
+    c = np.asfortranarray(rng.standard_normal((4, 3)))
+    out.append(("f-order-reversed", [c], [c[::-1]], 0, 0, [c]))  # both through C-ordered copies
+    d = rng.standard_normal((4, 7))
+    out.append(("strided-views", [d[:, 0:6:2]], [d[:, 2:7:2]], 0, 0, [d]))
+    e, f = rng.standard_normal((5, 2)), rng.standard_normal((5, 2))
+    g_own = rng.standard_normal((5, 2))
+    out.append(("another-index", [e, f], [g_own, e], 0, 1, [e, f, g_own]))
+    h = rng.standard_normal(8)
+    out.append(("vector-dtype-view", [h], [h.view(np.float32)[:8]], 0, 0, [h]))
+    return out
+
+
+@pytest.mark.parametrize("case", _overlap_cases(), ids=lambda c: c[0])
+def test_clip_unitwise_refuses_grads_that_share_memory_with_params(case):
+    """The params are never written: a grad that is its param, or any view of
+    a param's memory, is a ValueError naming both, before any write."""
+    _, W, G, pi, gi, bases = case
+    snap = snapshot(bases)
+    for policy in ("error", "zero"):
+        with pytest.raises(ValueError) as e:
+            fc.clip_unitwise_(W, G, 1e-6, nonfinite=policy)  # every unit would clip
+        msg = str(e.value)
+        assert f"params[{pi}]" in msg and f"grads[{gi}]" in msg, msg
+        assert "nothing was modified" in msg, msg
+        assert_untouched(bases, snap)
+
+
+def test_clip_unitwise_accepts_params_and_grads_that_interleave_without_sharing():
+    """a[::2] and a[1::2] share a byte range but no element: the grads may be
+    written without touching a param."""
+    a = np.random.default_rng(4).standard_normal((4, 6))
+    w, g = a[:, ::2], a[:, 1::2]
+    wsnap = w.copy()
+    before = g.copy()
+    fc.clip_unitwise_([w], [g], 1e-6)
+    np.testing.assert_array_equal(w, wsnap)
+    assert not np.array_equal(g, before)  # clipped
+
+
+def test_clip_unitwise_disjoint_params_and_grads_in_any_address_order():
+    """Separate arrays in any address order: no error, the usual result."""
+    rng = np.random.default_rng(5)
+    W = [rng.standard_normal((3, 4)) for _ in range(50)]
+    G = [rng.standard_normal((3, 4)) * 100 for _ in range(50)]
+    order = rng.permutation(50)
+    W, G = [W[i] for i in order], [G[i] for i in order]
+    wsnap = snapshot(W)
+    fc.clip_unitwise_(W, G, 0.01)
+    assert_untouched(W, wsnap)

@@ -258,6 +258,32 @@ def test_a_percentile_clipper_needs_one_wait_per_call(recorder):
     assert len(recorder.download_streams) == d0 + 1
 
 
+@pytest.mark.parametrize("where", ["same", "inside", "straddles"])
+def test_unitwise_refuses_grads_in_a_params_memory_before_any_launch(recorder, where):
+    """The unit plan (built here, not by plan_buffers) is checked too: a grad
+    whose memory meets a param's is refused, naming both, with nothing
+    launched and no unit plan kept."""
+    from fusedclip import _family
+
+    _family._unit_plans.clear()
+    addr = lambda f: f.__cuda_array_interface__["data"][0]
+    W = fakes(10)  # float32, 256 elements (1 KB) each, 2 KB apart
+    G = [FakeCuda(addr(f) + (1 << 30), 256) for f in fakes(10)]
+    w7 = addr(W[7])
+    if where == "same":
+        G[3] = FakeCuda(w7, 256)
+    elif where == "straddles":  # its second half meets params[7]'s first
+        G[3] = FakeCuda(w7 - 512, 256)
+    else:  # 64 elements in the middle of params[7]
+        W[3], G[3] = FakeCuda(addr(W[3]), 64), FakeCuda(w7 + 256, 64)
+    n0 = len(recorder.launches)
+    with pytest.raises(ValueError) as e:
+        fc.clip_unitwise_(W, G, 0.01, nonfinite="skip")
+    msg = str(e.value)
+    assert "params[7]" in msg and "grads[3]" in msg and "nothing was modified" in msg, msg
+    assert len(recorder.launches) == n0 and not _family._unit_plans
+
+
 def test_unitwise_is_five_launches_and_plans_its_units_once(recorder):
     from fusedclip import _family
 

@@ -160,14 +160,20 @@ def _combine(parts: list, kind: int, p: float) -> float:
 
 
 def as_list(buffers: Any, fn: str) -> list:
-    """The caller's buffers as a list; a single array is a list of one."""
+    """The caller's buffers as a list; a single array is a list of one.
+
+    A single array is anything a list may hold as one buffer (``is_buffer``):
+    an array-like object, or an object with the buffer protocol.  So a lone
+    ``memoryview``, ``array.array``, ``bytearray`` or ``bytes`` is one buffer
+    (read in place; a non-float one is a dtype error), never iterated as
+    a list of Python numbers."""
     if isinstance(buffers, list):
         return buffers
     if isinstance(buffers, tuple):
         return list(buffers)
-    if _is_array_like(buffers):
+    if is_buffer(buffers):
         return [buffers]
-    if isinstance(buffers, (str, bytes, dict)) or not hasattr(buffers, "__iter__"):
+    if isinstance(buffers, (str, dict)) or not hasattr(buffers, "__iter__"):
         raise TypeError(
             f"{fn}: expected an array or a list, tuple or generator of arrays, "
             f"got {type(buffers).__name__}"
@@ -181,6 +187,11 @@ def as_list(buffers: Any, fn: str) -> list:
             stacklevel=3,
         )
     return items
+
+
+def is_buffer(x: Any) -> bool:
+    """One buffer, alone or in a list: array-like, or the buffer protocol."""
+    return _is_array_like(x) or _has_buffer(x)
 
 
 def _is_array_like(x: Any) -> bool:
@@ -385,6 +396,48 @@ def overlap_clusters(lo: np.ndarray, hi: np.ndarray, order: np.ndarray):
     start[1:] = lo[1:] >= np.maximum.accumulate(hi)[:-1]
     cid = np.cumsum(start) - 1
     return cid, np.bincount(cid)[cid] > 1
+
+
+def extent_pairs(lo: np.ndarray, hi: np.ndarray, order: np.ndarray, n_first: int) -> list[tuple[int, int]]:
+    """Two lists in one: items ``< n_first`` are the first list's, the rest the
+    second's.  Every pair ``(i, j - n_first)`` of an item of each whose byte
+    extents [lo, hi) overlap, sorted.  The same sweep as a list's own
+    (``overlap_clusters``, ``order`` sorting the non-empty extents by
+    start): only clusters holding items of both lists are compared."""
+    cid, busy = overlap_clusters(lo, hi, order)
+    clusters: dict[int, list[int]] = {}
+    for pos in np.flatnonzero(busy).tolist():  # by start within each cluster
+        clusters.setdefault(int(cid[pos]), []).append(int(order[pos]))
+    out = []
+    for members in clusters.values():
+        for q, j in enumerate(members):
+            for i in members[:q]:
+                if (i < n_first) != (j < n_first) and hi[i] > lo[j]:
+                    a, b = (i, j) if i < n_first else (j, i)
+                    out.append((a, b - n_first))
+    return sorted(out)
+
+
+def first_shared(first: list[np.ndarray], second: list[np.ndarray]) -> tuple[int, int] | None:
+    """The first pair (i, j), in that order, such that ``first[i]`` and
+    ``second[j]`` share an element (``clip_unitwise_``: a grad in a param's
+    memory), or None.  One ``describe()`` pass over both lists; when the
+    extents are not in increasing, disjoint order, the extents sweep finds
+    the candidate pairs and ``np.shares_memory`` decides each (interleaved
+    views share none; a ``TooHardError`` counts as shared)."""
+    d, flags = cpu.describe(list(first) + list(second))
+    if flags[_F.S_UNORDERED] < 0:
+        return None
+    order, suspects = cpu.overlap_suspects(d)
+    if not suspects.size:
+        return None
+    for i, j in extent_pairs(d[_F.F_LO], d[_F.F_HI], order, len(first)):
+        try:
+            if np.shares_memory(first[i], second[j]):
+                return i, j
+        except np.exceptions.TooHardError:
+            return i, j
+    return None
 
 
 def partial_overlap(fn: str, a: int, b: int, where: str = "memory", why: str = "") -> ValueError:
@@ -604,7 +657,7 @@ def _make_plan(objs: list, d: np.ndarray, first: np.ndarray, writable: bool, fn:
             o = objs[i]
             if writable and isinstance(o, np.generic):
                 raise _numpy_scalar(o, i, fn)
-            if not _is_array_like(o) and not _has_buffer(o):
+            if not is_buffer(o):
                 raise _not_array(o, i, fn)
             arrays[i] = _to_ndarray(o, i, fn)
         d, first = cpu.describe(arrays)
@@ -692,7 +745,7 @@ def _numpy_scalar(o: Any, i: int, fn: str) -> TypeError:
 
 def _has_buffer(o: Any) -> bool:
     try:
-        memoryview(o)
+        memoryview(o).release()  # released at once: a bytearray may be resized again
         return True
     except TypeError:
         return False

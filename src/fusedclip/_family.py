@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from . import _policy
-from ._buffers import as_list, plan_buffers
+from ._buffers import as_list, extent_pairs, first_shared, plan_buffers
 from ._policy import A_NONE, NonFiniteError
 from .kernels import cpu
 
@@ -229,7 +229,9 @@ def clip_unitwise_(params: Any, grads: Any, clipping: float = 0.01, eps: float =
     G <- G * clipping * max(||W||, eps) / ||G|| (L2 norms).  One fused pass
     computes every unit's norms of W and G, one pass scales the clipped
     units; the params are never written, and a unit that is not clipped is
-    not written either.
+    not written either.  A grad that shares memory with a param (the param
+    itself, or a view of its memory) is a ValueError naming both, raised
+    before anything is written.
 
     A unit whose W or G holds inf/NaN follows ``nonfinite``: "error" raises
     ``NonFiniteError`` (naming the gradients' indices) before anything is
@@ -270,6 +272,9 @@ def clip_unitwise_(params: Any, grads: Any, clipping: float = 0.01, eps: float =
         if w.shape != g.shape:
             raise ValueError(f"{fn}: params[{i}] has shape {w.shape} but grads[{i}] has shape "
                              f"{g.shape}; they must match (nothing was modified)")
+    shared = first_shared(wa, ga)
+    if shared is not None:
+        raise _grad_in_param(fn, *shared)
     # units: contiguous C-ordered rows; other layouts through a C-ordered copy
     wc = [np.ascontiguousarray(w) for w in wa]
     gc = [g if g.flags.c_contiguous and g.flags.aligned else np.ascontiguousarray(g) for g in ga]
@@ -306,6 +311,14 @@ def clip_unitwise_(params: Any, grads: Any, clipping: float = 0.01, eps: float =
                 np.copyto(ga[i], gc[i])
 
 
+def _grad_in_param(fn: str, i: int, j: int) -> ValueError:
+    """The params are never written: a grad in a param's memory is refused."""
+    return ValueError(
+        f"{fn}: grads[{j}] shares memory with params[{i}] (it is that param, or a view of its "
+        f"memory); {fn} writes the grads in place and never the params, so each gradient "
+        "needs memory of its own (nothing was modified)")
+
+
 def _units(shape) -> int:
     """Units of a buffer: its rows (the first axis) from 2-D on, else one."""
     return int(shape[0]) if len(shape) >= 2 else 1
@@ -339,7 +352,16 @@ def _unitwise_gpu(W, G, wg, gg, c: float, e: float, policy: str, fn: str) -> Non
     # the plan of these units, built once per memory layout (no per-unit work on a hit)
     key = (gg.stream, tuple((w.addr, w.code, g.addr, g.code, g.n, k) for w, g, k in pairs))
     plan = _unit_plans.get(key)
-    if plan is None:
+    if plan is None:  # (a cached plan's key holds the addresses: they passed this check)
+        # the params are never written: no grad may lie in a param's memory.
+        # CUDA arrays here are dense, so a shared byte range is a shared element
+        ext = [b for side in (0, 1) for b in (p[side] for p in pairs)]
+        lo = np.fromiter((b.lo for b in ext), np.int64, len(ext))
+        hi = np.fromiter((b.hi for b in ext), np.int64, len(ext))
+        met = extent_pairs(lo, hi, np.lexsort((np.arange(len(ext)), lo)), len(pairs))
+        if met:
+            i, j = met[0]
+            raise _grad_in_param(fn, pairs[i][0].caller, pairs[j][1].caller)
         units: list = []
         for side in (0, 1):
             for w, g, k in pairs:

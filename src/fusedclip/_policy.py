@@ -121,12 +121,23 @@ def check_threads(num_threads: Any) -> int | None:
     return n
 
 
+_RNG_ACCEPTED = "a numpy.random.Generator, a non-negative int seed, a numpy.random.SeedSequence or None"
+
+
 def make_rng(rng: Any) -> np.random.Generator:
+    """The "random" policy's generator; TypeError/ValueError naming ``rng``.
+
+    A bool is not a seed (``True`` would be seed 1), and a negative seed
+    gets this message rather than numpy's, which does not say which argument."""
     if isinstance(rng, np.random.Generator):
         return rng
-    if rng is None or isinstance(rng, (numbers.Integral, np.random.SeedSequence)):
+    if rng is None or isinstance(rng, np.random.SeedSequence):
         return np.random.default_rng(rng)
-    raise TypeError(f"rng must be a numpy.random.Generator, an int seed or None, got {type(rng).__name__}")
+    if isinstance(rng, (bool, np.bool_)) or not isinstance(rng, numbers.Integral):
+        raise TypeError(f"rng must be {_RNG_ACCEPTED}, got {type(rng).__name__} {rng!r}")
+    if rng < 0:
+        raise ValueError(f"rng must be {_RNG_ACCEPTED}; a seed must be >= 0, got {int(rng)}")
+    return np.random.default_rng(int(rng))
 
 
 def random_direction(shapes: list[tuple[int, ...]], max_norm: float, kind: int, p: float,

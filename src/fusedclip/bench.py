@@ -125,6 +125,16 @@ def naive_numpy(bufs: list[np.ndarray], max_norm: float) -> float:
     return total
 
 
+def naive_peer(bufs: list[np.ndarray], max_norm: float) -> float:
+    """``naive_numpy`` as the benchmark runs it: numpy's float16 dot product
+    overflows to inf (its norm is inf and the gradient is zeroed), which the
+    table reports; its "overflow encountered" RuntimeWarning is silenced
+    here only, so that it does not land in the user's terminal.  (The
+    errstate costs ~1 us inside a timed call of milliseconds.)"""
+    with np.errstate(over="ignore"):
+        return naive_numpy(bufs, max_norm)
+
+
 def torch_tensors(bufs: list[np.ndarray]):
     """Leaf tensors whose .grad shares memory with the buffers, or None without torch."""
     try:
@@ -238,7 +248,7 @@ class Setup:
         # each implementation's norm of the untouched data, for the error column
         self.first = {"fusedclip": fc.clip_grad_norm_(self.bufs, 1e30, num_threads=threads),
                       "fusedclip-plan": self.clipper().norm,
-                      "naive-numpy": naive_numpy(self.naive_bufs, 1e30)}
+                      "naive-numpy": naive_peer(self.naive_bufs, 1e30)}
         if self.params is not None:
             self.first["torch-foreach"] = torch_clip(self.params, 1e30)
 
@@ -266,7 +276,7 @@ def run_workload(setup: Setup, mode: str, reps: int, threads: int | None) -> lis
         norms["fusedclip-plan"] = clipper().norm
 
     def naive():
-        norms["naive-numpy"] = naive_numpy(naive_bufs, next_t())
+        norms["naive-numpy"] = naive_peer(naive_bufs, next_t())
 
     def floor():
         cpu.floor_read(floor_buf, threads)

@@ -81,16 +81,33 @@ def _max_threads() -> int:
     return cpu.MAX_THREADS
 
 
-def _writable(path: str) -> str | None:
-    """Why ``path`` cannot be written, or None; checked before a long run."""
+def output_problem(path: str) -> str | None:
+    """Why a file cannot be written at ``path``, or None.
+
+    The benchmark and the demos write their results last, so each of their
+    output files is checked with this before the run (a usage error then):
+    an empty path, a directory or a name ending in a separator, a parent
+    that does not exist or is not a directory, no permission to write."""
+    if not path:
+        return "is empty (a file name is needed)"
+    if path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)):
+        return "ends with a path separator, so it names a directory, not a file"
     if os.path.isdir(path):
         return "is a directory"
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
-        return f"its directory {parent} does not exist"
-    if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        return "is not writable"
+        return (f"is in {parent}, which is not a directory" if os.path.exists(parent)
+                else f"is in {parent}, which does not exist")
+    if os.path.exists(path):
+        if not os.access(path, os.W_OK):
+            return "is not writable"
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        return f"is in {parent}, which is not writable"
     return None
+
+
+def _shown(path: str) -> str:
+    return path if path else "''"
 
 
 def check_bench_outputs(args: argparse.Namespace) -> str | None:
@@ -100,11 +117,11 @@ def check_bench_outputs(args: argparse.Namespace) -> str | None:
             if given:
                 return f"{flag} applies to the CPU bench only (not to --device cuda)"
     for flag, path in (("--json", args.json), ("--markdown", args.markdown)):
-        if path is not None and (why := _writable(path)) is not None:
-            return f"{flag} {path}: {why}"
+        if path is not None and (why := output_problem(path)) is not None:
+            return f"{flag} {_shown(path)}: the path {why}"
     if args.plot:
         png = os.path.splitext(args.json)[0] + ".png"
-        if (why := _writable(png)) is not None:
+        if (why := output_problem(png)) is not None:
             return f"--plot writes {png}, which {why}"
         try:
             import matplotlib  # noqa: F401

@@ -53,12 +53,24 @@ def temporal_min_length() -> int:
     return MIN_LENGTH
 
 
+def outputs(args) -> list[str]:
+    """The files the demo writes into --out (all of them at its end)."""
+    ext = {"temporal-order": ["csv", "json"]}.get(args.name, ["json"]) + ([] if args.no_plot else ["png"])
+    return [f"{args.name}.{e}" for e in ext]
+
+
 def check(args) -> str | None:
     """A usage error, or None (checked before anything runs)."""
+    from ..cli import output_problem
+
     if not os.path.isdir(args.out):
         return f"--out {args.out}: not a directory"
     if not os.access(args.out, os.W_OK):
         return f"--out {args.out}: not writable"
+    for name in outputs(args):  # each file, as the run would write it at its end
+        path = os.path.join(args.out, name)
+        if (why := output_problem(path)) is not None:
+            return f"--out {args.out}: the demo writes {path}, which {why}"
     for flag in ("seeds", "steps"):
         v = getattr(args, flag)
         if v is not None and v < 1:
@@ -91,13 +103,13 @@ def check(args) -> str | None:
 
 def main(args) -> int:
     out = lambda name: os.path.join(args.out, name)
+    prefix = out(args.name)  # PREFIX.json, .png, .csv: the files outputs() names
     plot = not args.no_plot
     if args.name == "cliff":
         from . import cliff
 
-        doc = cliff.run(out("cliff"), plot=plot, **({"steps": args.steps} if args.steps else {}))
+        doc = cliff.run(prefix, plot=plot, **({"steps": args.steps} if args.steps else {}))
         print(cliff.report(doc))
-        files = ["cliff.json"] + (["cliff.png"] if plot else [])
     elif args.name == "temporal-order":
         from . import temporal
 
@@ -110,16 +122,14 @@ def main(args) -> int:
             cfg["steps"] = args.steps
         if args.lr:
             cfg["lr"] = args.lr
-        doc = temporal.run(out("temporal-order"), plot=plot, progress=True, **cfg)
+        doc = temporal.run(prefix, plot=plot, progress=True, **cfg)
         print(temporal.report(doc))
-        files = ["temporal-order.csv", "temporal-order.json"] + (["temporal-order.png"] if plot else [])
     elif args.name == "thresholds":
         from . import adaptive
 
         kw = {k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v}
-        doc = adaptive.run(out("thresholds"), plot=plot, **kw)
+        doc = adaptive.run(prefix, plot=plot, **kw)
         print(adaptive.report(doc))
-        files = ["thresholds.json"] + (["thresholds.png"] if plot else [])
     else:
         from . import charlm
 
@@ -128,9 +138,8 @@ def main(args) -> int:
             kw["lrs"] = tuple(float(x) for x in args.lrs.split(","))
         if args.steps:
             kw["steps"] = args.steps
-        doc = charlm.run(out("lr"), plot=plot, **kw)
+        doc = charlm.run(prefix, plot=plot, **kw)
         print(charlm.report(doc))
-        files = ["lr.json"] + (["lr.png"] if plot else [])
-    for f in files:
+    for f in outputs(args):
         print(f"wrote {out(f)}", file=sys.stderr)
     return 0
