@@ -186,23 +186,74 @@ def _device_helpers():
     def load_f16(v):
         return float64(ld_f16(v))
 
-    # scale: storage * s, rounded once to storage (float64 math for
-    # float64/float32 data, float32 math for the 16-bit types, as on the CPU)
+    # scale: storage * s, the exact product rounded once to storage (as on
+    # the CPU, kernels/simd.h "correctly rounded scaling"): the float64
+    # product rounded to odd (its error from an FMA), then to float32 rounded
+    # to odd, then to the 16-bit type to nearest even.  The device has the
+    # FLOP rate for it; the CPU's fast path with its per-lane proof is not
+    # needed here.
+    @cuda.jit(device=True)
+    def as_f64(u):
+        a = cuda.local.array(1, int64)
+        a[0] = u
+        return a.view(np.float64)[0]
+
+    @cuda.jit(device=True)
+    def as_i64(f):
+        a = cuda.local.array(1, float64)
+        a[0] = f
+        return a.view(np.int64)[0]
+
+    if simulator():  # the simulator's cuda.fma is a*b+c, two roundings: Dekker's exact product error
+        @cuda.jit(device=True)
+        def mul_err(a, b, p):
+            k = 134217729.0  # 2^27 + 1: splits a float64 in two 26-bit halves
+            t = k * a
+            ah = t - (t - a)
+            al = a - ah
+            t = k * b
+            bh = t - (t - b)
+            bl = b - bh
+            return ((ah * bh - p) + ah * bl + al * bh) + al * bl
+    else:
+        @cuda.jit(device=True)
+        def mul_err(a, b, p):
+            return cuda.fma(a, b, -p)
+
+    @cuda.jit(device=True)
+    def mul_rto(x, s):  # x*s rounded to odd at float64 precision
+        p = x * s
+        e = mul_err(x, s, p)
+        b = as_i64(p)
+        if e != 0.0 and e == e and abs(e) != math.inf and (b & 1) == 0:
+            b = b + 1 if (b ^ as_i64(e)) >= 0 else b - 1  # toward x*s, in magnitude
+        return as_f64(b)
+
+    @cuda.jit(device=True)
+    def f32_rto(d):  # a float64 rounded to odd at float32 precision
+        f = float32(d)
+        if float64(f) != d and d == d:
+            u = as_u32(f)
+            if (u & 1) == 0:
+                u = u + 1 if abs(float64(f)) < abs(d) else u - 1
+                f = as_f32(u)
+        return f
+
     @cuda.jit(device=True)
     def mul_f64(v, s):
         return v * s
 
     @cuda.jit(device=True)
     def mul_f32(v, s):
-        return float32(float64(v) * s)
+        return float32(mul_rto(float64(v), s))
 
     @cuda.jit(device=True)
     def mul_bf16(v, s):
-        return st_bf16(ld_bf16(v) * float32(s))
+        return st_bf16(f32_rto(mul_rto(float64(ld_bf16(v)), s)))
 
     @cuda.jit(device=True)
     def mul_f16(v, s):
-        return st_f16(ld_f16(v) * float32(s))
+        return st_f16(f32_rto(mul_rto(float64(ld_f16(v)), s)))
 
     # clamp to [-c, c]; NaN stays NaN
     @cuda.jit(device=True)

@@ -14,8 +14,10 @@
  *     underflow) while every value is finite is recomputed relative to its
  *     max m, and its partial is kept as  s * m^p  with s = sum (|x|/m)^p;
  *     general p is always computed that way;
- *   - scaling multiplies in float64 for float64/float32 data and in float32
- *     for the 16-bit types, rounding once to the storage type.
+ *   - scaling returns x*s rounded once, to nearest even, to the storage
+ *     type: the exact product's correct rounding, for every x and s (the
+ *     fast products below, checked lane by lane; the few lanes the check
+ *     cannot prove go through fc_scale_exact_*).
  *
  * Nothing here allocates, locks or touches Python: every function is safe to
  * call from many OpenMP threads at once on disjoint chunks.
@@ -117,6 +119,69 @@ static inline uint16_t fc_f16_store(float f) {           /* round to nearest eve
 #define FC_ST_F32(v)  ((float)(v))
 #define FC_ST_BF16(v) fc_bf16_store(v)
 #define FC_ST_F16(v)  fc_f16_store(v)
+
+/* ------------------------------------------------ correctly rounded scaling
+ *
+ * x*s rounded once to x's type.  The exact product of a p-bit x and a 53-bit
+ * s needs up to p + 53 bits, so a product rounded to float64 (or float32)
+ * and then to the type can land on a midpoint of the type that the exact
+ * product is not on, and round the wrong way (a double rounding).  The
+ * exact path rounds to odd instead at each intermediate step (truncate, and
+ * set the last bit when inexact): a value rounded to odd with at least two
+ * bits more than the target rounds to the target correctly (Boldo &
+ * Melquiond, "Emulation of FMA and correctly rounded sums: proved algorithms
+ * using rounding to odd", IEEE TC 2008).  The error of the float64 product
+ * comes from an FMA. */
+static inline uint64_t fc_f64_bits(double d) { uint64_t u; memcpy(&u, &d, sizeof u); return u; }
+static inline double fc_f64_from_bits(uint64_t u) { double d; memcpy(&d, &u, sizeof d); return d; }
+/* x*s rounded to odd at float64 precision (NaN and inf as the product) */
+static inline double fc_mul_rto(double x, double s) {
+    const double p = x * s, e = __builtin_fma(x, s, -p);
+    int64_t b = (int64_t)fc_f64_bits(p);
+    const int64_t inexact = -(int64_t)(e != 0.0 && e == e);
+    const int64_t even = (b & 1) - 1;                         /* -1 if the last bit is 0 */
+    const int64_t away = ((b ^ (int64_t)fc_f64_bits(e)) >> 63) | 1;  /* +1: e has p's sign */
+    b += away & inexact & even;                               /* to the odd neighbour, toward x*s */
+    return fc_f64_from_bits((uint64_t)b);
+}
+/* a float64 rounded to odd at float32 precision (beyond FLT_MAX: FLT_MAX) */
+static inline float fc_f32_rto(double d) {
+    const float f = (float)d;
+    uint32_t b = fc_f32_bits(f);
+    if ((double)f != d && d == d && !(b & 1u))
+        b += fabs((double)f) < fabs(d) ? 1u : (uint32_t)-1;  /* toward d, in magnitude */
+    return fc_f32_from_bits(b);
+}
+static inline float fc_scale_exact_f32(float x, double s) { return (float)fc_mul_rto(x, s); }
+static inline uint16_t fc_scale_exact_bf16(uint16_t h, double s) {
+    return fc_bf16_store(fc_f32_rto(fc_mul_rto(fc_bf16_load(h), s)));
+}
+static inline uint16_t fc_scale_exact_f16(uint16_t h, double s) {
+    return fc_f16_store(fc_f32_rto(fc_mul_rto(fc_f16_load(h), s)));
+}
+/* The fast products and what proves them: a lane is proven where its fast
+ * product lies farther from every midpoint of the target type than the
+ * exact product can lie from it; the midpoints are bit patterns, so this is
+ * an integer test on the fast product's bits.
+ *   float32 data: q = x*s in float64, within half a float64 ulp of the
+ *   exact product; a float32 midpoint is a float64 whose 29 low mantissa
+ *   bits are 1 << 28.  Proven: q's low 29 bits more than 2 from that, q a
+ *   normal float32 in magnitude (below, fewer bits are kept: not proven).
+ *   16-bit data: q = x*(float)s in float32; with s a normal float32 the
+ *   exact product lies within 2 float32 ulps of q (s's rounding and q's,
+ *   2^-24 each).  A bfloat16 midpoint is a float32 whose 16 low bits are
+ *   0x8000, in every binade and below; a float16 midpoint, for normal
+ *   float16 results, one whose 13 low bits are 0x1000, and for subnormal
+ *   ones (q below 2^-14) one whose k = 126 - exponent low bits are 1 << (k-1).
+ *   Proven: q's low bits more than 3 from the midpoint pattern.
+ * NaN and inf are never proven (the exact path handles them). */
+static inline int fc_scale_f32_fast_ok(double s) {  /* s for which the float32 recipe is checked */
+    const double a = fabs(s);
+    return a >= 0x1p-126 && a <= 0x1.fffffep127;
+}
+static inline int fc_scale_trivial(double s) {     /* 0, inf, NaN: every product exact */
+    return s == 0.0 || s != s || fabs(s) == INFINITY;
+}
 
 /* ------------------------------------------------------------- the loops */
 
@@ -297,18 +362,6 @@ static int fc_classify_##SFX(const void *p, int64_t n, double *finite_max)      
     *finite_max = m;                                                                 \
     return flags;                                                                    \
 }                                                                                    \
-/* x *= s, computed in CT, rounded once to T. */                                     \
-FC_CLONES static void fc_scale_##SFX(void *p, int64_t n, double s)                   \
-{                                                                                    \
-    T *restrict x = (T *)p;                                                          \
-    const CT c = (CT)s;                                                              \
-    const int64_t nb = n - n % FC_LANES;                                             \
-    FC_FOR_BLOCKS(x, n, nb, b, 1, {                                                  \
-        FC_PRAGMA(omp simd)                                                          \
-        for (int64_t i = b; i < b + FC_LANES; i++) x[i] = ST((CT)LD(x[i]) * c);      \
-    });                                                                              \
-    for (int64_t i = nb; i < n; i++) x[i] = ST((CT)LD(x[i]) * c);                    \
-}                                                                                    \
 /* x = clamp(x, -c, c); NaN stays NaN, +-inf becomes +-c. */                         \
 FC_CLONES static void fc_clamp_##SFX(void *p, int64_t n, double c)                   \
 {                                                                                    \
@@ -327,6 +380,82 @@ FC_DEFINE_LOOPS(f64, double, double, FC_LD_F64, FC_ST_F64, 1)
 FC_DEFINE_LOOPS(f32, float, double, FC_LD_F32, FC_ST_F32, 0)
 FC_DEFINE_LOOPS(bf16, uint16_t, float, FC_LD_BF16, FC_ST_BF16, 0)
 FC_DEFINE_LOOPS(f16, uint16_t, float, FC_LD_F16, FC_ST_F16, 0)
+
+/* x *= s, correctly rounded (see "correctly rounded scaling" above).  Each
+ * block of FC_LANES elements is checked first (UNPROVEN(v): the lane's fast
+ * product is not proven correctly rounded), then stored from FAST(v), or,
+ * in the rare block with an unproven lane, that lane from EXACT(v).  Two
+ * vectorised passes over an L1-resident block cost less than one pass that
+ * keeps the products and the flags. */
+#define FC_SCALE_LOOP(x, n, UNPROVEN, FAST, EXACT)                                     \
+    do {                                                                               \
+        const int64_t nb_ = (n) - (n) % FC_LANES;                                      \
+        FC_FOR_BLOCKS(x, n, nb_, b_, 1, {                                              \
+            int any_ = 0;                                                              \
+            FC_PRAGMA(omp simd reduction(|:any_))                                      \
+            for (int j = 0; j < FC_LANES; j++) any_ |= UNPROVEN(x[b_ + j]);            \
+            if (!any_) {                                                               \
+                FC_PRAGMA(omp simd)                                                    \
+                for (int j = 0; j < FC_LANES; j++) x[b_ + j] = FAST(x[b_ + j]);        \
+            } else {                                                                   \
+                for (int j = 0; j < FC_LANES; j++)                                     \
+                    x[b_ + j] = UNPROVEN(x[b_ + j]) ? EXACT(x[b_ + j]) : FAST(x[b_ + j]); \
+            }                                                                          \
+        });                                                                            \
+        for (int64_t i_ = nb_; i_ < (n); i_++) x[i_] = EXACT(x[i_]);                   \
+    } while (0)
+
+/* float64: the product, rounded once */
+FC_CLONES static void fc_scale_f64(void *p, int64_t n, double s) {
+    double *restrict x = (double *)p;
+    const int64_t nb = n - n % FC_LANES;
+    FC_FOR_BLOCKS(x, n, nb, b, 1, {
+        FC_PRAGMA(omp simd)
+        for (int64_t i = b; i < b + FC_LANES; i++) x[i] *= s;
+    });
+    for (int64_t i = nb; i < n; i++) x[i] *= s;
+}
+/* float32: the float64 product, checked by its bits */
+static inline int fc_unproven_f32(float v, double s) {
+    const uint64_t m = fc_f64_bits((double)v * s) & 0x7fffffffffffffffull;
+    return ((m & 0x1fffffffull) - 0x0fffffffull <= 2ull)           /* near a float32 midpoint */
+         | (m - 0x3810000000000000ull >= 0x0fefffffffffffffull);    /* not a normal float32 */
+}
+#define FC_UNPROVEN_F32(v) fc_unproven_f32((v), s)
+#define FC_FAST_F32(v) ((float)((double)(v) * s))
+#define FC_EXACT_F32(v) fc_scale_exact_f32((v), s)
+FC_CLONES static void fc_scale_f32(void *p, int64_t n, double s) {
+    float *restrict x = (float *)p;
+    if (fc_scale_trivial(s)) {
+        FC_PRAGMA(omp simd)
+        for (int64_t i = 0; i < n; i++) x[i] = (float)((double)x[i] * s);
+        return;
+    }
+    FC_SCALE_LOOP(x, n, FC_UNPROVEN_F32, FC_FAST_F32, FC_EXACT_F32);
+}
+/* bfloat16: x*(float)s in float32, checked by its bits */
+static inline int fc_unproven_bf16(uint16_t v, float c) {
+    const uint32_t w = fc_f32_bits(fc_bf16_load(v) * c);
+    return ((w & 0xffffu) - 0x7ffdu <= 6u)                          /* near a bfloat16 midpoint */
+         | ((w & 0x7fffffffu) >= 0x7f800000u);                      /* inf, NaN */
+}
+#define FC_UNPROVEN_BF16(v) fc_unproven_bf16((v), c)
+#define FC_FAST_BF16(v) fc_bf16_store(fc_bf16_load(v) * c)
+#define FC_EXACT_BF16(v) fc_scale_exact_bf16((v), s)
+FC_CLONES static void fc_scale_bf16(void *p, int64_t n, double s) {
+    uint16_t *restrict x = (uint16_t *)p;
+    const float c = (float)s;
+    if (fc_scale_trivial(s)) {
+        FC_PRAGMA(omp simd)
+        for (int64_t i = 0; i < n; i++) x[i] = fc_bf16_store(fc_bf16_load(x[i]) * c);
+        return;
+    }
+    if (!fc_scale_f32_fast_ok(s)) {  /* s beyond float32's normal range: all exact */
+        for (int64_t i = 0; i < n; i++) x[i] = fc_scale_exact_bf16(x[i], s);
+        return;
+    }
+    FC_SCALE_LOOP(x, n, FC_UNPROVEN_BF16, FC_FAST_BF16, FC_EXACT_BF16);
+}
 
 /* --------------------------------------------- float16 through a float block */
 /* GCC 12 cannot vectorise _Float16 conversions, and the bit-manipulation ones
@@ -395,14 +524,14 @@ FC_CLONES static void fc_scalef(float *x, int64_t n, float c) {
 }
 
 /* Run BODY on each block of x converted to float in `buf` (length `len`). */
-#define FC_F16_BLOCKS(p, n, BODY)                                                   \
+#define FC_F16_BLOCKS(p, n, ...)                                                    \
     do {                                                                            \
         float buf[FC_HBLK];                                                         \
         for (int64_t b_ = 0; b_ < (n); b_ += FC_HBLK) {                             \
             const int64_t len = (n) - b_ < FC_HBLK ? (n) - b_ : FC_HBLK;            \
             uint16_t *blk = (uint16_t *)(p) + b_;                                   \
             fc_h2f(blk, buf, len);                                                  \
-            BODY                                                                    \
+            __VA_ARGS__                                                             \
         }                                                                           \
     } while (0)
 
@@ -504,10 +633,8 @@ static double fc_ssqw_f16_lanes(const void *p, int64_t n) {
 
 typedef void (*fc_ssq_fn)(const void *, int64_t, double *, double *);
 typedef double (*fc_ssqw_fn)(const void *, int64_t);
-typedef void (*fc_scale_fn)(void *, int64_t, double);
 static fc_ssq_fn fc_ssq_f32_impl = fc_ssq_f32;
 static fc_ssqw_fn fc_ssqw_bf16_impl = fc_ssqw_bf16_lanes, fc_ssqw_f16_impl = fc_ssqw_f16_lanes;
-static fc_scale_fn fc_scale_bf16_impl = fc_scale_bf16, fc_scale_f16_impl = NULL;
 static const char *fc_ssq_path = "lane loops (target clones)";
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(FUSEDCLIP_NO_CLONES)
@@ -583,55 +710,14 @@ FC_V4 static double fc_ssqw_##SFX##_v4(const void *p, int64_t n) {              
 #define FC_TAILW_F16(h) fc_w_of_f32bits(fc_f32_bits(_cvtsh_ss(h)))
 FC_SSQW_V4(bf16, FC_WB_MASK, FC_LOAD4_BF16, FC_TAILW_BF16)
 FC_SSQW_V4(f16, FC_W_MASK, FC_LOAD4_F16, FC_TAILW_F16)
-/* bfloat16 scale: the float32 product rounded to nearest even, NaN kept
- * quiet, exactly fc_bf16_store's rule.  32 values per iteration: the even
- * positions are (v << 16), the odd ones (v & 0xffff0000). */
-FC_V4 static inline __m512i fc_bf16_round_v4(__m512 p) {
-    const __m512i u = _mm512_castps_si512(p);
-    const __mmask16 odd = _mm512_test_epi32_mask(u, _mm512_set1_epi32(0x10000));
-    __m512i r = _mm512_add_epi32(u, _mm512_set1_epi32(0x7fff));
-    r = _mm512_mask_add_epi32(r, odd, r, _mm512_set1_epi32(1));
-    const __mmask16 nan = _mm512_cmp_ps_mask(p, p, _CMP_UNORD_Q);
-    return nan ? _mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x400000)) : r;
-}
-FC_V4 static void fc_scale_bf16_v4(void *p, int64_t n, double s) {
-    uint16_t *restrict x = (uint16_t *)p;
-    const __m512 c = _mm512_set1_ps((float)s);
-    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
-    const int64_t nb = n - n % FC_LANES;
-    FC_FOR_BLOCKS(x, n, nb, b, 1, {
-                const __m512i v = _mm512_loadu_si512((const void *)(x + b));
-        const __m512i re = fc_bf16_round_v4(_mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), c));
-        const __m512i ro = fc_bf16_round_v4(_mm512_mul_ps(_mm512_castsi512_ps(_mm512_and_si512(v, hi)), c));
-        /* (ro & 0xffff0000) | (re >> 16) */
-        _mm512_storeu_si512((void *)(x + b), _mm512_ternarylogic_epi32(_mm512_srli_epi32(re, 16), ro, hi, 0xf8));
-    });
-    const float cf = (float)s;
-    for (int64_t i = nb; i < n; i++) x[i] = fc_bf16_store(fc_bf16_load(x[i]) * cf);
-}
-/* float16 scale in one pass: convert, multiply in float32, convert back
- * (round to nearest even), the same bits as the blocks below. */
-FC_V4 static void fc_scale_f16_v4(void *p, int64_t n, double s) {
-    uint16_t *restrict x = (uint16_t *)p;
-    const __m512 c = _mm512_set1_ps((float)s);
-    const int64_t nb = n - n % FC_LANES;
-    FC_FOR_BLOCKS(x, n, nb, i, 1, {
-        const __m512 f0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(x + i)));
-        const __m512 f1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(x + i + 16)));
-        _mm256_storeu_si256((__m256i *)(x + i), _mm512_cvtps_ph(_mm512_mul_ps(f0, c), _MM_FROUND_TO_NEAREST_INT));
-        _mm256_storeu_si256((__m256i *)(x + i + 16), _mm512_cvtps_ph(_mm512_mul_ps(f1, c), _MM_FROUND_TO_NEAREST_INT));
-    });
-    const float cf = (float)s;
-    for (int64_t i = nb; i < n; i++) x[i] = _cvtss_sh(_cvtsh_ss(x[i]) * cf, _MM_FROUND_TO_NEAREST_INT);
-}
+/* (The 16-bit scale loops are the generic ones: correct rounding needs their
+ * per-lane check, and the x86-64-v4 clones vectorise it.) */
 __attribute__((constructor)) static void fc_pick_ssq(void) {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("x86-64-v4")) {  /* the clone the ifunc resolver picks too */
         fc_ssq_f32_impl = fc_ssq_f32_v4;
         fc_ssqw_bf16_impl = fc_ssqw_bf16_v4;
         fc_ssqw_f16_impl = fc_ssqw_f16_v4;
-        fc_scale_bf16_impl = fc_scale_bf16_v4;
-        fc_scale_f16_impl = fc_scale_f16_v4;
         fc_ssq_path = "AVX-512 intrinsics";
     }
 }
@@ -646,7 +732,6 @@ static void fc_ssq_bf16_pick(const void *p, int64_t n, double *ss, double *mx) {
 static void fc_ssq_f16_pick(const void *p, int64_t n, double *ss, double *mx) {
     *ss = fc_w_finish(fc_ssqw_f16_impl(p, n), n); *mx = 0.0;
 }
-static void fc_scale_bf16_pick(void *p, int64_t n, double s) { fc_scale_bf16_impl(p, n, s); }
 
 static double fc_asum_f16b(const void *p, int64_t n) {
     double s = 0.0;
@@ -658,9 +743,44 @@ static void fc_amax_f16b(const void *p, int64_t n, double *mx, double *z) {
     FC_F16_BLOCKS(p, n, { fc_amax_f32(buf, len, &bm, &bz); m = bm > m ? bm : m; zz += bz; });
     *mx = m; *z = zz;
 }
+/* float16 scale: x*(float)s on a block of floats; flags[i] where q[i] is
+ * not proven (see "the fast products" above) */
+FC_CLONES static int fc_scalef_checked(float *restrict q, int *restrict flags, int64_t n, float c) {
+    int any = 0;
+    FC_PRAGMA(omp simd reduction(|:any))
+    for (int64_t i = 0; i < n; i++) {
+        q[i] *= c;
+        const uint32_t w = fc_f32_bits(q[i]) & 0x7fffffffu;
+        const uint32_t e = w >> 23;                                   /* biased exponent */
+        const uint32_t k = e >= 113u ? 13u : 126u - e;                /* bits dropped */
+        const uint32_t mask = (1u << (k & 31u)) - 1u, half = 1u << ((k - 1u) & 31u);
+        const int bad = ((w & mask) - (half - 3u) <= 6u) | (e < 103u && w != 0u) | (w >= 0x7f800000u);
+        flags[i] = bad;
+        any |= bad;
+    }
+    return any;
+}
 static void fc_scale_f16b(void *p, int64_t n, double s) {
-    if (fc_scale_f16_impl) { fc_scale_f16_impl(p, n, s); return; }
-    FC_F16_BLOCKS(p, n, { fc_scalef(buf, len, (float)s); fc_f2h(buf, blk, len); });
+    uint16_t *x = (uint16_t *)p;
+    if (fc_scale_trivial(s)) {
+        FC_F16_BLOCKS(p, n, { fc_scalef(buf, len, (float)s); fc_f2h(buf, blk, len); });
+        return;
+    }
+    if (!fc_scale_f32_fast_ok(s)) {  /* s beyond float32's normal range: all exact */
+        for (int64_t i = 0; i < n; i++) x[i] = fc_scale_exact_f16(x[i], s);
+        return;
+    }
+    const float c = (float)s;
+    FC_F16_BLOCKS(p, n, {
+        int flags[FC_HBLK];
+        if (!fc_scalef_checked(buf, flags, len, c)) {
+            fc_f2h(buf, blk, len);
+        } else {
+            uint16_t y[FC_HBLK];
+            fc_f2h(buf, y, len);
+            for (int64_t i = 0; i < len; i++) blk[i] = flags[i] ? fc_scale_exact_f16(blk[i], s) : y[i];
+        }
+    });
 }
 static void fc_clamp_f16b(void *p, int64_t n, double c) {
     FC_F16_BLOCKS(p, n, { fc_clamp_f32(buf, len, c); fc_f2h(buf, blk, len); });
@@ -688,7 +808,7 @@ static const fc_ops FC_OPS[FC_NDTYPES] = {
     { fc_ssq_f32_pick, fc_asum_f32, fc_amax_f32, fc_psum_f32, fc_classify_f32,
       fc_scale_f32, fc_clamp_f32, 4, 0 },
     { fc_ssq_bf16_pick, fc_asum_bf16, fc_amax_bf16, fc_psum_bf16, fc_classify_bf16,
-      fc_scale_bf16_pick, fc_clamp_bf16, 2, 0 },
+      fc_scale_bf16, fc_clamp_bf16, 2, 0 },
     { fc_ssq_f16_pick, fc_asum_f16b, fc_amax_f16b, fc_psum_f16, fc_classify_f16,
       fc_scale_f16b, fc_clamp_f16b, 2, 0 },   /* float16: blocks of float, see above */
 };

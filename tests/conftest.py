@@ -49,13 +49,12 @@ def assert_untouched(arrays, snap):
 
 
 def scaled(x, s):
-    """What the scale kernel must produce: one rounding from the compute type."""
-    dt = x.dtype
-    if dt == np.float64:
+    """What the scale kernel must produce: x*s computed exactly and rounded
+    once, to nearest even, to x's dtype (``correctly_rounded_product``)."""
+    x = np.asarray(x)
+    if x.dtype == np.float64:
         return x * s
-    if dt == np.float32:
-        return (x.astype(np.float64) * s).astype(np.float32)
-    return (x.astype(np.float32) * np.float32(s)).astype(dt)
+    return correctly_rounded_product(x, s)
 
 
 def round_to(y, dtype):

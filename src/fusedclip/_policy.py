@@ -189,10 +189,30 @@ def random_step(shapes: list[tuple[int, ...]], dtypes: list, callers: list[int],
     return steps
 
 
+_BF16 = np.dtype(ml_dtypes.bfloat16)
+
+
+def round_once(z: np.ndarray, dt) -> np.ndarray:
+    """float64 values rounded once, to nearest even, to ``dt``.  numpy's
+    float64 -> float32/float16 conversions do that; older ml_dtypes convert
+    float64 -> bfloat16 through float32 (two roundings), so bfloat16 goes
+    through float32 rounded to odd (truncated, the last bit set where
+    inexact): one rounding from there is the correct one (24 >= 8 + 2 bits,
+    the scale kernels' argument, kernels/simd.h)."""
+    if np.dtype(dt) != _BF16:
+        return z.astype(dt)
+    r = z.astype(np.float32)
+    bits = r.view(np.uint32)
+    back = r.astype(np.float64)
+    fix = (back != z) & ~np.isnan(z) & (bits & 1 == 0)
+    bits[fix] += np.where(np.abs(back[fix]) < np.abs(z[fix]), 1, -1).astype(np.uint32)
+    return r.astype(_BF16)
+
+
 def round_steps(draws: list[np.ndarray], dtypes: list) -> list[np.ndarray]:
     """Each float64 draw converted (rounded once) to its buffer's dtype."""
     with np.errstate(all="ignore"):
-        return [z.astype(dt) for z, dt in zip(draws, dtypes)]
+        return [round_once(z, dt) for z, dt in zip(draws, dtypes)]
 
 
 def table_of(arrays: list[np.ndarray]) -> "cpu.Table":

@@ -73,6 +73,33 @@ def test_clip_in_place_matches_the_cpu_rule(dtype, p):
         np.testing.assert_array_equal(host(d).astype(np.float64), scaled(h, stats.scale).astype(np.float64))
 
 
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16, np.float32], ids=["f16", "bf16", "f32"])
+@pytest.mark.parametrize("f", [0.7, 1e-3, 0.31830988618379067])
+def test_the_scale_kernel_is_correctly_rounded(dtype, f):
+    """x*s exactly, rounded once to the dtype: the exact path (the float64
+    product rounded to odd, then float32 rounded to odd, then the type) on
+    random bit patterns, none non-finite (so the norm is finite)."""
+    from conftest import correctly_rounded_product, ulp_distance
+
+    rng = np.random.default_rng(int(f * 1e6))
+    bits = rng.integers(0, 2**16 if np.dtype(dtype).itemsize == 2 else 2**32, 1500, dtype=np.uint64)
+    h = (bits.astype(np.uint16) if np.dtype(dtype).itemsize == 2 else bits.astype(np.uint32)).view(dtype)
+    h = h[np.isfinite(h.astype(np.float64))] if np.dtype(dtype).itemsize == 2 else \
+        h[np.isfinite(h) & (np.abs(h.astype(np.float64)) < 1e30)]
+    d = cuda.to_device(h.copy())
+    stats = fc.Clipper([d], fc.global_norm([h]) * f, nonfinite="skip")().result()
+    assert stats.clipped
+    assert ulp_distance(host(d), correctly_rounded_product(h, stats.scale)).max() == 0
+
+
+def test_finite_bfloat16_gradients_are_not_zeroed_by_a_tiny_scale():
+    h = np.full(100, 3.0e38, ml_dtypes.bfloat16)
+    d = cuda.to_device(h.copy())
+    stats = fc.Clipper([d], 1e-6, nonfinite="skip")().result()
+    assert stats.scale < 1e-44 and host(d).astype(np.float64).min() > 0
+    np.testing.assert_array_equal(host(d), scaled(h, stats.scale))
+
+
 def test_function_api_returns_float_and_clips():
     hs, ds = dev_bufs(np.float32)
     n = fc.clip_grad_norm_(ds, 2.0)
