@@ -175,9 +175,9 @@ static inline uint16_t fc_scale_exact_f16(uint16_t h, double s) {
  *   ones (q below 2^-14) one whose k = 126 - exponent low bits are 1 << (k-1).
  *   Proven: q's low bits more than 3 from the midpoint pattern.
  * NaN and inf are never proven (the exact path handles them). */
-static inline int fc_scale_f32_fast_ok(double s) {  /* s for which the float32 recipe is checked */
+static inline int fc_scale_f32_fast_ok(double s) {  /* s for which the 16-bit fast products are checked */
     const double a = fabs(s);
-    return a >= 0x1p-126 && a <= 0x1.fffffep127;
+    return a >= 0x1p-126 && a <= 1.0;  /* a normal float32, and no overflow */
 }
 static inline int fc_scale_trivial(double s) {     /* 0, inf, NaN: every product exact */
     return s == 0.0 || s != s || fabs(s) == INFINITY;
@@ -381,26 +381,30 @@ FC_DEFINE_LOOPS(f32, float, double, FC_LD_F32, FC_ST_F32, 0)
 FC_DEFINE_LOOPS(bf16, uint16_t, float, FC_LD_BF16, FC_ST_BF16, 0)
 FC_DEFINE_LOOPS(f16, uint16_t, float, FC_LD_F16, FC_ST_F16, 0)
 
-/* x *= s, correctly rounded (see "correctly rounded scaling" above).  Each
- * block of FC_LANES elements is checked first (UNPROVEN(v): the lane's fast
- * product is not proven correctly rounded), then stored from FAST(v), or,
- * in the rare block with an unproven lane, that lane from EXACT(v).  Two
- * vectorised passes over an L1-resident block cost less than one pass that
- * keeps the products and the flags. */
-#define FC_SCALE_LOOP(x, n, UNPROVEN, FAST, EXACT)                                     \
+/* x *= s, correctly rounded (see "correctly rounded scaling" above), one
+ * pass: each lane's fast product q = PROD(v) is stored as OUT(q), and
+ * UNPROVEN(q) says whether it may differ from the correct rounding; a block
+ * of FC_LANES elements keeps its inputs (one or two cache lines), and the
+ * rare block with an unproven lane rewrites those lanes from EXACT(v). */
+#define FC_SCALE_LOOP(T, x, n, PROD, OUT, UNPROVEN, EXACT)                             \
     do {                                                                               \
         const int64_t nb_ = (n) - (n) % FC_LANES;                                      \
         FC_FOR_BLOCKS(x, n, nb_, b_, 1, {                                              \
-            int any_ = 0;                                                              \
+            T o_[FC_LANES];                                                            \
+            __typeof__(UNPROVEN(PROD(x[0]), x[0])) any_ = 0;                           \
             FC_PRAGMA(omp simd reduction(|:any_))                                      \
-            for (int j = 0; j < FC_LANES; j++) any_ |= UNPROVEN(x[b_ + j]);            \
-            if (!any_) {                                                               \
-                FC_PRAGMA(omp simd)                                                    \
-                for (int j = 0; j < FC_LANES; j++) x[b_ + j] = FAST(x[b_ + j]);        \
-            } else {                                                                   \
-                for (int j = 0; j < FC_LANES; j++)                                     \
-                    x[b_ + j] = UNPROVEN(x[b_ + j]) ? EXACT(x[b_ + j]) : FAST(x[b_ + j]); \
+            for (int j = 0; j < FC_LANES; j++) {                                       \
+                const T v_ = x[b_ + j];                                                \
+                const __typeof__(PROD(v_)) q_ = PROD(v_);                              \
+                o_[j] = v_;                                                            \
+                any_ |= UNPROVEN(q_, v_);                                              \
+                x[b_ + j] = OUT(q_);                                                   \
             }                                                                          \
+            if (any_)                                                                  \
+                for (int j = 0; j < FC_LANES; j++) {                                   \
+                    const __typeof__(PROD(o_[j])) q_ = PROD(o_[j]);                    \
+                    if (UNPROVEN(q_, o_[j])) x[b_ + j] = EXACT(o_[j]);                 \
+                }                                                                      \
         });                                                                            \
         for (int64_t i_ = nb_; i_ < (n); i_++) x[i_] = EXACT(x[i_]);                   \
     } while (0)
@@ -415,14 +419,17 @@ FC_CLONES static void fc_scale_f64(void *p, int64_t n, double s) {
     });
     for (int64_t i = nb; i < n; i++) x[i] *= s;
 }
-/* float32: the float64 product, checked by its bits */
-static inline int fc_unproven_f32(float v, double s) {
-    const uint64_t m = fc_f64_bits((double)v * s) & 0x7fffffffffffffffull;
-    return ((m & 0x1fffffffull) - 0x0fffffffull <= 2ull)           /* near a float32 midpoint */
-         | (m - 0x3810000000000000ull >= 0x0fefffffffffffffull);    /* not a normal float32 */
-}
-#define FC_UNPROVEN_F32(v) fc_unproven_f32((v), s)
-#define FC_FAST_F32(v) ((float)((double)(v) * s))
+/* float32: the float64 product q, within half a float64 ulp of the exact
+ * one, so on the same side of every float32 midpoint unless q is one: q is
+ * unproven where it is exactly a midpoint of normal float32s (its 29 low
+ * bits are 1 << 28), and where the result y = (float)q is below 2^-125 (the
+ * subnormal range's midpoints are other bits; 0 from x = 0 is exact).  With
+ * |s| <= 1 nothing overflows (larger scales take the exact path). */
+#define FC_PROD_F32(v) ((double)(v) * s)
+#define FC_OUT_F32(q) ((float)(q))
+#define FC_UNPROVEN_F32(q, v)                                                          \
+    ((int32_t)((fc_f64_bits(q) & 0x1fffffffull) == 0x10000000ull)                      \
+     | (int32_t)(((fc_f32_bits((float)(q)) & 0x7f800000u) <= 0x00800000u) & ((v) != 0.0f)))
 #define FC_EXACT_F32(v) fc_scale_exact_f32((v), s)
 FC_CLONES static void fc_scale_f32(void *p, int64_t n, double s) {
     float *restrict x = (float *)p;
@@ -431,16 +438,21 @@ FC_CLONES static void fc_scale_f32(void *p, int64_t n, double s) {
         for (int64_t i = 0; i < n; i++) x[i] = (float)((double)x[i] * s);
         return;
     }
-    FC_SCALE_LOOP(x, n, FC_UNPROVEN_F32, FC_FAST_F32, FC_EXACT_F32);
+    if (!(fabs(s) <= 1.0)) {  /* a scale up may overflow: all exact */
+        for (int64_t i = 0; i < n; i++) x[i] = fc_scale_exact_f32(x[i], s);
+        return;
+    }
+    FC_SCALE_LOOP(float, x, n, FC_PROD_F32, FC_OUT_F32, FC_UNPROVEN_F32, FC_EXACT_F32);
 }
-/* bfloat16: x*(float)s in float32, checked by its bits */
-static inline int fc_unproven_bf16(uint16_t v, float c) {
-    const uint32_t w = fc_f32_bits(fc_bf16_load(v) * c);
-    return ((w & 0xffffu) - 0x7ffdu <= 6u)                          /* near a bfloat16 midpoint */
-         | ((w & 0x7fffffffu) >= 0x7f800000u);                      /* inf, NaN */
+/* bfloat16: q = x*(float)s in float32, unproven within 3 ulps of a
+ * bfloat16 midpoint (16 low bits 0x8000); an inf or NaN q is the exact
+ * product's value (s is a finite normal float32 here) */
+static inline int32_t fc_unproven_bf16(float q) {
+    return (int32_t)((fc_f32_bits(q) & 0xffffu) - 0x7ffdu <= 6u);
 }
-#define FC_UNPROVEN_BF16(v) fc_unproven_bf16((v), c)
-#define FC_FAST_BF16(v) fc_bf16_store(fc_bf16_load(v) * c)
+#define FC_UNPROVEN_BF16(q, v) fc_unproven_bf16(q)
+#define FC_PROD_BF16(v) (fc_bf16_load(v) * c)
+#define FC_OUT_BF16(q) fc_bf16_store(q)
 #define FC_EXACT_BF16(v) fc_scale_exact_bf16((v), s)
 FC_CLONES static void fc_scale_bf16(void *p, int64_t n, double s) {
     uint16_t *restrict x = (uint16_t *)p;
@@ -450,11 +462,11 @@ FC_CLONES static void fc_scale_bf16(void *p, int64_t n, double s) {
         for (int64_t i = 0; i < n; i++) x[i] = fc_bf16_store(fc_bf16_load(x[i]) * c);
         return;
     }
-    if (!fc_scale_f32_fast_ok(s)) {  /* s beyond float32's normal range: all exact */
+    if (!fc_scale_f32_fast_ok(s)) {  /* s below float32's normal range, or above 1: all exact */
         for (int64_t i = 0; i < n; i++) x[i] = fc_scale_exact_bf16(x[i], s);
         return;
     }
-    FC_SCALE_LOOP(x, n, FC_UNPROVEN_BF16, FC_FAST_BF16, FC_EXACT_BF16);
+    FC_SCALE_LOOP(uint16_t, x, n, FC_PROD_BF16, FC_OUT_BF16, FC_UNPROVEN_BF16, FC_EXACT_BF16);
 }
 
 /* --------------------------------------------- float16 through a float block */
@@ -743,20 +755,24 @@ static void fc_amax_f16b(const void *p, int64_t n, double *mx, double *z) {
     FC_F16_BLOCKS(p, n, { fc_amax_f32(buf, len, &bm, &bz); m = bm > m ? bm : m; zz += bz; });
     *mx = m; *z = zz;
 }
-/* float16 scale: x*(float)s on a block of floats; flags[i] where q[i] is
- * not proven (see "the fast products" above) */
-FC_CLONES static int fc_scalef_checked(float *restrict q, int *restrict flags, int64_t n, float c) {
-    int any = 0;
+/* float16: q = x*(float)s in float32, unproven within 3 ulps of a float16
+ * midpoint: for a normal float16 result its 13 low bits are 0x1000, for a
+ * subnormal one (q below 2^-14) its k = 126 - exponent low bits are
+ * 1 << (k - 1); below 2^-24 (a result of 0 or 2^-24) every nonzero q */
+static inline int32_t fc_unproven_f16(float q) {
+    const uint32_t w = fc_f32_bits(q) & 0x7fffffffu;
+    const int32_t e = (int32_t)(w >> 23);                             /* biased exponent */
+    const int32_t k = 126 - e < 13 ? 13 : (126 - e > 23 ? 23 : 126 - e);  /* bits dropped */
+    const uint32_t mask = (1u << k) - 1u, half = (mask >> 1) + 1u;
+    return (int32_t)((w & mask) - (half - 3u) <= 6u) | ((int32_t)(e < 103) & (int32_t)(w != 0u));
+}
+/* q *= c over a block of floats; whether a lane is unproven */
+FC_CLONES static int32_t fc_scalef_checked(float *restrict q, int64_t n, float c) {
+    int32_t any = 0;
     FC_PRAGMA(omp simd reduction(|:any))
     for (int64_t i = 0; i < n; i++) {
         q[i] *= c;
-        const uint32_t w = fc_f32_bits(q[i]) & 0x7fffffffu;
-        const uint32_t e = w >> 23;                                   /* biased exponent */
-        const uint32_t k = e >= 113u ? 13u : 126u - e;                /* bits dropped */
-        const uint32_t mask = (1u << (k & 31u)) - 1u, half = 1u << ((k - 1u) & 31u);
-        const int bad = ((w & mask) - (half - 3u) <= 6u) | (e < 103u && w != 0u) | (w >= 0x7f800000u);
-        flags[i] = bad;
-        any |= bad;
+        any |= fc_unproven_f16(q[i]);
     }
     return any;
 }
@@ -766,19 +782,18 @@ static void fc_scale_f16b(void *p, int64_t n, double s) {
         FC_F16_BLOCKS(p, n, { fc_scalef(buf, len, (float)s); fc_f2h(buf, blk, len); });
         return;
     }
-    if (!fc_scale_f32_fast_ok(s)) {  /* s beyond float32's normal range: all exact */
+    if (!fc_scale_f32_fast_ok(s)) {  /* s below float32's normal range, or above 1: all exact */
         for (int64_t i = 0; i < n; i++) x[i] = fc_scale_exact_f16(x[i], s);
         return;
     }
     const float c = (float)s;
     FC_F16_BLOCKS(p, n, {
-        int flags[FC_HBLK];
-        if (!fc_scalef_checked(buf, flags, len, c)) {
+        if (!fc_scalef_checked(buf, len, c)) {
             fc_f2h(buf, blk, len);
-        } else {
+        } else {  /* rare: the unproven lanes exactly, from the inputs still in blk */
             uint16_t y[FC_HBLK];
             fc_f2h(buf, y, len);
-            for (int64_t i = 0; i < len; i++) blk[i] = flags[i] ? fc_scale_exact_f16(blk[i], s) : y[i];
+            for (int64_t i = 0; i < len; i++) blk[i] = fc_unproven_f16(buf[i]) ? fc_scale_exact_f16(blk[i], s) : y[i];
         }
     });
 }
