@@ -270,3 +270,26 @@ def test_unitwise_is_five_launches_and_plans_its_units_once(recorder):
         assert [x[0] for x in recorder.launches[n0:]] in (
             ["partials", "finalize", "rownorms", "agc", "scale_rows"], ["graph"])
     assert len(_family._unit_plans) == 1 and recorder.replays == 2
+
+
+# ---------------------------------------------------------------- alignment (Hardening II, 8)
+@pytest.mark.parametrize("typestr,offset", [("<f4", 2), ("<f8", 4), ("<f2", 1), ("<f8", 2)])
+def test_a_pointer_not_aligned_to_its_element_is_refused_before_any_launch(recorder, typestr, offset):
+    """A hand-made __cuda_array_interface__ whose address is not a multiple of
+    its element size would fault in the kernels and leave the CUDA context
+    unusable: refused by the validation, naming the buffer, nothing launched."""
+    base = 1 << 39
+    good = FakeCuda(base, 64, typestr)
+    bad = FakeCuda(base + 4096 + offset, 64, typestr)
+    for call in (lambda: fc.clip_grad_norm_([good, bad], 1.0), lambda: fc.global_norm([good, bad]),
+                 lambda: fc.clip_grad_value_([good, bad], 1.0), lambda: fc.Clipper([good, bad], 1.0),
+                 lambda: fc.buffer_norms([good, bad])):
+        n0, a0 = len(recorder.launches), recorder.allocs
+        with pytest.raises(ValueError, match=r"buffer 1 \(a CUDA array\) starts at address .* not a "
+                                             r"multiple of its element size.*nothing was launched"):
+            call()
+        assert len(recorder.launches) == n0 and recorder.allocs == a0
+
+
+def test_an_empty_buffer_needs_no_alignment(recorder):
+    fc.clip_grad_norm_([FakeCuda(1 << 39, 64), FakeCuda((1 << 39) + 4097, 0)], 1.0)

@@ -168,6 +168,15 @@ def _not_dense(i: int, fn: str) -> ValueError:
     )
 
 
+def _misaligned(i: int, fn: str, addr: int, item: int) -> ValueError:
+    return ValueError(
+        f"{fn}: buffer {i} (a CUDA array) starts at address {addr:#x}, which is not a multiple "
+        f"of its element size ({item} bytes); the GPU kernels would fault on it and leave the "
+        "CUDA context unusable; pass an array that starts on an element boundary (a fresh "
+        "allocation, or a view at a whole-element offset); nothing was launched or modified"
+    )
+
+
 def _describe(obj, i: int, writable: bool, fn: str) -> Buf:
     """Validate one CUDA buffer (every check, nothing launched)."""
     mod = _module(obj)
@@ -220,6 +229,9 @@ def _describe(obj, i: int, writable: bool, fn: str) -> Buf:
             f"{fn}: buffer {i} (a CUDA array) is read-only and {fn} writes in place; pass a "
             "writable array (nothing was modified)"
         )
+    item = _ITEMSIZE[code]
+    if n and addr % item:
+        raise _misaligned(i, fn, addr, item)
     if dev is not None and not isinstance(dev, bool) and int(dev) != _current_device():
         raise ValueError(
             f"{fn}: buffer {i} is on CUDA device {dev} but fusedclip runs on the current device "

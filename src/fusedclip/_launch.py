@@ -201,6 +201,15 @@ class RecordingLauncher(_HostMemory):
         self.streams: list = []  # the stream of each recorded launch
         self.download_streams: list = []  # ... and of each device-to-host copy
         self.copies: list = []  # (dst, src, nbytes, stream) of each device-to-device copy
+        self.allocs = 0  # device allocations: one per plan built
+        self.syncs = 0   # synchronisations (a download is a wait too: download_streams)
+
+    def alloc(self, nbytes: int) -> DeviceArray:
+        self.allocs += 1
+        return super().alloc(nbytes)
+
+    def synchronize(self, stream=None) -> None:
+        self.syncs += 1
 
     def launch(self, name: str, grid: int, args: tuple, stream=None) -> None:
         self.launches.append((name, grid, args))
