@@ -293,3 +293,114 @@ def test_a_pointer_not_aligned_to_its_element_is_refused_before_any_launch(recor
 
 def test_an_empty_buffer_needs_no_alignment(recorder):
     fc.clip_grad_norm_([FakeCuda(1 << 39, 64), FakeCuda((1 << 39) + 4097, 0)], 1.0)
+
+
+# ---------------------------------------------------------------- the function API's plan cache
+@pytest.fixture
+def fresh_cache():
+    from fusedclip import _buffers
+
+    _buffers._plan_cache.clear()
+    yield _buffers._plan_cache
+    _buffers._plan_cache.clear()
+
+
+def waits(rec) -> int:
+    """Host waits: synchronisations and device-to-host copies (each waits)."""
+    return rec.syncs + len(rec.download_streams)
+
+
+@pytest.mark.parametrize("call,most", [
+    (lambda b: fc.clip_grad_norm_(b, 1.0, nonfinite="skip"), 1),
+    (lambda b: fc.clip_grad_norm_(b, 1.0, nonfinite="error"), 1),
+    (lambda b: fc.global_norm(b), 1),
+    (lambda b: fc.clip_grad_value_(b, 1.0), 0)], ids=["clip-skip", "clip-error", "norm", "value"])
+def test_the_function_api_on_cai_arrays_plans_once_and_waits_at_most_once(recorder, fresh_cache, call, most):
+    from fusedclip.kernels import cuda as ck
+
+    bufs = fakes(100, dtypes=("<f4", "<f8"))
+    call(bufs)  # plans
+    # the recorder runs no kernel: make every ring slot say "finite", as a real finalize would
+    (_, _, (_, g)), = fresh_cache.values()
+    st = np.zeros((ck.RING, ck.STATE_LEN))
+    st[:, ck.S_FINITE] = st[:, ck.S_SCALE] = 1.0
+    recorder.upload(g.state, st)
+    for _ in range(3):
+        a0, w0, n0 = recorder.allocs, waits(recorder), len(recorder.launches)
+        call(bufs)
+        assert recorder.allocs == a0, "a repeated call over the same arrays built a plan"
+        assert waits(recorder) - w0 <= most
+        assert len(recorder.launches) > n0
+    assert len(fresh_cache) == 1
+
+
+def _cai(obj, **changes):
+    obj.__cuda_array_interface__ = dict(obj.__cuda_array_interface__, **changes)
+
+
+def _cached_rows(cache):
+    (_, _, (plan, g)), = [v for v in cache.values()][-1:]
+    return [(b.addr, b.n, b.code) for b in g.rows]
+
+
+@pytest.mark.parametrize("change,want", [
+    (dict(data=((1 << 40) + 8192, False)), ((1 << 40) + 8192, 256, 1)),   # moved
+    (dict(shape=(128,)), (None, 128, 1)),                                  # shrunk in place
+    (dict(typestr="<f8"), (None, 256, 0)),                                 # retyped in place
+    (dict(shape=(2, 128), strides=(4, 8)), (None, 256, 1)),                # transposed: same range
+], ids=["address", "shape", "dtype", "strides"])
+def test_a_changed_layout_at_the_same_object_is_planned_again(recorder, fresh_cache, change, want):
+    from fusedclip.kernels import cpu
+
+    bufs = fakes(3)
+    fc.clip_grad_norm_(bufs, 1.0, nonfinite="skip")
+    addr0 = bufs[1].__cuda_array_interface__["data"][0]
+    _cai(bufs[1], **change)
+    a0 = recorder.allocs
+    fc.clip_grad_norm_(bufs, 1.0, nonfinite="skip")
+    assert recorder.allocs == a0 + 1  # a new plan
+    addr, n, code = _cached_rows(fresh_cache)[1]
+    codes = {0: cpu.F64, 1: cpu.F32}
+    assert (addr, n, code) == (want[0] or addr0, want[1], codes[want[2]])
+
+
+def test_a_cached_plan_is_not_served_to_an_array_that_became_invalid(recorder, fresh_cache):
+    bufs = fakes(3)
+    fc.clip_grad_norm_(bufs, 1.0, nonfinite="skip")
+    base = bufs[2].__cuda_array_interface__["data"][0]
+    for change, err in ((dict(strides=(8,)), "not contiguous"),                 # now strided
+                        (dict(data=(base, True)), "read-only"),                  # now read-only
+                        (dict(data=(base + 2, False)), "not a multiple"),        # now misaligned
+                        (dict(typestr="<i4"), "has dtype")):                     # now an int array
+        fresh = FakeCuda(base, 256)
+        _cai(fresh, **change)
+        bufs[2].__cuda_array_interface__ = fresh.__cuda_array_interface__
+        n0 = len(recorder.launches)
+        with pytest.raises((ValueError, TypeError), match=f"buffer 2.*{err}"):
+            fc.clip_grad_norm_(bufs, 1.0, nonfinite="skip")
+        assert len(recorder.launches) == n0
+    bufs[2].__cuda_array_interface__ = FakeCuda(base, 256).__cuda_array_interface__
+    fc.clip_grad_norm_(bufs, 1.0, nonfinite="skip")  # valid again: served the first plan
+
+
+def test_the_cache_holds_no_reference_to_the_arrays(recorder, fresh_cache):
+    import gc
+    import weakref
+
+    bufs = fakes(3)
+    fc.clip_grad_norm_(bufs, 1.0, nonfinite="skip")
+    refs = [weakref.ref(b) for b in bufs]
+    del bufs
+    gc.collect()
+    assert all(r() is None for r in refs)
+
+
+def test_another_list_of_new_objects_at_the_same_addresses_is_checked_again(recorder, fresh_cache):
+    """The key is the objects (through weak references) and their layouts:
+    new objects at recycled ids are never mistaken for the old ones."""
+    fc.clip_grad_norm_(fakes(3), 1.0, nonfinite="skip")
+    fc.clip_grad_norm_(fakes(3), 1.0, nonfinite="skip")  # same ids possibly, new objects
+    bufs = fakes(3)
+    _cai(bufs[0], strides=(8,))
+    with pytest.raises(ValueError, match="buffer 0.*not contiguous"):
+        fc.clip_grad_norm_(bufs, 1.0, nonfinite="skip")
