@@ -404,3 +404,189 @@ def test_another_list_of_new_objects_at_the_same_addresses_is_checked_again(reco
     _cai(bufs[0], strides=(8,))
     with pytest.raises(ValueError, match="buffer 0.*not contiguous"):
         fc.clip_grad_norm_(bufs, 1.0, nonfinite="skip")
+
+
+# ---------------------------------------------------------------- the CUDA context, per thread
+class FakeDriver:
+    """The driver calls CoreLauncher makes, with a current context per thread
+    (as CUDA keeps it): each call that needs one fails without it, as the
+    real driver does (CUDA_ERROR_INVALID_CONTEXT)."""
+
+    INVALID_CONTEXT = 201
+
+    def __init__(self):
+        import threading
+
+        self.tls = threading.local()
+        self.calls = []  # (name, thread id, context current then)
+
+    def current(self):
+        return getattr(self.tls, "ctx", 0)
+
+    def _op(self, name, *ret):
+        import threading
+
+        self.calls.append((name, threading.get_ident(), self.current()))
+        return (0,) + ret if self.current() else (self.INVALID_CONTEXT,)
+
+    def cuCtxGetCurrent(self):
+        self.calls.append(("cuCtxGetCurrent", None, None))
+        return 0, self.current()
+
+    def cuCtxSetCurrent(self, ctx):
+        self.tls.ctx = int(ctx)
+        return (0,)
+
+    def cuMemAlloc(self, n):
+        return self._op("cuMemAlloc", 1 << 44)
+
+    def cuMemFree(self, addr):
+        return self._op("cuMemFree")
+
+    def cuMemcpyHtoDAsync(self, *a):
+        return self._op("cuMemcpyHtoDAsync")
+
+    def cuMemcpyDtoHAsync(self, host, src, n, stream):
+        import ctypes
+
+        ctypes.memset(host, 0, n)
+        return self._op("cuMemcpyDtoHAsync")
+
+    def cuMemcpyDtoDAsync(self, *a):
+        return self._op("cuMemcpyDtoDAsync")
+
+    def cuStreamSynchronize(self, s):
+        return self._op("cuStreamSynchronize")
+
+    def cuGetErrorString(self, err):
+        return 0, b"CUDA_ERROR_INVALID_CONTEXT"
+
+
+class FakeCore:
+    """cuda.core's names as CoreLauncher uses them, over FakeDriver."""
+
+    def __init__(self, drv):
+        self.drv = drv
+        core = self
+
+        class Device:
+            compute_capability = (9, 0)
+
+            def set_current(self):
+                drv.tls.ctx = 7  # the primary context
+
+            def create_stream(self):
+                return Stream(99)
+
+        class Stream:
+            def __init__(self, h):
+                self.handle = h
+
+            @staticmethod
+            def from_handle(h):
+                return Stream(h)
+
+            def create_graph_builder(self):
+                return GraphBuilder()
+
+        class GraphBuilder:
+            def __init__(self):
+                self.launches = []
+
+            def begin_building(self):
+                pass
+
+            def end_building(self):
+                pass
+
+            def complete(self):
+                return Graph(self.launches)
+
+        class Graph:
+            def __init__(self, launches):
+                self.launches = launches
+
+            def launch(self, stream):
+                drv._op("graph.launch")
+
+        def launch(stream, config, kernel, *args):
+            if isinstance(stream, GraphBuilder):
+                stream.launches.append(kernel)
+                return
+            if drv._op("launch:" + kernel)[0]:
+                raise RuntimeError("CUDA_ERROR_INVALID_CONTEXT: no current context on this thread")
+
+        self.names = {"Device": Device, "Stream": Stream, "LaunchConfig": lambda **kw: kw, "launch": launch}
+
+    def __call__(self, name):
+        return self.names[name]
+
+
+@pytest.fixture
+def fake_core():
+    from fusedclip.kernels import cuda as ck
+
+    drv = FakeDriver()
+    L = _launch.CoreLauncher(driver=drv, api=FakeCore(drv))
+    L.needs_cuda = False  # no numba-cuda driver check: the fake is the driver
+    L._kernels = {name: name for name in ck.KERNELS}  # nothing to compile or load
+    old = _launch.use_launcher(L)
+    yield drv, L
+    _launch.use_launcher(old)
+
+
+def test_a_plan_built_on_one_thread_runs_on_another(fake_core):
+    """The launcher made its context current only on the thread that built
+    it: a Clipper built on one thread and called from another (a data loader's
+    or a framework's worker thread) must make it current there before it
+    launches, copies or waits."""
+    import threading
+
+    drv, L = fake_core
+    c = fc.Clipper(fakes(10), 1.0, nonfinite="skip")
+    errors, ran = [], []
+
+    def work():
+        try:
+            for _ in range(3):  # plain launches, the capture, a replay
+                ran.append(c().norm)
+            fc.clip_grad_value_(fakes(4), 1.0)
+            fc.global_norm(fakes(4))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert not errors, errors
+    worker = [(name, ctx) for name, tid, ctx in drv.calls if tid == t.ident]
+    assert any(n.startswith("launch:") for n, _ in worker) and any(n == "graph.launch" for n, _ in worker)
+    assert all(ctx == 7 for _, ctx in worker), [w for w in worker if w[1] != 7]
+
+
+def test_the_context_check_is_small_per_call(fake_core):
+    """A replayed clip asks the driver for the current context once per
+    launcher call, not once per buffer (the driver's own cost, a thread-local
+    read, is measured on a GPU by tests/gpu/real_suite.py)."""
+    import threading
+    import time
+
+    drv, L = fake_core
+    for nbuf in (10, 10_000):
+        c = fc.Clipper(fakes(nbuf), 1.0, nonfinite="skip")
+        c(), c()
+        n0 = len(drv.calls)
+        c()
+        asks = [n for n, _, _ in drv.calls[n0:] if n == "cuCtxGetCurrent"]
+        assert 1 <= len(asks) <= 2, (nbuf, drv.calls[n0:])
+    # and from another thread, once the context is set there, the same
+    out = []
+    t = threading.Thread(target=lambda: (c(), out.append(len(drv.calls)), c(), out.append(len(drv.calls))))
+    t.start()
+    t.join()
+    assert out[1] - out[0] <= 3
+    t0 = time.perf_counter()
+    for _ in range(1000):
+        L._enter()
+    per = (time.perf_counter() - t0) / 1000
+    assert per < 5e-6, per  # Python's share; the binding's call is ~0.1-0.3 us more
