@@ -590,3 +590,52 @@ def test_the_context_check_is_small_per_call(fake_core):
         L._enter()
     per = (time.perf_counter() - t0) / 1000
     assert per < 5e-6, per  # Python's share; the binding's call is ~0.1-0.3 us more
+
+
+# ---------------------------------------------------------------- what the launches carry
+def test_every_launch_passes_the_kernels_argument_count(recorder):
+    """Each launch's arguments match its kernel's signature (the real-GPU suite
+    checks the loaded cubins' parameter counts against the same table)."""
+    from fusedclip import _family
+    from fusedclip.kernels import cuda as ck
+
+    _family._unit_plans.clear()
+    bufs = fakes(5, dtypes=("<f4", "<f2"))
+    c = fc.Clipper(bufs, 1.0, nonfinite="skip")
+    c()
+    fc.clip_grad_value_(bufs, 1.0)
+    fc.clip_by_norm_(bufs, 1.0, nonfinite="skip")
+    W = fakes(3)
+    G = [FakeCuda(w.__cuda_array_interface__["data"][0] + (1 << 30), 256) for w in W]
+    fc.clip_unitwise_(W, G, 0.01, nonfinite="skip")
+    c._gpu.apply(ck.A_SCALE, 0.5)
+    names = set()
+    for name, grid, args in recorder.launches:
+        assert len(args) == len(ck.SIGNATURES[name]), name
+        assert all(isinstance(a, float) == (t == "float64") for a, t in zip(args, ck.SIGNATURES[name])), name
+        names.add(name)
+    assert names == set(ck.KERNELS)
+
+
+#: every cuda.core name the launcher and the linking use, with the attributes
+#: it reads (pyproject.toml's cuda extra says which releases were checked)
+CORE_NAMES = {"Device": ("set_current", "compute_capability", "create_stream"),
+              "Stream": ("from_handle", "handle", "create_graph_builder"),
+              "LaunchConfig": (), "launch": (),
+              "ObjectCode": ("from_cubin", "from_ptx", "get_kernel"),
+              "Linker": ("link", "get_info_log", "close"),
+              "LinkerOptions": ("arch", "verbose")}
+
+
+def test_the_cuda_core_names_the_launcher_uses():
+    pytest.importorskip("cuda.core")
+    for name, attrs in CORE_NAMES.items():
+        obj = _launch.core(name)
+        for a in attrs:
+            assert hasattr(obj, a), f"cuda.core {name}.{a}"
+    try:
+        from cuda.core.graph import GraphBuilder  # cuda.core >= 1.1
+    except ImportError:
+        GraphBuilder = _launch.core("GraphBuilder")
+    for a in ("begin_building", "end_building", "complete"):
+        assert hasattr(GraphBuilder, a)
