@@ -146,6 +146,7 @@ class FakeCupy(FakeCuda):
     def __init__(self, addr, n):
         super().__init__(addr, n)
         self.data = type("MemoryPointer", (), {"ptr": addr})()
+        self.dtype, self.shape, self.strides = np.dtype(np.float32), (n,), (4,)
 
 
 FakeCupy.__module__ = "cupy._core.core"
@@ -636,3 +637,17 @@ def test_the_cuda_core_names_the_launcher_uses():
         GraphBuilder = _launch.core("GraphBuilder")
     for a in ("begin_building", "end_building", "complete"):
         assert hasattr(GraphBuilder, a)
+
+
+def test_a_cupy_array_moved_or_reshaped_in_place_is_planned_again(recorder, fresh_cache, cupy_streams):
+    bufs = cupy_bufs(3)
+    fc.clip_grad_norm_(bufs, 1e30, nonfinite="skip")
+    a0 = recorder.allocs
+    fc.clip_grad_norm_(bufs, 1e30, nonfinite="skip")
+    assert recorder.allocs == a0  # a hit
+    new = FakeCupy((1 << 37) + (1 << 20), 128)  # the same object, now elsewhere and shorter
+    bufs[1].__cuda_array_interface__, bufs[1].data, bufs[1].shape = (
+        new.__cuda_array_interface__, new.data, new.shape)
+    fc.clip_grad_norm_(bufs, 1e30, nonfinite="skip")
+    assert recorder.allocs == a0 + 1
+    assert _cached_rows(fresh_cache)[1][:2] == ((1 << 37) + (1 << 20), 128)

@@ -678,12 +678,16 @@ def layout_key(objs: list):
     what ``_describe`` reads to validate and plan it -- dtype, shape,
     strides, address and read-only flag -- so that a changed address or
     layout at the same object is planned (and checked) again, never served
-    the plan of its old layout.  The key also holds the objects' ids,
+    the plan of its old layout.  (CuPy's record comes from its attributes,
+    which cost less than the interface dict it builds on each read; its
+    arrays are always writable.)  The key also holds the objects' ids,
     checked through weak references."""
     try:
         mods = {t.__module__ or "" for t in set(map(type, objs))}
         if all(m.startswith("torch") for m in mods):
             return tuple([o.data_ptr() for o in objs]) if all(o.is_cuda for o in objs) else None
+        if all(m.startswith("cupy") for m in mods):  # the same record, from cheap attributes
+            return tuple([(o.data.ptr, o.dtype, o.shape, o.strides) for o in objs])
         sim = any(m.startswith("numba.cuda.simulator") for m in mods)
         out = []
         for o in objs:
