@@ -494,8 +494,9 @@ def plan_buffers(buffers: Any, *, writable: bool, fn: str, cache: bool | str = F
     keep the caller's indices.  ``cache``: reuse the plan of an earlier call
     over exactly the same memory: numpy lists (``_cpu_cached``), and GPU-only
     lists (``_plan_cache``: torch tensors, CUDA-array-interface objects; such
-    a plan holds no reference to the caller's arrays).  ``cache="cpu"`` (a Clipper): numpy lists only, and
-    the plan records the arrays' owners, so that it can be kept.
+    a plan holds no reference to the caller's arrays).  ``cache="cpu"`` (a
+    Clipper): numpy lists only, and the plan records the arrays' owners, so
+    that it can be kept.
     """
     if stream is not None:  # validated first; an int handle from here on
         from ._launch import stream_handle
