@@ -1117,7 +1117,8 @@ def link_cubin(ptx: str, cc: tuple[int, int], verbose: bool = False) -> tuple[by
     ``Linker`` with the target architecture only -- nvJitLink where it is
     installed (the ``cuda`` extra brings it, through numba-cuda), else the
     driver's linker.  (``Program(ptx, code_type="ptx").compile("cubin")``,
-    which this replaced, makes the same Linker call: the bytes are identical.)
+    which this replaced, makes the same Linker call: with cuda-core 1.2.2 the
+    bytes are identical.)
     Returns (cubin, info log).  ``verbose``: the log holds ptxas' -v lines
     (registers, spills, stack); that cubin's code is the same, only the note
     recording the options differs (``tools/ptx_report.py`` checks the
