@@ -20,7 +20,7 @@ Design (docs/GPU.md has the traffic model, the launch path and the figures):
   view of that host address, so the same kernel source runs in both.
 * **Numba writes the kernels; cuda.core launches them.**  ``cuda.compile_ptx``
   turns each kernel into PTX once per compute capability, cuda.core's
-  ``Program`` makes a cubin of it (cached on disk, see ``CACHE_DIR``), and
+  ``Linker`` (nvJitLink) makes a cubin of it (cached on disk, see ``CACHE_DIR``), and
   ``cuda.core.launch`` starts it: about 5 µs of host time, against 25-150 µs
   through numba's dispatcher.  A plan's three launches are captured once as
   a CUDA graph and replayed (``_gpu.py``).
@@ -1163,9 +1163,67 @@ def _source_hash() -> str:
     return _kernels["hash"]
 
 
+def link_cubin(ptx: str, cc: tuple[int, int], verbose: bool = False) -> tuple[bytes, str]:
+    """PTX -> cubin as the runtime loads it, needing no GPU: cuda.core's
+    ``Linker`` with the target architecture only -- nvJitLink where it is
+    installed (the ``cuda`` extra brings it, through numba-cuda), else the
+    driver's linker.  (``Program(ptx, code_type="ptx").compile("cubin")``,
+    which this replaced, makes the same Linker call: with cuda-core 1.2.2 the
+    bytes are identical.)
+    Returns (cubin, info log).  ``verbose``: the log holds ptxas' -v lines
+    (registers, spills, stack); that cubin's code is the same, only the note
+    recording the options differs (``tools/ptx_report.py`` checks the
+    registers against the non-verbose cubin's own record)."""
+    from .._launch import core
+
+    Linker, LinkerOptions, ObjectCode = core("Linker"), core("LinkerOptions"), core("ObjectCode")
+    arch = f"sm_{cc[0]}{cc[1]}"
+    opts = LinkerOptions(arch=arch, verbose=True) if verbose else LinkerOptions(arch=arch)
+    linker = Linker(ObjectCode.from_ptx(ptx.encode()), options=opts)  # bytes: a str is a path
+    try:
+        data = bytes(linker.link("cubin").code)
+        return data, (linker.get_info_log() or "") if verbose else ""
+    finally:
+        linker.close()
+
+
+def cubin_resources(data: bytes, entry: str) -> dict:
+    """What a cubin itself records for kernel ``entry`` (no GPU, no log):
+    ``registers`` per thread (EIATTR_REGCOUNT) and ``stack_bytes``, the
+    per-thread frame that spills would live in (EIATTR_FRAME_SIZE), read from
+    the ELF's ``.nv.info`` section."""
+    import struct
+
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    hdrs = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+
+    def cstr(off):
+        return data[off:data.index(b"\0", off)].decode()
+
+    sec = {cstr(hdrs[shstrndx][4] + h[0]): data[h[4]:h[4] + h[5]] for h in hdrs}
+    strtab, symtab = sec[".strtab"], sec[".symtab"]
+    names = [strtab[st:strtab.index(b"\0", st)].decode()
+             for st, in (struct.unpack_from("<I", symtab, k) for k in range(0, len(symtab), 24))]
+    sym = names.index(entry)
+    out, info, i = {}, sec[".nv.info"], 0
+    while i + 4 <= len(info):
+        fmt, attr = info[i], info[i + 1]
+        if fmt == 0x04:  # EIFMT_SVAL: u16 size, then the value
+            size, = struct.unpack_from("<H", info, i + 2)
+            if attr in (0x2F, 0x11) and size == 8:
+                s, v = struct.unpack_from("<II", info, i + 4)
+                if s == sym:
+                    out["registers" if attr == 0x2F else "stack_bytes"] = v
+            i += 4 + size
+        else:  # EIFMT_HVAL: a u16 value; EIFMT_NVAL: none
+            i += 4 if fmt == 0x03 else 2
+    return out
+
+
 def cubin(name: str, cc: tuple[int, int]) -> tuple[bytes, str]:
     """(cubin bytes, entry name) of kernel ``name`` for ``cc``, from the disk
-    cache or compiled now (numba -> PTX, cuda.core Program -> cubin)."""
+    cache or compiled now (numba -> PTX, ``link_cubin`` -> cubin)."""
     tag = f"{name}-t{THREADS}-u{UNROLL}-sm{cc[0]}{cc[1]}-{_source_hash()}"
     path, ename = CACHE_DIR / f"{tag}.cubin", CACHE_DIR / f"{tag}.entry"
     try:
@@ -1173,11 +1231,7 @@ def cubin(name: str, cc: tuple[int, int]) -> tuple[bytes, str]:
     except OSError:
         pass
     ptx = compile_ptx(name, cc)
-    from .._launch import core
-
-    Program, ProgramOptions = core("Program"), core("ProgramOptions")
-    obj = Program(ptx, code_type="ptx", options=ProgramOptions(arch=f"sm_{cc[0]}{cc[1]}")).compile("cubin")
-    data, entry = bytes(obj.code), entry_name(ptx)
+    data, entry = link_cubin(ptx, cc)[0], entry_name(ptx)
     try:  # best effort: an unwritable cache only costs the next process a compile
         CACHE_DIR.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")

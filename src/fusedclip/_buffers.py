@@ -524,12 +524,16 @@ def _check_distinct(arrays, d, members, cache, union, fn) -> None:
 _NO_BUFFER = np.zeros(0, np.float32)  # stands in for a GPU buffer in the CPU plan
 
 
-#: The function API's plans for GPU-only lists of torch/CuPy arrays: most users
-#: call clip_grad_norm_(same tensors) every step.  Keyed by the objects' ids,
-#: checked through weak references and their data pointers (_gpu.pointers);
-#: bounded (LRU); no entry keeps a tensor alive.  An in-place change of a
-#: tensor's metadata that keeps its pointer (resize_, as_strided_) is not
-#: seen: build a Clipper or pass new tensors after such a change.
+#: The function API's plans for GPU-only lists: most users call
+#: clip_grad_norm_(same arrays) every step.  Keyed by the objects' ids,
+#: checked through weak references, and their layout record
+#: (_gpu.layout_key: for CUDA-array-interface objects -- numba, CuPy, others
+#: -- dtype, shape, strides, address and read-only flag, so that a changed
+#: layout at the same object is planned and checked again); bounded (LRU);
+#: no entry keeps an array alive.  A hit builds nothing and does not wait
+#: for the device.  Torch tensors are recorded by data pointer only: an
+#: in-place change of a tensor's metadata that keeps its pointer (resize_,
+#: as_strided_) is not seen; fusedclip.torch keys on the layout.
 PLAN_CACHE_SIZE = 16
 _plan_cache: "OrderedDict[tuple, tuple]" = OrderedDict()
 
@@ -542,9 +546,10 @@ def plan_buffers(buffers: Any, *, writable: bool, fn: str, cache: bool | str = F
     the caller's list with GPU buffers replaced by empty arrays, so its rows
     keep the caller's indices.  ``cache``: reuse the plan of an earlier call
     over exactly the same memory: numpy lists (``_cpu_cached``), and GPU-only
-    lists of torch or CuPy arrays (such a plan holds no reference to the
-    caller's arrays).  ``cache="cpu"`` (a Clipper): numpy lists only, and
-    the plan records the arrays' owners, so that it can be kept.
+    lists (``_plan_cache``: torch tensors, CUDA-array-interface objects; such
+    a plan holds no reference to the caller's arrays).  ``cache="cpu"`` (a
+    Clipper): numpy lists only, and the plan records the arrays' owners, so
+    that it can be kept.
     """
     if stream is not None:  # validated first; an int handle from here on
         from ._launch import stream_handle
@@ -558,9 +563,9 @@ def plan_buffers(buffers: Any, *, writable: bool, fn: str, cache: bool | str = F
                 plan.hold()     # (a hit has recorded the owners already)
             return plan, None
     if cache is True and objs and type(objs[0]) is not np.ndarray:
-        from ._gpu import pointers
+        from ._gpu import layout_key
 
-        ptrs = pointers(objs)
+        ptrs = layout_key(objs)
         if ptrs is not None:
             key = (writable, stream, tuple(map(id, objs)))
             hit = _plan_cache.get(key)

@@ -168,6 +168,15 @@ def _not_dense(i: int, fn: str) -> ValueError:
     )
 
 
+def _misaligned(i: int, fn: str, addr: int, item: int) -> ValueError:
+    return ValueError(
+        f"{fn}: buffer {i} (a CUDA array) starts at address {addr:#x}, which is not a multiple "
+        f"of its element size ({item} bytes); the GPU kernels would fault on it and leave the "
+        "CUDA context unusable; pass an array that starts on an element boundary (a fresh "
+        "allocation, or a view at a whole-element offset); nothing was launched or modified"
+    )
+
+
 def _describe(obj, i: int, writable: bool, fn: str) -> Buf:
     """Validate one CUDA buffer (every check, nothing launched)."""
     mod = _module(obj)
@@ -220,6 +229,9 @@ def _describe(obj, i: int, writable: bool, fn: str) -> Buf:
             f"{fn}: buffer {i} (a CUDA array) is read-only and {fn} writes in place; pass a "
             "writable array (nothing was modified)"
         )
+    item = _ITEMSIZE[code]
+    if n and addr % item:
+        raise _misaligned(i, fn, addr, item)
     if dev is not None and not isinstance(dev, bool) and int(dev) != _current_device():
         raise ValueError(
             f"{fn}: buffer {i} is on CUDA device {dev} but fusedclip runs on the current device "
@@ -656,20 +668,42 @@ def make_gpu_plan(objs: list, gpu_idx: list[int], writable: bool, fn: str, strea
     return plan
 
 
-def pointers(objs: list):
-    """Each buffer's data pointer, read cheaply, or None where an object is
-    not a torch CUDA tensor or a CuPy array (those lists are planned on
-    every call).  The function API's plan cache keys on the objects
-    themselves (their ids, checked through weak references) and on these
-    pointers: the same objects over the same memory reuse one plan."""
+def layout_key(objs: list):
+    """The function API's cache record of a GPU-only list (``_buffers``'
+    ``_plan_cache``), or None where the list is not cached (an object that
+    is neither a torch CUDA tensor nor a CUDA array with an interface).
+
+    Torch CUDA tensors: each data pointer.  Anything else (numba and CuPy
+    device arrays, any ``__cuda_array_interface__``, the simulator's arrays):
+    what ``_describe`` reads to validate and plan it -- dtype, shape,
+    strides, address and read-only flag -- so that a changed address or
+    layout at the same object is planned (and checked) again, never served
+    the plan of its old layout.  (CuPy's record comes from its attributes,
+    which cost less than the interface dict it builds on each read; its
+    arrays are always writable.)  The key also holds the objects' ids,
+    checked through weak references."""
     try:
-        if all(_module(o).startswith("torch") for o in objs):
+        mods = {t.__module__ or "" for t in set(map(type, objs))}
+        if all(m.startswith("torch") for m in mods):
             return tuple([o.data_ptr() for o in objs]) if all(o.is_cuda for o in objs) else None
-        if all(_module(o).startswith("cupy") for o in objs):
-            return tuple([o.data.ptr for o in objs])
+        if all(m.startswith("cupy") for m in mods):  # the same record, from cheap attributes
+            return tuple([(o.data.ptr, o.dtype, o.shape, o.strides) for o in objs])
+        sim = any(m.startswith("numba.cuda.simulator") for m in mods)
+        out = []
+        for o in objs:
+            if sim and _module(o).startswith("numba.cuda.simulator"):
+                a = o._ary
+                out.append((a.dtype, a.shape, a.strides, a.__array_interface__["data"]))
+                continue
+            cai = o.__cuda_array_interface__
+            st = cai.get("strides")
+            rec = (cai["typestr"], tuple(cai["shape"]), st if st is None else tuple(st), tuple(cai["data"]))
+            if "V" in rec[0]:  # bfloat16 exported as void: _describe reads the object's dtype
+                rec += (str(getattr(o, "dtype", "")),)
+            out.append(rec)
+        return tuple(out)
     except Exception:
         return None
-    return None
 
 
 class DeviceClipStats:

@@ -41,6 +41,34 @@ def core(name: str):
         return getattr(m, name)
 
 
+def linker_in_use() -> str:
+    """The linker ``kernels.cuda.link_cubin`` uses here (cuda.core's
+    Linker: nvJitLink where installed, else the driver's), with its version:
+    "nvJitLink 13.5" or "driver (CUDA 13.0)".  Needs no GPU, and nothing
+    compiled of fusedclip: ``benchmarks/gpu_check.sh``'s preflight loads this
+    file alone."""
+    Linker = core("Linker")
+    which = getattr(Linker, "which_backend", None)  # cuda.core >= 1.0
+    if which is not None:
+        name = str(getattr(which(), "value", which()))
+    else:  # older: a linker instance says which it chose
+        tiny = b".version 7.0\n.target sm_80\n.address_size 64\n.visible .entry k()\n{\n ret;\n}\n"
+        linker = Linker(core("ObjectCode").from_ptx(tiny), options=core("LinkerOptions")(arch="sm_80"))
+        name = str(linker.backend)
+        linker.close()
+    try:
+        if "nvjitlink" in name.lower():
+            from cuda.bindings import nvjitlink
+
+            return "nvJitLink %d.%d" % tuple(nvjitlink.version())
+        from cuda.bindings import driver
+
+        v = int(driver.cuDriverGetVersion()[1])
+        return f"driver (CUDA {v // 1000}.{v % 1000 // 10})"
+    except Exception:  # pragma: no cover - a version we cannot read
+        return name
+
+
 def launcher():
     """The process's launcher: the simulator's or the GPU's, made on first use."""
     global _current
@@ -201,6 +229,15 @@ class RecordingLauncher(_HostMemory):
         self.streams: list = []  # the stream of each recorded launch
         self.download_streams: list = []  # ... and of each device-to-host copy
         self.copies: list = []  # (dst, src, nbytes, stream) of each device-to-device copy
+        self.allocs = 0  # device allocations: one per plan built
+        self.syncs = 0   # synchronisations (a download is a wait too: download_streams)
+
+    def alloc(self, nbytes: int) -> DeviceArray:
+        self.allocs += 1
+        return super().alloc(nbytes)
+
+    def synchronize(self, stream=None) -> None:
+        self.syncs += 1
 
     def launch(self, name: str, grid: int, args: tuple, stream=None) -> None:
         self.launches.append((name, grid, args))
@@ -227,18 +264,25 @@ class CoreLauncher:
     kind = "cuda.core"
     graphs = True
 
-    def __init__(self):
-        from cuda.bindings import driver
-
+    def __init__(self, driver=None, api=None):
+        """``driver``: cuda.bindings' driver module, ``api``: a function from a
+        cuda.core name to the object (``core``); the tests pass fakes."""
+        if driver is None:
+            from cuda.bindings import driver
         self._drv = driver
-        self.device = core("Device")()
+        self._core = api or core
+        self.device = self._core("Device")()
         self.device.set_current()
+        # CUDA's current context is per thread: remember ours (the device's
+        # primary context) and make it current on whichever thread calls (_enter)
+        self._ctx = self._check(self._drv.cuCtxGetCurrent())
+        self._ctx_id = int(self._ctx)
         cc = self.device.compute_capability
         self.cc = (int(cc[0]), int(cc[1]))
         self._kernels: dict[str, Any] = {}
         self._streams: dict[int, Any] = {}
-        self._LaunchConfig = core("LaunchConfig")
-        self._launch = core("launch")
+        self._LaunchConfig = self._core("LaunchConfig")
+        self._launch = self._core("launch")
         self._configs: dict[int, Any] = {}
         self._private = self.device.create_stream()  # graphs are captured here
         self.launches: list[tuple] | None = None  # set to a list to record
@@ -250,13 +294,24 @@ class CoreLauncher:
             raise RuntimeError(f"CUDA driver error {int(err)}: {msg.decode() if msg else err}")
         return res[1] if isinstance(res, tuple) and len(res) == 2 else res
 
+    def _enter(self) -> None:
+        """Make this launcher's context current on the calling thread.  The
+        driver keeps the current context per thread, and a launcher is used
+        from any thread (a plan built on one and run on another, a data
+        loader's, a framework's worker): one driver call per launcher call,
+        a thread-local read, and a set only where another context or none is
+        current.  Every method below that reaches the driver calls it first."""
+        if int(self._drv.cuCtxGetCurrent()[1]) != self._ctx_id:
+            self._check(self._drv.cuCtxSetCurrent(self._ctx))
+
     def kernel(self, name: str):
         k = self._kernels.get(name)
         if k is None:
             from .kernels import cuda as ck
 
             data, entry = ck.cubin(name, self.cc)
-            k = core("ObjectCode").from_cubin(data).get_kernel(entry)
+            self._enter()  # a driver older than CUDA 12 loads modules into the current context
+            k = self._core("ObjectCode").from_cubin(data).get_kernel(entry)
             self._kernels[name] = k
         return k
 
@@ -269,29 +324,36 @@ class CoreLauncher:
 
     # memory
     def alloc(self, nbytes: int) -> DeviceArray:
-        d = self._drv
-        self.device.set_current()
-        addr = int(self._check(d.cuMemAlloc(max(nbytes, 8))))
-        return DeviceArray(addr, nbytes, lambda a: d.cuMemFree(a))
+        self._enter()
+        addr = int(self._check(self._drv.cuMemAlloc(max(nbytes, 8))))
+        return DeviceArray(addr, nbytes, self._free)
+
+    def _free(self, addr: int) -> None:
+        self._enter()  # the last reference may go on any thread
+        self._drv.cuMemFree(addr)
 
     def upload(self, dst, host: np.ndarray, stream=None) -> None:
         addr = int(getattr(dst, "addr", dst))
         host = np.ascontiguousarray(host)
+        self._enter()
         # ordered on the stream, and no wait: from pageable memory the driver
         # stages the bytes before returning, so ``host`` may go away at once
         self._check(self._drv.cuMemcpyHtoDAsync(addr, host.ctypes.data, host.nbytes, self._handle(stream)))
 
     def download(self, host: np.ndarray, src, stream=None) -> np.ndarray:
         addr = int(getattr(src, "addr", src))
+        self._enter()
         self._check(self._drv.cuMemcpyDtoHAsync(host.ctypes.data, addr, host.nbytes, self._handle(stream)))
-        self.synchronize(stream)
+        self._check(self._drv.cuStreamSynchronize(self._handle(stream)))
         return host
 
     def copy(self, dst: int, src: int, nbytes: int, stream=None) -> None:
         """Device-to-device copy, ordered on ``stream``; no host wait."""
+        self._enter()
         self._check(self._drv.cuMemcpyDtoDAsync(int(dst), int(src), nbytes, self._handle(stream)))
 
     def synchronize(self, stream=None) -> None:
+        self._enter()
         self._check(self._drv.cuStreamSynchronize(self._handle(stream)))
 
     @staticmethod
@@ -307,7 +369,7 @@ class CoreLauncher:
         h = int(handle or 0)
         s = self._streams.get(h)
         if s is None:
-            s = core("Stream").from_handle(h)
+            s = self._core("Stream").from_handle(h)
             self._streams[h] = s
         return s
 
@@ -326,6 +388,7 @@ class CoreLauncher:
         if self.launches is not None:
             self.launches.append((name, grid, args))
         s = stream if stream is not None else self.stream_of(0)
+        self._enter()
         self._launch(s, self._config(grid), self.kernel(name), *_kargs(args))
 
     def capture(self, launches: list[tuple]):
@@ -333,6 +396,7 @@ class CoreLauncher:
         be replayed on any stream of the device)."""
         for name, _, _ in launches:
             self.kernel(name)  # compile/load outside the capture
+        self._enter()
         gb = self._private.create_graph_builder()
         gb.begin_building()
         for name, grid, args in launches:
@@ -345,6 +409,7 @@ class CoreLauncher:
     def replay(self, graph, stream=None) -> None:
         if self.launches is not None:
             self.launches.append(("graph", 0, ()))
+        self._enter()
         graph.launch(stream if stream is not None else self.stream_of(0))
 
 

@@ -284,3 +284,98 @@ def test_family_on_torch_cuda_tensors():
     fc.clip_unitwise_(W, G, 0.01)
     after = host(G[0])
     assert not np.array_equal(after[3], before[0][3]) and np.array_equal(after[4], before[0][4])
+
+
+# ---------------------------------------------------------------- Hardening II, 8: before the first run
+def _attr(kernel, name):
+    v = getattr(kernel.attributes, name)
+    return v() if callable(v) else v  # a method in older cuda.core, a property in newer
+
+
+def test_each_loaded_kernel_takes_the_arguments_its_launches_pass():
+    """The loaded cubins' parameter counts are the signatures the launches
+    follow (tests/test_gpu_engine.py checks the launches against the same
+    table), and their registers are what the cubin records and the report
+    bounds (tools/ptx_report.py), with no local memory (no spills)."""
+    L = _launch.launcher()
+    L.warm()
+    for name in ck.KERNELS:
+        k = L.kernel(name)
+        assert k.num_arguments == len(ck.SIGNATURES[name]), name
+        data, entry = ck.cubin(name, L.cc)
+        regs = _attr(k, "num_regs")
+        print(f"{name}: {k.num_arguments} arguments, {regs} registers, "
+              f"{_attr(k, 'local_size_bytes')} B local")
+        assert regs == ck.cubin_resources(data, entry)["registers"] and regs <= 64, name
+        assert _attr(k, "local_size_bytes") == 0, name
+
+
+@pytest.mark.parametrize("dt", ["bf16", "f16"])
+@pytest.mark.parametrize("offset", [1, 3])
+def test_a_16_bit_view_at_an_odd_element_offset(dt, offset):
+    """A view 2 bytes past an 8-byte boundary: the int64-word reads and
+    writes of 16-bit chunks must not be used on a misaligned head, and the
+    elements before the view must not be touched."""
+    base = make(dt, (3 * ck.CHUNK + 17,))[0]
+    v = base[offset:]
+    assert v.data_ptr() % 8 != 0
+    before = host(base).copy()
+    hv = host(v).copy()
+    want = ref_norm([hv])
+    assert rel(fc.global_norm([v]), want) <= 1e-12
+    s = fc.Clipper([v], 1.0, nonfinite="skip")()
+    assert s.clipped and rel(s.norm, want) <= 1e-12
+    np.testing.assert_array_equal(host(v).view(np.uint16), scaled(hv, s.scale).view(np.uint16))
+    assert host(base)[:offset].tobytes() == before[:offset].tobytes()
+    fc.clip_grad_value_([v], 0.01)
+    assert float(torch.max(torch.abs(v.float()))) <= 0.01 + 1e-4
+
+
+def test_a_plan_built_on_one_thread_runs_on_another_on_the_gpu():
+    """The launcher sets its context on the calling thread (CUDA keeps it per
+    thread); a new thread has none until then."""
+    import threading
+
+    ts = make("f32", (1000, 70_000))
+    hs = [host(t) for t in ts]
+    c = fc.Clipper(ts, 1.0, nonfinite="skip")
+    out, errors = [], []
+
+    def work():
+        try:
+            out.append(c().result())
+            out.append(c().result())  # the captured graph's replay
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert not errors, errors
+    assert out[0].clipped and rel(out[0].norm, ref_norm(hs)) <= 1e-12 and rel(out[1].norm, 1.0) <= 1e-6
+
+
+def test_the_per_call_context_check_costs_little():
+    import time
+
+    L = _launch.launcher()
+    L._enter()
+    n = 20_000
+    t0 = time.perf_counter()
+    for _ in range(n):
+        L._enter()
+    per = (time.perf_counter() - t0) / n
+    print(f"CoreLauncher._enter: {per * 1e6:.3f} us per call")
+    assert per < 2e-6
+
+
+def test_the_function_api_on_numba_arrays_plans_once():
+    from numba import cuda as ncuda
+
+    ds = [ncuda.to_device(np.full(n, 3.0, np.float32)) for n in (100, 70_000)]
+    _buffers._plan_cache.clear()
+    n1 = fc.clip_grad_norm_(ds, 1e9)
+    assert len(_buffers._plan_cache) == 1
+    n2 = fc.clip_grad_norm_(ds, 1e9)
+    assert len(_buffers._plan_cache) == 1 and n1 == n2
+    assert rel(n1, math.sqrt(70_100) * 3.0) <= 1e-12

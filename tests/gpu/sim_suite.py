@@ -443,3 +443,48 @@ def test_mixed_unitwise_is_refused():
     with pytest.raises(TypeError, match="all be CPU arrays or all CUDA"):
         fc.clip_unitwise_([ds[0]], [g])
     assert (g == 1).all()
+
+
+# ---------------------------------------------------------------- Hardening II, 8
+@pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("offset", [1, 3, 4])
+def test_a_16_bit_view_at_an_element_offset(dtype, offset):
+    """A view 2 or 6 bytes past an 8-byte boundary (offsets 1, 3) takes the
+    element-by-element path, an aligned one (4) the int64 words; the elements
+    before the view are never written."""
+    rng = np.random.default_rng(offset)
+    h = (rng.standard_normal(4 * 48 + 7) * 10).astype(dtype)
+    d = cuda.to_device(h)
+    v = d[offset:]
+    addr = v._ary.__array_interface__["data"][0]
+    assert (addr % 8 != 0) == (offset % 4 != 0)
+    hv = h[offset:]
+    assert rel(fc.global_norm([v]), ref_norm([hv])) <= 1e-13
+    s = fc.Clipper([v], 1.0, nonfinite="skip")()
+    assert s.clipped
+    got = host(d)
+    np.testing.assert_array_equal(got[offset:].view(np.uint16), scaled(hv, s.scale).view(np.uint16))
+    assert got[:offset].tobytes() == h[:offset].tobytes()
+    fc.clip_grad_value_([v], 0.01)
+    got2 = host(d)
+    assert np.all(np.abs(got2[offset:].astype(np.float32)) <= 0.0101)
+    assert got2[:offset].tobytes() == h[:offset].tobytes()
+
+
+def test_the_function_api_plans_once_and_reads_the_values_of_each_call():
+    """A cached plan holds addresses, not values: each call reads the arrays'
+    current contents."""
+    from fusedclip import _buffers
+
+    hs, ds = dev_bufs(np.float32)
+    _buffers._plan_cache.clear()
+    n1 = fc.global_norm(ds)
+    (_, _, (_, g)), = _buffers._plan_cache.values()
+    for k in (2.0, 0.5):
+        for h, d in zip(hs, ds):
+            d.copy_to_device(h * np.float32(k))
+        assert rel(fc.global_norm(ds), n1 * k) <= 1e-6
+        (_, _, (_, g2)), = _buffers._plan_cache.values()
+        assert g2 is g
+    n = fc.clip_grad_norm_(ds, 1.0)
+    assert rel(n, n1 * 0.5) <= 1e-6 and rel(fc.global_norm(ds), 1.0) <= 1e-6
