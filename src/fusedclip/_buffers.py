@@ -33,9 +33,9 @@ class Plan:
     """
 
     __slots__ = ("table", "arrays", "rows", "dups", "staged", "n_inputs", "extra",
-                 "_owners", "_snap")
+                 "_owners", "_snap", "_foreign")
 
-    def __init__(self, table, arrays, rows, dups, staged, n_inputs, extra=()):
+    def __init__(self, table, arrays, rows, dups, staged, n_inputs, extra=(), foreign=()):
         self.table = table          # kernels.cpu.Table
         self.arrays = arrays        # the caller's array of each row (kept alive)
         self.rows = rows            # row -> caller index (np.int64 array)
@@ -45,6 +45,9 @@ class Plan:
         self.extra = list(extra)    # [(Table, k, caller)]: read-only zero-stride views, see norm()
         # the array owning each row's memory, with its data pointer and size now
         self._owners, self._snap = cpu.owners(arrays)
+        # [(caller index, foreign object, where its memory was)]: objects read
+        # through DLPack or __array_interface__, whose owner numpy cannot see
+        self._foreign = list(foreign)
 
     def release(self) -> bool:
         """Drop the references to the caller's arrays, keeping the table's raw
@@ -53,7 +56,7 @@ class Plan:
         and nothing dropped, where the plan needs its arrays (staged views)."""
         if self.staged or self.extra:
             return False
-        self.arrays, self._owners, self._snap = None, None, None
+        self.arrays, self._owners, self._snap, self._foreign = None, None, None, []
         return True
 
     def hold(self) -> None:
@@ -76,19 +79,24 @@ class Plan:
         return p
 
     def check(self) -> None:
-        """RuntimeError if an array's memory moved since planning (``a.resize``):
-        the table would read and write freed memory.  One C loop, no Python
-        work per buffer.  (A released plan: its user checks the addresses.)"""
+        """RuntimeError if an array's memory moved since planning (``a.resize``,
+        a torch tensor's ``resize_`` or ``set_``): the table would read and
+        write freed memory.  numpy owners: one C loop, no Python work per
+        buffer; foreign owners (DLPack, ``__array_interface__``): each asked
+        where its memory is now (``where``).  Buffer-protocol exporters need
+        no check: the export locks them (a bytearray or array.array cannot
+        be resized while viewed).  A released plan: its user checks the
+        addresses."""
         if self._owners is None:
             return
         r = cpu.moved(self._owners, self._snap)
         if r >= 0:
-            i = int(self.rows[r])
-            raise RuntimeError(
-                f"buffer {i}'s memory was reallocated or resized after the plan was "
-                "built (ndarray.resize?); its plan points at freed memory; build a new "
-                "Clipper (nothing was read or written)"
-            )
+            raise _moved(int(self.rows[r]), "ndarray.resize?")
+        for i, obj, was in self._foreign:
+            if where(obj) != was:
+                raise _moved(i, "a tensor's resize_ or set_, or its storage resized?"
+                             if _torch_module(obj) else
+                             f"the {type(obj).__name__} gave it new memory?")
 
     def norm(self, kind: int, p: float, nthreads=None) -> tuple[float, int]:
         """The table's norm, combined with the ``extra`` rows: a zero-stride view
@@ -521,6 +529,50 @@ def _check_distinct(arrays, d, members, cache, union, fn) -> None:
                 "conservatively)"))
 
 
+def _moved(i: int, why: str) -> RuntimeError:
+    return RuntimeError(
+        f"buffer {i}'s memory was reallocated or resized after the plan was built "
+        f"({why}); its plan points at memory that may be freed; build a new Clipper "
+        "(nothing was read or written)"
+    )
+
+
+def where(obj: Any):
+    """Where a foreign object's memory is now, and its layout: what a kept
+    plan compares with what it recorded (``Plan.check``).  A torch tensor
+    is asked directly (data pointer, storage size, shape, strides: a
+    ``resize_`` that grows reallocates, ``set_`` swaps the storage, and the
+    DLPack export does not stop either); any other DLPack producer is
+    exported again; an ``__array_interface__`` is read again.  None for the
+    buffer protocol, whose export locks the exporter."""
+    torch = _torch_module(obj)
+    if torch is not None:
+        st = obj.untyped_storage()
+        return (obj.data_ptr(), st.data_ptr(), st.nbytes(), tuple(obj.shape), obj.stride())
+    try:
+        if hasattr(obj, "__array_interface__"):
+            ai = obj.__array_interface__
+            return (ai["data"][0], tuple(ai["shape"]), ai.get("strides"), ai["typestr"])
+        if hasattr(obj, "__dlpack__"):
+            from ._dlpack import from_dlpack
+
+            a = from_dlpack(obj, 0, "")
+            return (a.ctypes.data, a.shape, a.strides, a.dtype.str)
+    except Exception as e:  # an export that fails now: not the memory planned
+        return ("gone", type(e).__name__)
+    return None
+
+
+def _torch_module(obj: Any):
+    """torch, if obj is a torch tensor (torch is never imported here)."""
+    if type(obj).__module__.partition(".")[0] != "torch":
+        return None
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch if torch is not None and isinstance(obj, torch.Tensor) else None
+
+
 _NO_BUFFER = np.zeros(0, np.float32)  # stands in for a GPU buffer in the CPU plan
 
 
@@ -656,6 +708,7 @@ def _plan(objs: list, writable: bool, fn: str, keep_refs: bool, stream: Any = No
 
 def _make_plan(objs: list, d: np.ndarray, first: np.ndarray, writable: bool, fn: str) -> Plan:
     arrays = objs
+    foreign = []
     if first[_F.S_NOT_ARRAY] >= 0:
         arrays = list(objs)
         for i in np.flatnonzero(d[_F.F_CODE] == _F.CODE_NOT_ARRAY).tolist():
@@ -665,6 +718,9 @@ def _make_plan(objs: list, d: np.ndarray, first: np.ndarray, writable: bool, fn:
             if not is_buffer(o):
                 raise _not_array(o, i, fn)
             arrays[i] = _to_ndarray(o, i, fn)
+            w = where(o)
+            if w is not None:
+                foreign.append((i, o, w))
         d, first = cpu.describe(arrays)
     _check(arrays, first, writable, fn, objs)
     cache: dict[int, _Layout] = {}
@@ -707,7 +763,8 @@ def _make_plan(objs: list, d: np.ndarray, first: np.ndarray, writable: bool, fn:
             if root in row_of:
                 dups.setdefault(row_of[root], []).append(dup)
     extra = [_repeated_table(arrays[i], i, cache[i].k, staged, fn) for i in repeated]
-    return Plan(cpu.Table(ptrs, sizes, codes), kept, rows, dups, staged, len(objs), extra)
+    return Plan(cpu.Table(ptrs, sizes, codes), kept, rows, dups, staged, len(objs), extra,
+                foreign)
 
 
 def _stage(view: np.ndarray, i: int, fn: str) -> np.ndarray:
