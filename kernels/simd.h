@@ -179,8 +179,9 @@ static inline uint16_t fc_scale_exact_f16(uint16_t h, double s) {
  *   Proven: q's low bits more than 3 from the midpoint pattern.
  * NaN and inf are never proven (the exact path handles them). */
 static inline int fc_scale_f32_fast_ok(double s) {  /* s for which the 16-bit fast products are checked */
-    const double a = fabs(s);
-    return a >= 0x1p-100 && a <= 1.0;  /* s - (float)s a normal float32 or 0, and no overflow */
+    /* s - (float)s a normal float32 or 0, and no overflow; positive, so that
+     * the product's sign is x's (the fast products copy it: -0 stays -0) */
+    return s >= 0x1p-100 && s <= 1.0;
 }
 static inline int fc_scale_trivial(double s) {     /* 0, inf, NaN: every product exact */
     return s == 0.0 || s != s || fabs(s) == INFINITY;
@@ -462,7 +463,9 @@ static inline int32_t fc_unproven_bf16(float q) {
     return (int32_t)((w & 0xffffu) - 0x7fffu <= 2u) | (int32_t)((w & 0x7fffffffu) >= 0x7f800000u);
 }
 #define FC_UNPROVEN_BF16(q, v) fc_unproven_bf16(q)
-#define FC_PROD_BF16(v) __builtin_fmaf(fc_bf16_load(v), c, fc_bf16_load(v) * d)
+/* the sign is x's: for x = -0 and d < 0, -0*c + +0 would be +0 (s > 0 here) */
+#define FC_PROD_BF16(v) __builtin_copysignf(__builtin_fmaf(fc_bf16_load(v), c, fc_bf16_load(v) * d), \
+                                            fc_bf16_load(v))
 #define FC_OUT_BF16(q) fc_bf16_store(q)
 #define FC_EXACT_BF16(v) fc_scale_exact_bf16((v), s)
 FC_CLONES static void fc_scale_bf16(void *p, int64_t n, double s) {
@@ -789,7 +792,7 @@ FC_CLONES static int32_t fc_scalef_checked(const float *restrict x, float *restr
         int32_t a = 0;
         FC_PRAGMA(omp simd reduction(|:a))
         for (int64_t i = g; i < e; i++) {
-            q[i] = __builtin_fmaf(x[i], c, x[i] * d);
+            q[i] = __builtin_copysignf(__builtin_fmaf(x[i], c, x[i] * d), x[i]);  /* -0 stays -0 */
             a |= fc_unproven_f16(q[i]);
         }
         grp[g / FC_SCALE_GROUP] = a;

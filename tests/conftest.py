@@ -129,7 +129,10 @@ def correctly_rounded_product(x, s):
 
 
 def ulp_distance(a, b):
-    """Distance in units in the last place between same-dtype arrays (NaN vs NaN = 0)."""
+    """Distance in units in the last place between same-dtype arrays (NaN vs NaN = 0).
+
+    In the total order of the bit patterns: -0 and +0 are 1 apart (a product
+    that loses the sign of a zero is not exact)."""
     ut = {2: np.uint16, 4: np.uint32}[a.dtype.itemsize]  # 16- and 32-bit types
     it = np.int64
     nbits = 8 * a.dtype.itemsize
@@ -138,7 +141,7 @@ def ulp_distance(a, b):
         u = v.view(ut).astype(np.int64)
         sign = u >> (nbits - 1)
         mag = u & ((1 << (nbits - 1)) - 1)
-        return np.where(sign == 1, -mag, mag).astype(it)
+        return np.where(sign == 1, -mag - 1, mag).astype(it)
 
     with np.errstate(invalid="ignore"):  # bfloat16 signalling NaNs
         both_nan = np.isnan(a.astype(np.float64)) & np.isnan(b.astype(np.float64))

@@ -148,3 +148,17 @@ def test_scale_loops_and_their_tails_are_correctly_rounded(n, seed, dt, s):
     x = (w.astype(np.uint16) if np.dtype(dt).itemsize == 2 else w.astype(np.uint32)).view(dt)
     with np.errstate(all="ignore"):
         assert ulp_distance(kernel_scale(x, s), scaled(x, s)).max(initial=0) == 0
+
+
+@pytest.mark.parametrize("dt", [np.float16, ml_dtypes.bfloat16, np.float32], ids=["f16", "bf16", "f32"])
+def test_negative_zero_keeps_its_sign(dt):
+    """x*s for x = -0 is -0 (s > 0) and +0 (s < 0).  The 16-bit fast product
+    x*c + x*d gave +0 for -0 wherever d = s - float32(s) is negative (s =
+    1e-3): -0 + +0 is +0.  Blocks of -0 alone, so no neighbour's unproven
+    lane sends the block to the exact path."""
+    x = np.full(256, -0.0, dt)
+    for s in [1e-3, 0.7, 0.3, 0.99, 1.0, 0.5, 2.0**-20, 1e-30, 3.0, -1e-3, -0.7]:
+        y = kernel_scale(x, s)
+        want = np.signbit(np.float64(s)) ^ True
+        assert (np.signbit(y.astype(np.float32)) == want).all(), s
+        assert (y.astype(np.float32) == 0).all(), s
