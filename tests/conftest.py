@@ -1,5 +1,6 @@
 """Shared references for the tests: exact norms via math.fsum, dtype helpers."""
 import math
+import os
 
 import ml_dtypes
 import numpy as np
@@ -205,3 +206,16 @@ def rel(a, b):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+def pytest_collection_modifyitems(config, items):
+    """``FUSEDCLIP_TEST_SHARD=i/n``: run every n-th collected test from the
+    i-th (test_gpu runs the simulator suite as n such processes at once)."""
+    shard = os.environ.get("FUSEDCLIP_TEST_SHARD")
+    if not shard:
+        return
+    i, n = (int(v) for v in shard.split("/"))
+    keep = items[i::n]
+    kept = set(map(id, keep))
+    config.hook.pytest_deselected(items=[t for t in items if id(t) not in kept])
+    items[:] = keep

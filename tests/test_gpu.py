@@ -28,21 +28,32 @@ HAVE_NUMBA_CUDA = importlib.util.find_spec("numba") is not None and importlib.ut
 needs_numba = pytest.mark.skipif(not HAVE_NUMBA_CUDA, reason="numba-cuda not installed: pip install '.[cuda]'")
 
 
-def run_suite(path: Path, simulator: bool) -> None:
+def run_suite(path: Path, simulator: bool, shards: int = 1) -> None:
+    """Run a suite in its own process; ``shards`` processes at once, each
+    taking every shards-th test (conftest: FUSEDCLIP_TEST_SHARD), where the
+    machine has the cores (the simulator runs each CUDA thread as a Python
+    thread, on one core)."""
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     if simulator:
         env["NUMBA_ENABLE_CUDASIM"] = "1"
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(path)],
-                       cwd=HERE.parent, env=env, capture_output=True, text=True)
-    tail = (r.stdout + r.stderr)[-6000:]
-    print(tail)
-    assert r.returncode == 0, tail
-    assert " passed" in r.stdout and " failed" not in r.stdout
+    shards = max(1, min(shards, len(os.sched_getaffinity(0))))
+    procs = []
+    for i in range(shards):
+        e = dict(env, FUSEDCLIP_TEST_SHARD=f"{i}/{shards}") if shards > 1 else env
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(path)],
+            cwd=HERE.parent, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    for i, p in enumerate(procs):
+        out = p.communicate()[0]
+        tail = out[-6000:]
+        print(f"--- shard {i} of {shards}\n{tail}")
+        assert p.returncode == 0, tail
+        assert " passed" in out and " failed" not in out
 
 
 @needs_numba
 def test_simulator_suite():
-    run_suite(HERE / "gpu" / "sim_suite.py", simulator=True)
+    run_suite(HERE / "gpu" / "sim_suite.py", simulator=True, shards=2)
 
 
 @needs_numba
