@@ -234,15 +234,15 @@ static __thread const char *fc_pf_next = fc_pf_nowhere;
 /* for (b = 0; b < nb; b += FC_LANES) BODY, prefetching FC_PF_DIST bytes
  * ahead: inside x[0, n) while that lies ahead, then at the next chunk.  Two
  * loops, so that the common one carries no address select. */
-#define FC_FOR_BLOCKS(x, n, nb, b, rw, ...)                                         \
+#define FC_FOR_STEPS(x, n, nb, b, rw, STEP, ...)                                           \
     do {                                                                            \
         const int64_t sz_ = (int64_t)sizeof(*(x));                                  \
         const int64_t d_ = FC_PF_DIST / sz_, pg_ = 4096 / sz_;                      \
         const int64_t m_ = (nb) > d_ ? (nb) - d_ : 0;                               \
         const int64_t tl_ = (n) - d_ - pg_;     /* touches stay inside x[0, n) */   \
-        const int bb_ = FC_LANES * (int)sz_;                                        \
+        const int bb_ = (STEP) * (int)sz_;                                            \
         int64_t b = 0;                                                              \
-        for (; b < m_; b += FC_LANES) {                                             \
+        for (; b < m_; b += (STEP)) {                                             \
             FC_PF_LINES((x) + b + d_, bb_, rw);                                     \
             if (!(b & (pg_ - 1)) && b < tl_) FC_PF_TOUCH((x) + b + d_ + pg_);      \
             __VA_ARGS__                                                             \
@@ -250,16 +250,17 @@ static __thread const char *fc_pf_next = fc_pf_nowhere;
         /* then into the next chunk: prefetches only (never a load there) */        \
         uintptr_t q_ = (uintptr_t)fc_pf_next + (uintptr_t)((b + d_ - (n)) * sz_);   \
         if ((n) * sz_ > FC_PF_DIST / 2) {                                           \
-            for (; b < (nb); b += FC_LANES, q_ += (uintptr_t)bb_) {                 \
+            for (; b < (nb); b += (STEP), q_ += (uintptr_t)bb_) {                 \
                 FC_PF_LINES(q_, bb_, rw);                                           \
                 __VA_ARGS__                                                         \
             }                                                                       \
         } else {  /* a small chunk: the table loop fetches its successors */        \
-            for (; b < (nb); b += FC_LANES) {                                       \
+            for (; b < (nb); b += (STEP)) {                                       \
                 __VA_ARGS__                                                         \
             }                                                                       \
         }                                                                           \
     } while (0)
+#define FC_FOR_BLOCKS(x, n, nb, b, rw, ...) FC_FOR_STEPS(x, n, nb, b, rw, FC_LANES, __VA_ARGS__)
 #define FC_LANE_LOOP(x, n, STMT)                                                    \
     do {                                                                            \
         const int64_t nb_ = (n) - (n) % FC_LANES;                                   \
@@ -388,35 +389,53 @@ FC_DEFINE_LOOPS(f16, uint16_t, float, FC_LD_F16, FC_ST_F16, 0)
 /* x *= s, correctly rounded (see "correctly rounded scaling" above), one
  * pass: each lane's fast product q = PROD(v) is stored as OUT(q), and
  * UNPROVEN(q, v) says whether it may differ from the correct rounding.  The
- * lanes go in groups of FC_SCALE_GROUP (a block of FC_LANES keeps its inputs:
- * one or two cache lines); a group with an unproven lane is rewritten from
- * EXACT(v), vectorised.  Groups of 8: a scale with many hard lanes (bfloat16
- * at s = 0.99: 1.6 % of the lanes) rewrites 12 % of the groups, not 40 % of
- * the blocks. */
+ * lanes go in spans of FC_SCALE_SPAN (the inputs kept on the stack), with one
+ * reduction of the checks per span; a span with an unproven lane checks its
+ * groups of FC_SCALE_GROUP again and rewrites those with one from EXACT(v),
+ * vectorised.  (A reduction per group of 32 cost as much as the products.)
+ * Groups of 32: a scale with many hard lanes (bfloat16 at s = 0.99: 1.6 %
+ * of the lanes) rewrites a fraction of the groups, not of the spans. */
 #define FC_SCALE_GROUP 32
+#define FC_SCALE_SPAN 256
 #define FC_SCALE_LOOP(T, x, n, PROD, OUT, UNPROVEN, EXACT)                             \
     do {                                                                               \
-        const int64_t nb_ = (n) - (n) % FC_LANES;                                      \
-        FC_FOR_BLOCKS(x, n, nb_, b_, 1, {                                              \
-            T o_[FC_LANES];                                                            \
-            for (int g_ = 0; g_ < FC_LANES; g_ += FC_SCALE_GROUP) {                    \
-                __typeof__(UNPROVEN(PROD(x[0]), x[0])) any_ = 0;                       \
-                FC_PRAGMA(omp simd reduction(|:any_))                                  \
-                for (int j = g_; j < g_ + FC_SCALE_GROUP; j++) {                       \
-                    const T v_ = x[b_ + j];                                            \
-                    const __typeof__(PROD(v_)) q_ = PROD(v_);                          \
-                    o_[j] = v_;                                                        \
-                    any_ |= UNPROVEN(q_, v_);                                          \
-                    x[b_ + j] = OUT(q_);                                               \
-                }                                                                      \
-                if (any_) {                                                            \
-                    FC_PRAGMA(omp simd)                                                \
-                    for (int j = g_; j < g_ + FC_SCALE_GROUP; j++) x[b_ + j] = EXACT(o_[j]); \
+        const int64_t nb_ = (n) - (n) % FC_SCALE_SPAN;                                 \
+        FC_FOR_STEPS(x, n, nb_, b_, 1, FC_SCALE_SPAN, {                                \
+            T o_[FC_SCALE_SPAN];                                                       \
+            __typeof__(UNPROVEN(PROD(x[0]), x[0])) any_ = 0;                           \
+            FC_PRAGMA(omp simd reduction(|:any_))                                      \
+            for (int j = 0; j < FC_SCALE_SPAN; j++) {                                  \
+                const T v_ = x[b_ + j];                                                \
+                const __typeof__(PROD(v_)) q_ = PROD(v_);                              \
+                o_[j] = v_;                                                            \
+                any_ |= UNPROVEN(q_, v_);                                              \
+                x[b_ + j] = OUT(q_);                                                   \
+            }                                                                          \
+            if (any_) {                                                                \
+                for (int g_ = 0; g_ < FC_SCALE_SPAN; g_ += FC_SCALE_GROUP) {           \
+                    __typeof__(any_) a_ = 0;                                           \
+                    FC_PRAGMA(omp simd reduction(|:a_))                                \
+                    for (int j = g_; j < g_ + FC_SCALE_GROUP; j++)                     \
+                        a_ |= UNPROVEN(PROD(o_[j]), o_[j]);                            \
+                    if (a_) {                                                          \
+                        FC_PRAGMA(omp simd)                                            \
+                        for (int j = g_; j < g_ + FC_SCALE_GROUP; j++)                 \
+                            x[b_ + j] = EXACT(o_[j]);                                  \
+                    }                                                                  \
                 }                                                                      \
             }                                                                          \
         });                                                                            \
         for (int64_t i_ = nb_; i_ < (n); i_++) x[i_] = EXACT(x[i_]);                   \
     } while (0)
+
+/* The AVX-512 scale loops (below, set at load time where the CPU has them):
+ * the same products and checks, 32 lanes at a time, with the check on mask
+ * registers and a branch per 32 lanes; GCC's vectorisation of the generic
+ * loops used 256-bit vectors and ~3 instructions per element. */
+typedef void (*fc_scale32_fn)(float *, int64_t, double);
+typedef void (*fc_scale16_fn)(uint16_t *, int64_t, float, float, double);
+static fc_scale32_fn fc_scale_f32_fast = 0;
+static fc_scale16_fn fc_scale_bf16_fast = 0, fc_scale_f16_fast = 0;
 
 /* float64: the product, rounded once */
 FC_CLONES static void fc_scale_f64(void *p, int64_t n, double s) {
@@ -451,6 +470,7 @@ FC_CLONES static void fc_scale_f32(void *p, int64_t n, double s) {
         for (int64_t i = 0; i < n; i++) x[i] = fc_scale_exact_f32(x[i], s);
         return;
     }
+    if (fc_scale_f32_fast) { fc_scale_f32_fast(x, n, s); return; }
     FC_SCALE_LOOP(float, x, n, FC_PROD_F32, FC_OUT_F32, FC_UNPROVEN_F32, FC_EXACT_F32);
 }
 /* bfloat16: q = x*c + x*d in float32 with one rounding (an FMA), c = s
@@ -480,6 +500,7 @@ FC_CLONES static void fc_scale_bf16(void *p, int64_t n, double s) {
         for (int64_t i = 0; i < n; i++) x[i] = fc_scale_exact_bf16(x[i], s);
         return;
     }
+    if (fc_scale_bf16_fast) { fc_scale_bf16_fast(x, n, c, d, s); return; }
     FC_SCALE_LOOP(uint16_t, x, n, FC_PROD_BF16, FC_OUT_BF16, FC_UNPROVEN_BF16, FC_EXACT_BF16);
 }
 
@@ -736,14 +757,126 @@ FC_V4 static double fc_ssqw_##SFX##_v4(const void *p, int64_t n) {              
 #define FC_TAILW_F16(h) fc_w_of_f32bits(fc_f32_bits(_cvtsh_ss(h)))
 FC_SSQW_V4(bf16, FC_WB_MASK, FC_LOAD4_BF16, FC_TAILW_BF16)
 FC_SSQW_V4(f16, FC_W_MASK, FC_LOAD4_F16, FC_TAILW_F16)
-/* (The 16-bit scale loops are the generic ones: correct rounding needs their
- * per-lane check, and the x86-64-v4 clones vectorise it.) */
+/* The scale loops: FC_UNPROVEN_F32, fc_unproven_bf16 and fc_unproven_f16
+ * on mask registers; 32 lanes whose mask is not empty (rare) are done on the
+ * exact path from the inputs, still in memory (nothing stored yet). */
+FC_V4 static inline __m512i fc_v4_prod16(__m512 xf, __m512 c, __m512 d) {
+    const __m512 q = _mm512_fmadd_ps(xf, c, _mm512_mul_ps(xf, d));   /* x*c + x*d, one rounding */
+    return _mm512_ternarylogic_epi32(_mm512_set1_epi32((int)0x80000000u), _mm512_castps_si512(xf),
+                                     _mm512_castps_si512(q), 0xca);    /* x's sign: -0 stays -0 */
+}
+/* bfloat16, 32 lanes in 17 instructions: the words unpacked under zeros are
+ * the float32 values (in an order within 128-bit lanes that the final
+ * permute undoes); q = x*c, one product (8 x 24 bits, rounded once) is within
+ * 1.5 float32 ulps of x*s (|s - c| <= 2^-24 c), so it is proven outside
+ * +-2 ulps of a bfloat16 midpoint (the x*c + x*d of the generic loop needs
+ * +-1, at one FMA and a sign fix more per 16 lanes); there, q + 0x8000's
+ * high half is the correctly rounded value (no tie), and its low half is in
+ * [0xfffe, 0x0002] exactly where q is not proven.  A zero keeps its sign
+ * (c > 0); an inf/NaN x (its exponent all ones) is not proven. */
+FC_V4 static void fc_scale_bf16_v4(uint16_t *restrict x, int64_t n, float cf, float df, double s) {
+    (void)df;
+    const __m512 c = _mm512_set1_ps(cf);
+    const __m512i zero = _mm512_setzero_si512(), half = _mm512_set1_epi32(0x8000);
+    const __m512i two = _mm512_set1_epi16(2), four = _mm512_set1_epi16(4);
+    const __m512i expo = _mm512_set1_epi16(0x7f80);
+    uint16_t ih[32], il[32];
+    for (int i = 0; i < 32; i++) {  /* output i = 8k + r: from lo's dword 4k + r, or hi's 4k + r - 4 */
+        const int k = i / 8, r = i % 8, word = r < 4 ? 2 * (4 * k + r) : 32 + 2 * (4 * k + r - 4);
+        il[i] = (uint16_t)word;
+        ih[i] = (uint16_t)(word + 1);
+    }
+    const __m512i idx_hi = _mm512_loadu_si512(ih), idx_lo = _mm512_loadu_si512(il);
+    const int64_t nb = n - n % 32;
+    FC_FOR_STEPS(x, n, nb, b, 1, 32, {
+        const __m512i v = _mm512_loadu_si512((const void *)(x + b));
+        const __m512i w0 = _mm512_add_epi32(_mm512_castps_si512(
+            _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, v)), c)), half);
+        const __m512i w1 = _mm512_add_epi32(_mm512_castps_si512(
+            _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, v)), c)), half);
+        const __m512i lows = _mm512_permutex2var_epi16(w0, idx_lo, w1);
+        const __mmask32 k = _mm512_cmple_epu16_mask(_mm512_add_epi16(lows, two), four)
+                          | _mm512_cmpeq_epi16_mask(_mm512_and_si512(v, expo), expo);
+        if (__builtin_expect(k != 0, 0)) {
+            for (int j = 0; j < 32; j++) x[b + j] = fc_scale_exact_bf16(x[b + j], s);
+        } else {
+            _mm512_storeu_si512((void *)(x + b), _mm512_permutex2var_epi16(w0, idx_hi, w1));
+        }
+    });
+    for (int64_t i = nb; i < n; i++) x[i] = fc_scale_exact_bf16(x[i], s);
+}
+FC_V4 static inline __mmask16 fc_v4_unproven_f16(__m512i q) {
+    const __m512i w = _mm512_and_si512(q, _mm512_set1_epi32(0x7fffffff));
+    const __m512i e = _mm512_srli_epi32(w, 23);
+    const __m512i k = _mm512_min_epi32(_mm512_max_epi32(_mm512_sub_epi32(_mm512_set1_epi32(126), e),
+                                                        _mm512_set1_epi32(13)), _mm512_set1_epi32(23));
+    const __m512i mask = _mm512_sub_epi32(_mm512_sllv_epi32(_mm512_set1_epi32(1), k), _mm512_set1_epi32(1));
+    const __m512i half_1 = _mm512_srli_epi32(mask, 1);                   /* half - 1 */
+    return _mm512_cmple_epu32_mask(_mm512_sub_epi32(_mm512_and_si512(w, mask), half_1), _mm512_set1_epi32(2))
+         | (_mm512_cmplt_epi32_mask(e, _mm512_set1_epi32(103)) & _mm512_test_epi32_mask(w, w))
+         | _mm512_cmpge_epu32_mask(w, _mm512_set1_epi32(0x7f800000));
+}
+FC_V4 static void fc_scale_f16_v4(uint16_t *restrict x, int64_t n, float cf, float df, double s) {
+    const __m512 c = _mm512_set1_ps(cf), d = _mm512_set1_ps(df);
+    const int64_t nb = n - n % 32;
+    FC_FOR_STEPS(x, n, nb, b, 1, 32, {
+        const __m512i q0 = fc_v4_prod16(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(x + b))), c, d);
+        const __m512i q1 = fc_v4_prod16(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(x + b + 16))), c, d);
+        if (__builtin_expect((fc_v4_unproven_f16(q0) | fc_v4_unproven_f16(q1)) != 0, 0)) {
+            for (int j = 0; j < 32; j++) x[b + j] = fc_scale_exact_f16(x[b + j], s);
+        } else {
+            _mm256_storeu_si256((__m256i *)(x + b), _mm512_cvtps_ph(_mm512_castsi512_ps(q0),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            _mm256_storeu_si256((__m256i *)(x + b + 16), _mm512_cvtps_ph(_mm512_castsi512_ps(q1),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        }
+    });
+    for (int64_t i = nb; i < n; i++) x[i] = fc_scale_exact_f16(x[i], s);
+}
+/* float32: the midpoint test on the product; the tiny test on the input,
+ * 0 < |x| < T with T = 2^-125 / |s| rounded up (a superset again: |x| >= T
+ * makes |q| >= 2^-125), one test per 16 lanes instead of two per 8 */
+#define FC_MID_(q) _mm512_cmpeq_epi64_mask(_mm512_and_si512(_mm512_castpd_si512(q), m29), h29)
+FC_V4 static void fc_scale_f32_v4(float *restrict x, int64_t n, double s) {
+    const __m512d sv = _mm512_set1_pd(s);
+    const __m512i m29 = _mm512_set1_epi64(0x1fffffff), h29 = _mm512_set1_epi64(0x10000000);
+    const double t = 0x1p-125 / fabs(s) * (1.0 + 0x1p-20);
+    const float tf = t < 3e38 ? (float)t * (1.0f + 0x1p-20f) : INFINITY;  /* rounded up */
+    const __m512i tb = _mm512_set1_epi32((int)(fc_f32_bits(tf) - 1u)), one = _mm512_set1_epi32(1);
+    const __m512i absm = _mm512_set1_epi32(0x7fffffff);
+    const int64_t nb = n - n % 32;
+    FC_FOR_STEPS(x, n, nb, b, 1, 32, {
+        const __m512 v0 = _mm512_loadu_ps(x + b), v1 = _mm512_loadu_ps(x + b + 16);
+        __mmask16 kt = _mm512_cmplt_epu32_mask(_mm512_sub_epi32(_mm512_and_si512(
+                           _mm512_castps_si512(v0), absm), one), tb)
+                     | _mm512_cmplt_epu32_mask(_mm512_sub_epi32(_mm512_and_si512(
+                           _mm512_castps_si512(v1), absm), one), tb);
+        const __m512d q0 = _mm512_mul_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(v0)), sv);
+        const __m512d q1 = _mm512_mul_pd(_mm512_cvtps_pd(_mm512_extractf32x8_ps(v0, 1)), sv);
+        const __m512d q2 = _mm512_mul_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(v1)), sv);
+        const __m512d q3 = _mm512_mul_pd(_mm512_cvtps_pd(_mm512_extractf32x8_ps(v1, 1)), sv);
+        const __mmask8 km = FC_MID_(q0) | FC_MID_(q1) | FC_MID_(q2) | FC_MID_(q3);
+        if (__builtin_expect((kt | km) != 0, 0)) {
+            for (int j = 0; j < 32; j++) x[b + j] = fc_scale_exact_f32(x[b + j], s);
+        } else {
+            _mm256_storeu_ps(x + b, _mm512_cvtpd_ps(q0));
+            _mm256_storeu_ps(x + b + 8, _mm512_cvtpd_ps(q1));
+            _mm256_storeu_ps(x + b + 16, _mm512_cvtpd_ps(q2));
+            _mm256_storeu_ps(x + b + 24, _mm512_cvtpd_ps(q3));
+        }
+    });
+    for (int64_t i = nb; i < n; i++) x[i] = fc_scale_exact_f32(x[i], s);
+}
+#undef FC_MID_
 __attribute__((constructor)) static void fc_pick_ssq(void) {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("x86-64-v4")) {  /* the clone the ifunc resolver picks too */
         fc_ssq_f32_impl = fc_ssq_f32_v4;
         fc_ssqw_bf16_impl = fc_ssqw_bf16_v4;
         fc_ssqw_f16_impl = fc_ssqw_f16_v4;
+        fc_scale_f32_fast = fc_scale_f32_v4;
+        fc_scale_bf16_fast = fc_scale_bf16_v4;
+        fc_scale_f16_fast = fc_scale_f16_v4;
         fc_ssq_path = "AVX-512 intrinsics";
     }
 }
@@ -818,6 +951,7 @@ static void fc_scale_f16b(void *p, int64_t n, double s) {
         return;
     }
     const float c = (float)s, d = (float)(s - (double)c);
+    if (fc_scale_f16_fast) { fc_scale_f16_fast(x, n, c, d, s); return; }
     FC_F16_BLOCKS(p, n, {
         float q[FC_HBLK];
         int32_t grp[FC_HBLK / FC_SCALE_GROUP];
