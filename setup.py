@@ -11,7 +11,7 @@ import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-compile_args = ["-O3", "-fopenmp", "-fno-math-errno", "-std=gnu11", "-mprefer-vector-width=512"]
+compile_args = ["-O3", "-fopenmp", "-fno-math-errno", "-std=gnu11"]
 link_args = ["-fopenmp"]
 if os.environ.get("FUSEDCLIP_NATIVE") == "1":
     compile_args.append("-march=native")
