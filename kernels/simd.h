@@ -757,14 +757,12 @@ FC_V4 static double fc_ssqw_##SFX##_v4(const void *p, int64_t n) {              
 #define FC_TAILW_F16(h) fc_w_of_f32bits(fc_f32_bits(_cvtsh_ss(h)))
 FC_SSQW_V4(bf16, FC_WB_MASK, FC_LOAD4_BF16, FC_TAILW_BF16)
 FC_SSQW_V4(f16, FC_W_MASK, FC_LOAD4_F16, FC_TAILW_F16)
-/* The scale loops: FC_UNPROVEN_F32, fc_unproven_bf16 and fc_unproven_f16
- * on mask registers; 32 lanes whose mask is not empty (rare) are done on the
- * exact path from the inputs, still in memory (nothing stored yet). */
-FC_V4 static inline __m512i fc_v4_prod16(__m512 xf, __m512 c, __m512 d) {
-    const __m512 q = _mm512_fmadd_ps(xf, c, _mm512_mul_ps(xf, d));   /* x*c + x*d, one rounding */
-    return _mm512_ternarylogic_epi32(_mm512_set1_epi32((int)0x80000000u), _mm512_castps_si512(xf),
-                                     _mm512_castps_si512(q), 0xca);    /* x's sign: -0 stays -0 */
-}
+/* The AVX-512 scale loops: the fast products and their proofs on mask
+ * registers, 32 lanes at a time; 32 lanes with an unproven one (rare) are
+ * done on the exact path from the inputs, still in memory (nothing is
+ * stored before the check).  bfloat16 and float16 use cheaper proofs than
+ * the generic loops (below); float32 the same one, its tiny test moved to
+ * the input. */
 /* bfloat16, 32 lanes in 17 instructions: the words unpacked under zeros are
  * the float32 values (in an order within 128-bit lanes that the final
  * permute undoes); q = x*c, one product (8 x 24 bits, rounded once) is within
@@ -805,37 +803,38 @@ FC_V4 static void fc_scale_bf16_v4(uint16_t *restrict x, int64_t n, float cf, fl
     });
     for (int64_t i = nb; i < n; i++) x[i] = fc_scale_exact_bf16(x[i], s);
 }
-FC_V4 static inline __mmask16 fc_v4_unproven_f16(__m512i q) {
-    const __m512i w = _mm512_and_si512(q, _mm512_set1_epi32(0x7fffffff));
-    const __m512i e = _mm512_srli_epi32(w, 23);
-    const __m512i k = _mm512_min_epi32(_mm512_max_epi32(_mm512_sub_epi32(_mm512_set1_epi32(126), e),
-                                                        _mm512_set1_epi32(13)), _mm512_set1_epi32(23));
-    const __m512i mask = _mm512_sub_epi32(_mm512_sllv_epi32(_mm512_set1_epi32(1), k), _mm512_set1_epi32(1));
-    const __m512i half_1 = _mm512_srli_epi32(mask, 1);                   /* half - 1 */
-    return _mm512_cmple_epu32_mask(_mm512_sub_epi32(_mm512_and_si512(w, mask), half_1), _mm512_set1_epi32(2))
-         | (_mm512_cmplt_epi32_mask(e, _mm512_set1_epi32(103)) & _mm512_test_epi32_mask(w, w))
-         | _mm512_cmpge_epu32_mask(w, _mm512_set1_epi32(0x7f800000));
-}
+/* float16: q = x*c, within 1.5 float32 ulps of x*s (as for bfloat16); it
+ * is proven where q's neighbours 4 ulps away on either side, qa and qb,
+ * round to the same float16 (rounding is monotonic, so all between does,
+ * x*s included).  Below float32's normal range the ulps are coarser than
+ * 2^-21 |q|, but everything there rounds to a zero of x's sign.  inf and
+ * NaN stay what they are.  Three conversions and three products per 16
+ * lanes, against the exponent-dependent window of fc_unproven_f16. */
+#define FC_F16_RNE (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 FC_V4 static void fc_scale_f16_v4(uint16_t *restrict x, int64_t n, float cf, float df, double s) {
-    const __m512 c = _mm512_set1_ps(cf), d = _mm512_set1_ps(df);
+    (void)df;
+    const __m512 c = _mm512_set1_ps(cf), up = _mm512_set1_ps(1.0f + 0x1p-21f),
+                 down = _mm512_set1_ps(1.0f - 0x1p-21f);
     const int64_t nb = n - n % 32;
     FC_FOR_STEPS(x, n, nb, b, 1, 32, {
-        const __m512i q0 = fc_v4_prod16(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(x + b))), c, d);
-        const __m512i q1 = fc_v4_prod16(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(x + b + 16))), c, d);
-        if (__builtin_expect((fc_v4_unproven_f16(q0) | fc_v4_unproven_f16(q1)) != 0, 0)) {
+        const __m512 q0 = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(x + b))), c);
+        const __m512 q1 = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(x + b + 16))), c);
+        const __m256i r0 = _mm512_cvtps_ph(q0, FC_F16_RNE), r1 = _mm512_cvtps_ph(q1, FC_F16_RNE);
+        const __mmask16 k =
+            _mm256_cmpneq_epi16_mask(_mm512_cvtps_ph(_mm512_mul_ps(q0, up), FC_F16_RNE),
+                                     _mm512_cvtps_ph(_mm512_mul_ps(q0, down), FC_F16_RNE))
+          | _mm256_cmpneq_epi16_mask(_mm512_cvtps_ph(_mm512_mul_ps(q1, up), FC_F16_RNE),
+                                     _mm512_cvtps_ph(_mm512_mul_ps(q1, down), FC_F16_RNE));
+        if (__builtin_expect(k != 0, 0)) {
             for (int j = 0; j < 32; j++) x[b + j] = fc_scale_exact_f16(x[b + j], s);
         } else {
-            _mm256_storeu_si256((__m256i *)(x + b), _mm512_cvtps_ph(_mm512_castsi512_ps(q0),
-                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-            _mm256_storeu_si256((__m256i *)(x + b + 16), _mm512_cvtps_ph(_mm512_castsi512_ps(q1),
-                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            _mm256_storeu_si256((__m256i *)(x + b), r0);
+            _mm256_storeu_si256((__m256i *)(x + b + 16), r1);
         }
     });
     for (int64_t i = nb; i < n; i++) x[i] = fc_scale_exact_f16(x[i], s);
 }
-/* float32: the midpoint test on the product; the tiny test on the input,
- * 0 < |x| < T with T = 2^-125 / |s| rounded up (a superset again: |x| >= T
- * makes |q| >= 2^-125), one test per 16 lanes instead of two per 8 */
+#undef FC_F16_RNE
 #define FC_MID_(q) _mm512_cmpeq_epi64_mask(_mm512_and_si512(_mm512_castpd_si512(q), m29), h29)
 FC_V4 static void fc_scale_f32_v4(float *restrict x, int64_t n, double s) {
     const __m512d sv = _mm512_set1_pd(s);
