@@ -40,8 +40,17 @@ def keys(state: Any, expected: tuple[str, ...], what: str) -> None:
                                      + ([f"unknown {', '.join(map(repr, unknown))}"] if unknown else [])))
 
 
+#: No count a run can reach is larger (the history indexes with int64 arrays:
+#: calls = 10**30 passed the checks, then failed in numpy after the threshold
+#: had been restored)
+COUNT_MAX = 2**63 - 1
+
+
 def count(name: str, x: Any, minimum: int = 0, maximum: int | None = None, upto: str = "") -> int:
-    """An int in [minimum, maximum] (``upto`` names the maximum), or TypeError / ValueError."""
+    """An int in [minimum, maximum] (``upto`` names the maximum; the default
+    maximum is ``COUNT_MAX``), or TypeError / ValueError."""
+    if maximum is None:
+        maximum, upto = COUNT_MAX, upto or "2**63 - 1"
     if isinstance(x, (bool, np.bool_)) or not isinstance(x, int) and not hasattr(x, "__index__"):
         raise TypeError(f"{name} must be an int, got {type(x).__name__} {x!r}")
     x = int(x)
