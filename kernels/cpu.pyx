@@ -86,6 +86,7 @@ cdef extern from *:
     const char *fc_build_flags
     const char *fc_f16_path
     const char *fc_ssq_path
+    const char *fc_scale_path
     const char *fc_cpu_level() nogil
     uint64_t fc_floor_read(const uint64_t *x, int64_t n) noexcept nogil
     void fc_prefetch_obj "__builtin_prefetch" (const void *p) noexcept nogil
@@ -215,6 +216,7 @@ def info():
         "simd_selected": fc_cpu_level().decode(),
         "float16_conversion": fc_f16_path.decode(),
         "l2_float32_bfloat16": fc_ssq_path.decode(),
+        "scale": fc_scale_path.decode(),
         "build_flags": fc_build_flags.decode(),
         "openmp_max_threads": openmp.omp_get_max_threads(),
         "chunk_elements": FC_CHUNK,

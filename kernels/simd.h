@@ -26,6 +26,7 @@
 #define FUSEDCLIP_SIMD_H
 
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <math.h>
 
@@ -683,6 +684,7 @@ typedef double (*fc_ssqw_fn)(const void *, int64_t);
 static fc_ssq_fn fc_ssq_f32_impl = fc_ssq_f32;
 static fc_ssqw_fn fc_ssqw_bf16_impl = fc_ssqw_bf16_lanes, fc_ssqw_f16_impl = fc_ssqw_f16_lanes;
 static const char *fc_ssq_path = "lane loops (target clones)";
+static const char *fc_scale_path = "checked lane loops (target clones)";
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(FUSEDCLIP_NO_CLONES)
 #if FC_LANES != 32
@@ -904,9 +906,12 @@ __attribute__((constructor)) static void fc_pick_ssq(void) {
         fc_ssq_f32_impl = fc_ssq_f32_v4;
         fc_ssqw_bf16_impl = fc_ssqw_bf16_v4;
         fc_ssqw_f16_impl = fc_ssqw_f16_v4;
-        fc_scale_f32_fast = fc_scale_f32_v4;
-        fc_scale_bf16_fast = fc_scale_bf16_v4;
-        fc_scale_f16_fast = fc_scale_f16_v4;
+        if (!getenv("FUSEDCLIP_GENERIC_SCALE")) {  /* (tests: the generic loops on this CPU too) */
+            fc_scale_f32_fast = fc_scale_f32_v4;
+            fc_scale_bf16_fast = fc_scale_bf16_v4;
+            fc_scale_f16_fast = fc_scale_f16_v4;
+            fc_scale_path = "AVX-512 intrinsics";
+        }
         fc_ssq_path = "AVX-512 intrinsics";
     }
 }

@@ -162,3 +162,24 @@ def test_negative_zero_keeps_its_sign(dt):
         want = np.signbit(np.float64(s)) ^ True
         assert (np.signbit(y.astype(np.float32)) == want).all(), s
         assert (y.astype(np.float32) == 0).all(), s
+
+
+def test_the_generic_scale_loops_are_correctly_rounded_too():
+    """On an AVX-512 CPU the scale runs the intrinsic loops; the generic ones
+    (AVX2 and older CPUs) are run here with FUSEDCLIP_GENERIC_SCALE=1, in a
+    process of their own (the choice is made when the module loads)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, FUSEDCLIP_GENERIC_SCALE="1")
+    probe = subprocess.run([sys.executable, "-c", "from fusedclip.kernels import cpu; print(cpu.info()['scale'])"],
+                           env=env, capture_output=True, text=True)
+    assert probe.stdout.strip() == "checked lane loops (target clones)", probe.stdout + probe.stderr
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        "tests/test_rounding.py", "tests/test_conversions.py",
+                        "-k", "not generic_scale_loops"],
+                       cwd=Path(__file__).parent.parent, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    assert " passed" in r.stdout

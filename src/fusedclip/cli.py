@@ -39,6 +39,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("SIMD dispatch", i["simd_dispatch"]),
         ("SIMD selected", i["simd_selected"]),
         ("float16 conversion", i["float16_conversion"]),
+        ("scale (correctly rounded)", i["scale"]),
         ("OpenMP threads", f"{i['openmp_max_threads']} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})"),
         ("chunk", f"{i['chunk_elements']} elements; one thread below {i['parallel_min_elements']} elements"),
         ("CUDA", _gpu_state()),
