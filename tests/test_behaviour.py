@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import fusedclip as fc
-from conftest import CHUNK, DTYPES, assert_untouched, clamped, ref_norm, rel, scaled, snapshot
+from conftest import CHUNK, DTYPES, DLPackOnly, assert_untouched, clamped, ref_norm, rel, scaled, snapshot
 from fusedclip import cli
 from fusedclip.kernels import cpu
 
@@ -172,19 +172,6 @@ def test_no_memory_growth_over_ten_thousand_calls():
 
 
 # ---------------------------------------------------------------- DLPack
-class DLPackOnly:
-    """An object exposing nothing but the DLPack protocol over a numpy array."""
-
-    def __init__(self, a):
-        self._a = a
-
-    def __dlpack__(self, **kw):
-        return self._a.__dlpack__(**kw)
-
-    def __dlpack_device__(self):
-        return self._a.__dlpack_device__()
-
-
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16], ids=["f64", "f32", "f16"])
 def test_dlpack_objects_are_read_and_written_in_place(dtype, rng):
     a = (rng.standard_normal(CHUNK + 7) * 10).astype(dtype)

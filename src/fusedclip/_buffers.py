@@ -10,6 +10,7 @@ views, suspected overlap) get Python attention.
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 import weakref
 from collections import OrderedDict
@@ -567,8 +568,6 @@ def _torch_module(obj: Any):
     """torch, if obj is a torch tensor (torch is never imported here)."""
     if type(obj).__module__.partition(".")[0] != "torch":
         return None
-    import sys
-
     torch = sys.modules.get("torch")
     return torch if torch is not None and isinstance(obj, torch.Tensor) else None
 
