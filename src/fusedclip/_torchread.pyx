@@ -34,6 +34,7 @@ from libc.stdlib cimport malloc, free
 from libc.math cimport INFINITY
 from cpython.object cimport PyObject, PyObject_GetAttr
 from cpython.sequence cimport PySequence_Fast_ITEMS
+from cpython.ref cimport Py_DECREF
 
 from fusedclip.kernels.cpu cimport extents_disjoint
 from fusedclip cimport capi as fc
@@ -98,6 +99,10 @@ cdef f_i32 _get_dtype = NULL, _get_device_type = NULL, _get_layout = NULL
 cdef f_bool _is_contiguous = NULL
 cdef f_del _delete = NULL
 cdef object _alloc = None  # torch._C._aoti.unsafe_alloc_void_ptrs_from_tensors
+# where a tensor's Python object holds its at::Tensor (an AOTI handle is an
+# at::Tensor *): read in place, no handle made (-1: made by _alloc); see
+# cdata_matches
+cdef Py_ssize_t _cdata_off = -1
 cdef int32_t _aoti_dtypes[4]
 cdef int32_t _aoti_cpu = -1, _aoti_cuda = -1, _aoti_strided = -1
 
@@ -107,14 +112,19 @@ AOTI_FUNCTIONS = ("aoti_torch_get_data_ptr", "aoti_torch_get_numel", "aoti_torch
                   "aoti_torch_get_layout", "aoti_torch_is_contiguous", "aoti_torch_delete_tensor_object")
 
 
-def use_aoti(addresses, alloc=None, dtypes=(), int cpu=-1, int cuda=-1, int strided=-1):
+def use_aoti(addresses, alloc=None, dtypes=(), int cpu=-1, int cuda=-1, int strided=-1,
+             Py_ssize_t cdata_offset=-1):
     """Read through the AOTI shim from now on: ``addresses`` maps each name
     in AOTI_FUNCTIONS to its address in libtorch, ``alloc`` makes handles for
     a list of tensors, ``dtypes`` are the shim's codes of float64, float32,
     bfloat16 and float16, ``cpu``/``cuda``/``strided`` its device and layout
-    codes.  ``use_aoti(None)``: read through the accessors."""
-    global _get_data_ptr, _get_numel, _get_storage_size, _get_storage_offset, _get_dtype
+    codes.  ``cdata_offset`` >= 0: the handles are taken in place, at that
+    offset in each tensor's Python object (only where ``cdata_matches`` said
+    so for this torch); -1: made by ``alloc`` per call.  ``use_aoti(None)``:
+    read through the accessors."""
+    global _cdata_off, _get_data_ptr, _get_numel, _get_storage_size, _get_storage_offset, _get_dtype
     global _get_device_type, _get_layout, _is_contiguous, _delete, _alloc, _aoti_cpu, _aoti_cuda, _aoti_strided
+    _cdata_off = -1
     if addresses is None:
         _alloc = None
         return
@@ -134,11 +144,108 @@ def use_aoti(addresses, alloc=None, dtypes=(), int cpu=-1, int cuda=-1, int stri
         _aoti_dtypes[k] = <int32_t>dtypes[k]
     _aoti_cpu, _aoti_cuda, _aoti_strided = cpu, cuda, strided
     _alloc = alloc
+    _cdata_off = cdata_offset
+
+
+def cdata_matches(list tensors, Py_ssize_t offset):
+    """Does each tensor's Python object hold, at ``offset``, an at::Tensor of
+    the same TensorImpl as the handle ``alloc`` makes for it?  (An
+    at::Tensor is one pointer, to its TensorImpl; torch's
+    ``THPVariable_Unpack`` reads the same field.)  Needs ``use_aoti`` with an
+    allocator; the caller then checks reads through it as well."""
+    cdef Py_ssize_t i, m = len(tensors)
+    cdef void *h
+    cdef bint same = True
+    if _alloc is None or offset < <Py_ssize_t>sizeof(PyObject) or m == 0:
+        return False
+    caps = _alloc(tensors)
+    if len(caps) != m:
+        raise RuntimeError("fusedclip: the AOTI allocator returned a wrong number of handles")
+    for i in range(m):
+        h = PyCapsule_GetPointer(caps[i], NULL)
+        if same and (h == NULL or (<void **>h)[0] == NULL
+                     or (<void **>h)[0] != (<void **>(<char *><PyObject *>tensors[i] + offset))[0]):
+            same = False
+        if h != NULL:
+            _delete(h)
+    return same
 
 
 def using_aoti():
     """Whether reads go through the AOTI shim (else the accessors)."""
     return _alloc is not None
+
+
+def cdata_offset():
+    """Where the handles are taken in place (-1: made per call, or no shim)."""
+    return _cdata_off if _alloc is not None else -1
+
+
+def making_results():
+    """Whether result_tensor makes the tensors in C (else torch.scalar_tensor)."""
+    return _wrap != NULL
+
+
+# ------------------------------------------------------------ the result
+# The returned norm, a 0-d CPU tensor, made in C: the shim's
+# aoti_torch_scalar_to_tensor_float32/_float64 make it (a new at::Tensor on
+# the heap), torch's own THPVariable_Wrap(const at::TensorBase &) gives it
+# its Python object, and the handle is deleted.  torch.scalar_tensor does
+# the same behind its Python argument parser, ~3x slower right after a
+# backward (DESIGN.md §2b).  fusedclip.torch installs it (use_result) only
+# after a self-test against torch.scalar_tensor.
+ctypedef int32_t (*f_sc32)(float, void **) noexcept nogil
+ctypedef int32_t (*f_sc64)(double, void **) noexcept nogil
+ctypedef PyObject *(*f_wrap)(void *)
+cdef f_sc32 _sc32 = NULL
+cdef f_sc64 _sc64 = NULL
+cdef f_wrap _wrap = NULL
+cdef signed char _res_code[16]  # per bit set of dtype codes: 0 float64, 1 float32, -1 torch.scalar_tensor
+
+
+def use_result(f32=0, f64=0, wrap=0, codes=()):
+    """Make the returned norm in C from now on: the addresses of the shim's
+    ``aoti_torch_scalar_to_tensor_float32`` / ``_float64`` and of
+    ``THPVariable_Wrap(const at::TensorBase &)``, and per bit set of dtype
+    codes the result's kind (0 float64, 1 float32, -1 torch.scalar_tensor).
+    ``use_result()``: torch.scalar_tensor always."""
+    global _sc32, _sc64, _wrap
+    cdef int k
+    _wrap = NULL
+    if not (f32 and f64 and wrap):
+        return
+    if len(codes) != 16 or _delete == NULL:
+        raise ValueError("use_result: 16 result codes, after use_aoti")
+    for k in range(16):
+        _res_code[k] = codes[k]
+    _sc32, _sc64 = <f_sc32><uintptr_t>int(f32), <f_sc64><uintptr_t>int(f64)
+    _wrap = <f_wrap><uintptr_t>int(wrap)
+
+
+def result_tensor(double x, int mask):
+    """The norm ``x`` as the 0-d CPU tensor torch returns for gradients of
+    the dtype codes in ``mask``: made in C where use_result allows, else
+    ``torch.scalar_tensor`` (which raises RuntimeError for a finite value
+    beyond the dtype's range: the caller rounds it)."""
+    cdef int c = _res_code[mask & 15] if _wrap != NULL else -1
+    cdef void *h = NULL
+    cdef PyObject *o
+    cdef int32_t err
+    if c == 1 and x == x and (x > 3.4028234663852886e38 or x < -3.4028234663852886e38) \
+            and x != INFINITY and x != -INFINITY:
+        c = -1  # float32 overflow: torch's error, the caller's rounding
+    if c < 0:
+        return _scalar(x, dtype=_result_dtype[mask], device=_cpu)
+    err = _sc32(<float>x, &h) if c == 1 else _sc64(x, &h)
+    if err or h == NULL:
+        return _scalar(x, dtype=_result_dtype[mask], device=_cpu)
+    o = _wrap(h)  # a new reference to a new Python tensor (holding its own at::Tensor)
+    _delete(h)
+    if o == NULL:
+        raise MemoryError("fusedclip: THPVariable_Wrap failed")
+    r = <object>o
+    Py_DECREF(r)
+    return r
 
 
 # ------------------------------------------------------------ the read
@@ -204,7 +311,14 @@ cdef bint _row_aoti(_Read *r, Py_ssize_t j, void *h) noexcept nogil:
 cdef bint _rows_aoti(_Read *r, list live) except -1:
     cdef Py_ssize_t m = r.m, i
     cdef void **h
+    cdef PyObject **it
     cdef bint ok = True
+    if _cdata_off >= 0:  # the handles are the tensors' own at::Tensor fields: nothing made, nothing freed
+        it = PySequence_Fast_ITEMS(live)
+        for i in range(m):
+            if not _row_aoti(r, i, <void *>(<char *>it[i] + _cdata_off)):
+                return False
+        return True
     try:
         caps = _alloc(live)
     except Exception:  # pybind refused the list: the accessors
@@ -532,6 +646,6 @@ cdef class ClipCall:
         self._fast_last = True
         self._last_norm, self._last_scale, self._last_max_norm = r[0], r[2], self._cmax_norm
         try:
-            return _scalar(r[0], dtype=_result_dtype[r[4]], device=_cpu)
+            return result_tensor(r[0], r[4])
         except RuntimeError:  # a finite norm beyond the dtype's range: the subclass rounds it
             return self._norm_tensor(r[0], _result_dtype[r[4]])

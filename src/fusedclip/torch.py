@@ -49,6 +49,7 @@ except ImportError as _e:  # pragma: no cover - exercised in a subprocess test
 import functools
 import math
 import re
+import sys
 import types
 import warnings
 from collections import OrderedDict
@@ -236,7 +237,7 @@ ONE_THREAD_BYTES = 1 << 19
 _OP_NORM, _OP_CLIP, _OP_CLAMP, _OP_SCALE = (_torchread.OP_NORM, _torchread.OP_CLIP, _torchread.OP_CLAMP,
                                             _torchread.OP_SCALE)
 _clip_norm, _total_norm, _clip_with_norm = _torchread.clip_norm, _torchread.total_norm, _torchread.clip_with_norm
-_scalar = torch.scalar_tensor
+_result = _torchread.result_tensor
 _increment_version = torch._C._increment_version
 #: the returned norm's dtype for each set of gradient dtypes (a bit set of codes)
 _RESULT_DTYPE = {m: _promoted([_DTYPES[c] for c in range(4) if m >> c & 1]) for m in range(16)}
@@ -250,15 +251,24 @@ def _fast(items: list, grads: bool, op: int, a: float = 1.0, p: float = 2.0, nt:
     return _torchread.run(items, grads, op, a, p, EPS, 0 if nt is None else nt, ONE_THREAD_BYTES)
 
 
+#: use_aoti's arguments where the shim is usable (the tests switch readers with them)
+_AOTI_ARGS: list = []
+
+
 def _install_aoti() -> str:
     """Read layouts through torch's AOTI C shim (``_torchread``) where this
     torch has it and it reads sample tensors exactly as torch's accessors
-    do; else through the accessors.  Returns what ``READER`` says."""
+    do; else through the accessors.  The shim's handles are the tensors' own
+    at::Tensor fields where that is checked to hold (``_cdata_offset``), else
+    made per call.  Then the result maker (``_install_result``).  Returns
+    what ``READER`` says."""
     import ctypes
     import os
 
     _torchread.use_aoti(None)
-    if os.environ.get("FUSEDCLIP_TORCH_READER", "") == "accessors":
+    _torchread.use_result()
+    want_reader = os.environ.get("FUSEDCLIP_TORCH_READER", "")
+    if want_reader == "accessors":
         return "accessors (FUSEDCLIP_TORCH_READER=accessors)"
     try:
         alloc = torch._C._aoti.unsafe_alloc_void_ptrs_from_tensors
@@ -277,32 +287,103 @@ def _install_aoti() -> str:
             f.restype, f.argtypes = ctypes.c_int32, []
             return int(f())
 
-        dtypes = [code(f"aoti_torch_dtype_{n}") for n in ("float64", "float32", "bfloat16", "float16")]
-        _torchread.use_aoti(addrs, alloc, dtypes, code("aoti_torch_device_type_cpu"),
-                            code("aoti_torch_device_type_cuda"), code("aoti_torch_layout_strided"))
+        args = (addrs, alloc, [code(f"aoti_torch_dtype_{n}") for n in ("float64", "float32", "bfloat16", "float16")],
+                code("aoti_torch_device_type_cpu"), code("aoti_torch_device_type_cuda"),
+                code("aoti_torch_layout_strided"))
+        _torchread.use_aoti(*args)
+        _AOTI_ARGS[:] = args
     except Exception as e:  # an older torch, another build: the accessors
         _torchread.use_aoti(None)
         return f"accessors (the AOTI shim is not usable here: {type(e).__name__}: {e})"
+    if not _reads_as_accessors(args, -1):
+        _torchread.use_aoti(None)
+        return "accessors (the AOTI shim read a sample tensor differently)"
+    how = "handles made per call"
+    off = _cdata_offset(args) if want_reader != "aoti-handles" else -1
+    if off >= 0:
+        how = f"handles in place, at offset {off}"
+    elif want_reader == "aoti-handles":
+        how += " (FUSEDCLIP_TORCH_READER=aoti-handles)"
+    _torchread.use_aoti(*args, off)
+    return f"aoti (torch's AOTInductor C shim; {how}); result: {_install_result(lib)}"
+
+
+def _samples() -> list:
     base = torch.arange(40, dtype=torch.float32)
-    samples = [
+    p = torch.nn.Parameter(torch.ones(3, 4))
+    p.grad = torch.full((3, 4), 2.0)
+    return [
         [base[3:11], torch.zeros(2, 3, dtype=torch.bfloat16), torch.ones(5, dtype=torch.float16)[1:],
-         torch.zeros((), dtype=torch.float64), torch.zeros(0)],
+         torch.zeros((), dtype=torch.float64), torch.zeros(0), p, p.grad, torch.ones(2, requires_grad=True)],
         [base.view(5, 8).t()], [torch.zeros(3, dtype=torch.int32)], [torch.zeros(3, dtype=torch.complex64)],
         [torch.zeros(4, device="meta")], [torch.zeros(4).to_sparse()],
     ]
-    for items in samples:
+
+
+def _reads_as_accessors(args: tuple, off: int) -> bool:
+    """Does the shim (handles in place at ``off``, or made: -1) read every
+    sample exactly as the accessors do?  (Leaves the accessors installed.)"""
+    for items in _samples():
+        _torchread.use_aoti(*args, off)
         got = _torchread.read_tensors(items, False)
         _torchread.use_aoti(None)
         want = _torchread.read_tensors(items, False)
-        _torchread.use_aoti(addrs, alloc, dtypes, code("aoti_torch_device_type_cpu"),
-                            code("aoti_torch_device_type_cuda"), code("aoti_torch_layout_strided"))
         same = got[3] == want[3] and (got[3] < 0 or (
             np.array_equal(got[1], want[1]) and np.array_equal(got[2], want[2])
             and all(a is b for a, b in zip(got[0], want[0]))))
         if not same:
-            _torchread.use_aoti(None)
-            return "accessors (the AOTI shim read a sample tensor differently)"
-    return "aoti (torch's AOTInductor C shim)"
+            return False
+    return True
+
+
+def _cdata_offset(args: tuple) -> int:
+    """Where a tensor's Python object holds its at::Tensor (torch's
+    ``THPVariable::cdata``, right after the object header in the torch
+    versions that hold it by value), if that is so for this torch: the
+    field is the same TensorImpl pointer as a made handle's, for every
+    sample of both exact types, and reads through it equal the accessors';
+    else -1 (torch versions that hold it as a ``MaybeOwned``, say)."""
+    off = object.__basicsize__
+    if torch.Tensor.__basicsize__ < off + 8:
+        return -1
+    _torchread.use_aoti(*args)
+    tensors = [t for items in _samples()[:2] for t in items if type(t) in _TYPES]
+    if not (tensors and _torchread.cdata_matches(tensors, off) and _reads_as_accessors(args, off)):
+        return -1
+    return off
+
+
+def _install_result(lib) -> str:
+    """Make the returned norm in C (``_torchread.use_result``) where this
+    torch exports what it needs and the tensors made equal
+    torch.scalar_tensor's (dtype, device, shape, bits, autograd state),
+    else torch.scalar_tensor; says which."""
+    import ctypes
+
+    mangled = "_Z16THPVariable_WrapRKN2at10TensorBaseE"  # THPVariable_Wrap(const at::TensorBase &)
+    try:
+        f32, f64 = (ctypes.cast(getattr(lib, f"aoti_torch_scalar_to_tensor_{n}"), ctypes.c_void_p).value
+                    for n in ("float32", "float64"))
+        wrap = ctypes.cast(getattr(ctypes.CDLL(torch._C.__file__), mangled), ctypes.c_void_p).value
+    except (AttributeError, OSError) as e:
+        return f"torch.scalar_tensor (no C maker here: {e})"
+    codes = [0 if d is torch.float64 else 1 if d is torch.float32 else -1 for d in _RESULT_DTYPE.values()]
+    _torchread.use_result(f32, f64, wrap, codes)
+    values = (0.0, 1.5, 0.1, 2.0 ** -149, 5e-324, 3.4028234663852886e38, 1e300, math.inf, math.nan, -0.0)
+    for mask, d in ((2, torch.float32), (1, torch.float64), (12, torch.float32), (3, torch.float64)):
+        for x in values:
+            try:
+                want = torch.scalar_tensor(x, dtype=d, device=_CPU)
+            except RuntimeError:
+                continue
+            got = _torchread.result_tensor(x, mask)
+            if not (type(got) is torch.Tensor and got.dtype is d and got.device == _CPU and got.shape == ()
+                    and not got.requires_grad and got.grad_fn is None and got._version == want._version
+                    and got.reshape(1).view(torch.uint8).tolist() == want.reshape(1).view(torch.uint8).tolist()
+                    and sys.getrefcount(got) == sys.getrefcount(want)):
+                _torchread.use_result()
+                return "torch.scalar_tensor (the C maker made a tensor unlike it)"
+    return "made in C (the shim's scalar_to_tensor and THPVariable_Wrap)"
 
 
 #: How fusedclip.torch reads tensor layouts: "aoti ..." (torch's C shim) or
@@ -558,7 +639,7 @@ def clip_grad_norm_(
         if r[2] != 1.0:
             _increment_version(r[3])
         try:
-            return _scalar(r[0], dtype=_RESULT_DTYPE[r[4]], device=_CPU)
+            return _result(r[0], r[4])
         except RuntimeError:  # a finite norm beyond the dtype's range
             return _norm_tensor(r[0], _RESULT_DTYPE[r[4]], _CPU)
     return _clip_grad_norm(parameters if r is None else r, parameters, max_norm, norm_type,
@@ -629,7 +710,7 @@ def get_total_norm(
     r = _total_norm(tensors, norm_type, error_if_nonfinite, 0, ONE_THREAD_BYTES)
     if type(r) is tuple:  # the fast path ran (CPU tensors)
         try:
-            return _scalar(r[0], dtype=_RESULT_DTYPE[r[4]], device=_CPU)
+            return _result(r[0], r[4])
         except RuntimeError:  # a finite norm beyond the dtype's range
             return _norm_tensor(r[0], _RESULT_DTYPE[r[4]], _CPU)
     fn = "fusedclip.torch.get_total_norm"
