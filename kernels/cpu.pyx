@@ -603,7 +603,20 @@ cdef extern from *:
             down = down && e[2 * i + 1] <= e[2 * i - 2];
         }
         if (up || down) return 1;
-        qsort(e, (size_t)m, 2 * sizeof(int64_t), fc_cmp_extent);
+        if (m <= 64) {  /* a model's list: an insertion sort, no calls (qsort's cost ~1 us cold) */
+            for (i = 1; i < m; i++) {
+                const int64_t lo = e[2 * i], hi = e[2 * i + 1];
+                int64_t j = i - 1;
+                for (; j >= 0 && e[2 * j] > lo; j--) {
+                    e[2 * j + 2] = e[2 * j];
+                    e[2 * j + 3] = e[2 * j + 1];
+                }
+                e[2 * j + 2] = lo;
+                e[2 * j + 3] = hi;
+            }
+        } else {
+            qsort(e, (size_t)m, 2 * sizeof(int64_t), fc_cmp_extent);
+        }
         for (i = 1; i < m; i++)
             if (e[2 * i] < e[2 * i - 1]) return 0;
         return 1;

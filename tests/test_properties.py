@@ -136,3 +136,21 @@ def test_value_clip_bounds(bufs, c):
         assert (np.abs(y) <= lim).all()
         # element-exact: an implementation that zeroed everything passes the bound
         np.testing.assert_array_equal(y, clamped(o, c).astype(np.float64))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 400), st.integers(1, 40)), min_size=0, max_size=90),
+       st.sampled_from(["any", "up", "down"]))
+def test_extents_disjoint_is_the_pairwise_rule(spans, order):
+    """cpu.disjoint (the fast path's overlap check) against every pair: the
+    monotone one-pass cases, the insertion sort (<= 64 extents) and qsort
+    beyond."""
+    e = [(lo, lo + n) for lo, n in spans]
+    if order != "any":
+        e.sort(reverse=order == "down")
+    want = all(a[1] <= b[0] or b[1] <= a[0] for i, a in enumerate(e) for b in e[i + 1:])
+    assert cpu.disjoint(np.array(e, dtype=np.int64).reshape(-1, 2)) == want
+    if len(e) > 1 and want:  # a disjoint list with one extent stretched over its neighbour overlaps
+        e2 = sorted(e)
+        e2[0] = (e2[0][0], e2[1][0] + 1)
+        assert not cpu.disjoint(np.array(e2[::-1] if order == "any" else e2, dtype=np.int64))

@@ -49,6 +49,7 @@ cdef extern from "Python.h":
     void *PyCapsule_GetPointer(object capsule, const char *name) except? NULL
 
 cdef enum:
+    _SMALL = 64  # run(): lists of up to this many tensors keep their scratch on the stack
     _DEV_CPU = 0
     _DEV_CUDA = 1
     _NDTYPES = 4
@@ -246,6 +247,64 @@ def result_tensor(double x, int mask):
     r = <object>o
     Py_DECREF(r)
     return r
+
+
+# ------------------------------------------------------------ the version bump
+# Autograd's version counter, bumped after a write (as torch's in-place ops
+# do): torch::autograd::impl::bump_version(const at::Tensor &) over the
+# handles in place, where use_bump installed it; else
+# torch._C._increment_version(list), which costs ~5 us more right after a
+# backward (its list argument is converted tensor by tensor).  bump_version
+# raises (a C++ exception, which must never cross this C code) only for an
+# inference tensor outside InferenceMode, so any inference tensor
+# (at::native::is_inference) sends the whole list to torch's function,
+# which raises torch's RuntimeError.
+ctypedef void (*f_bump)(void *)
+ctypedef unsigned char (*f_is_inf)(void *)  # C++ bool
+cdef f_bump _bumpf = NULL
+cdef f_is_inf _is_inference = NULL
+
+
+def use_bump(bump=0, is_inference=0):
+    """Bump versions in C from now on (the addresses of
+    ``torch::autograd::impl::bump_version(const at::Tensor &)`` and
+    ``at::native::is_inference(const at::Tensor &)``); ``use_bump()``:
+    through torch._C._increment_version.  Needs the handles in place."""
+    global _bumpf, _is_inference
+    _bumpf = NULL
+    if bump and is_inference:
+        _is_inference = <f_is_inf><uintptr_t>int(is_inference)
+        _bumpf = <f_bump><uintptr_t>int(bump)
+
+
+def bumping_in_c():
+    """Whether versions are bumped in C (else torch._C._increment_version)."""
+    return _bumpf != NULL and _cdata_off >= 0 and _alloc is not None
+
+
+cdef int _bump(list live) except -1:
+    """Bump each tensor's version (exact torch types, as the read checked)."""
+    cdef Py_ssize_t i, m = len(live)
+    cdef PyObject **it = PySequence_Fast_ITEMS(live)
+    if not bumping_in_c():
+        _increment(live)
+        return 0
+    for i in range(m):
+        if _is_inference(<char *>it[i] + _cdata_off):
+            _increment(live)  # torch's error, or torch's rule inside InferenceMode
+            return 0
+    for i in range(m):
+        _bumpf(<char *>it[i] + _cdata_off)
+    return 0
+
+
+def bump(list tensors):
+    """Bump the versions of plain tensors / Parameters as the fast path does
+    (for the installer's self-test and the tests)."""
+    for t in tensors:
+        if type(t) not in _types:
+            raise TypeError("bump: torch.Tensor or torch.nn.Parameter only")
+    _bump(tensors)
 
 
 # ------------------------------------------------------------ the read
@@ -482,6 +541,8 @@ def run(list items, bint grads, int op, double a, double norm_type, double eps, 
     cdef _Read r
     cdef list live = []
     cdef int64_t *ext
+    cdef int64_t ext_small[2 * _SMALL]  # (a list this short needs no heap)
+    cdef int32_t bf_small[_SMALL]
     cdef int32_t *bf = NULL
     cdef Py_ssize_t j, k
     cdef double norm = 0.0, scale = 1.0
@@ -492,7 +553,7 @@ def run(list items, bint grads, int op, double a, double norm_type, double eps, 
     try:
         if _read(items, grads, &r, live) < 0 or r.devices & ~(1 << _DEV_CPU):
             return None
-        ext = <int64_t *>malloc(2 * r.m * sizeof(int64_t) + 8)
+        ext = &ext_small[0] if r.m <= _SMALL else <int64_t *>malloc(2 * r.m * sizeof(int64_t) + 8)
         if ext == NULL:
             raise MemoryError()
         k = 0
@@ -502,13 +563,14 @@ def run(list items, bint grads, int op, double a, double norm_type, double eps, 
                 ext[2 * k + 1] = ext[2 * k] + r.sizes[j] * _ITEMSIZE[r.codes[j]]
                 k += 1
         ok = extents_disjoint(ext, k)
-        free(ext)
+        if ext != &ext_small[0]:
+            free(ext)
         if not ok:  # the same tensor twice, or overlapping views: the general path
             return None
         if nt == 0 and r.nbytes < one_thread_bytes:
             nt = 1
         if op == 0 or op == 1:
-            bf = <int32_t *>malloc(r.m * sizeof(int32_t) + 4)
+            bf = &bf_small[0] if r.m <= _SMALL else <int32_t *>malloc(r.m * sizeof(int32_t) + 4)
             if bf == NULL:
                 raise MemoryError()
         with nogil:
@@ -528,7 +590,8 @@ def run(list items, bint grads, int op, double a, double norm_type, double eps, 
             bad = tuple([r.item[j] for j in range(r.m) if bf[j]])
         return norm, flags, scale, live, r.mask, bad
     finally:
-        free(bf)
+        if bf != &bf_small[0]:
+            free(bf)
         _release(&r)
 
 
@@ -615,6 +678,22 @@ def clip_norm(parameters, max_norm, norm_type, double eps, int nthreads, int64_t
     return r
 
 
+def clip_norm_tensor(parameters, max_norm, norm_type, double eps, int nthreads, int64_t one_thread_bytes):
+    """``clip_norm``, then the version bump and the returned norm tensor, all
+    in C: the tensor where the fast path ran; ``clip_norm``'s tuple where it
+    ran but the norm is beyond the result dtype's range (the caller rounds
+    it); else ``clip_norm``'s list (or None): the general way."""
+    r = clip_norm(parameters, max_norm, norm_type, eps, nthreads, one_thread_bytes)
+    if type(r) is not tuple:
+        return r
+    if r[2] != 1.0:
+        _bump(r[3])
+    try:
+        return result_tensor(r[0], r[4])
+    except RuntimeError:  # a finite norm beyond the dtype's range
+        return r
+
+
 cdef class ClipCall:
     """The state of a ``fusedclip.torch.Clipper`` in C fields, and its call:
     ``clip_norm`` over the parameters, then (in C) the autograd version bump
@@ -642,7 +721,7 @@ cdef class ClipCall:
             self._fast_last = False
             return self._call(r)
         if r[2] != 1.0:
-            _increment(r[3])
+            _bump(r[3])
         self._fast_last = True
         self._last_norm, self._last_scale, self._last_max_norm = r[0], r[2], self._cmax_norm
         try:
