@@ -249,64 +249,6 @@ def result_tensor(double x, int mask):
     return r
 
 
-# ------------------------------------------------------------ the version bump
-# Autograd's version counter, bumped after a write (as torch's in-place ops
-# do): torch::autograd::impl::bump_version(const at::Tensor &) over the
-# handles in place, where use_bump installed it; else
-# torch._C._increment_version(list), which costs ~5 us more right after a
-# backward (its list argument is converted tensor by tensor).  bump_version
-# raises (a C++ exception, which must never cross this C code) only for an
-# inference tensor outside InferenceMode, so any inference tensor
-# (at::native::is_inference) sends the whole list to torch's function,
-# which raises torch's RuntimeError.
-ctypedef void (*f_bump)(void *)
-ctypedef unsigned char (*f_is_inf)(void *)  # C++ bool
-cdef f_bump _bumpf = NULL
-cdef f_is_inf _is_inference = NULL
-
-
-def use_bump(bump=0, is_inference=0):
-    """Bump versions in C from now on (the addresses of
-    ``torch::autograd::impl::bump_version(const at::Tensor &)`` and
-    ``at::native::is_inference(const at::Tensor &)``); ``use_bump()``:
-    through torch._C._increment_version.  Needs the handles in place."""
-    global _bumpf, _is_inference
-    _bumpf = NULL
-    if bump and is_inference:
-        _is_inference = <f_is_inf><uintptr_t>int(is_inference)
-        _bumpf = <f_bump><uintptr_t>int(bump)
-
-
-def bumping_in_c():
-    """Whether versions are bumped in C (else torch._C._increment_version)."""
-    return _bumpf != NULL and _cdata_off >= 0 and _alloc is not None
-
-
-cdef int _bump(list live) except -1:
-    """Bump each tensor's version (exact torch types, as the read checked)."""
-    cdef Py_ssize_t i, m = len(live)
-    cdef PyObject **it = PySequence_Fast_ITEMS(live)
-    if not bumping_in_c():
-        _increment(live)
-        return 0
-    for i in range(m):
-        if _is_inference(<char *>it[i] + _cdata_off):
-            _increment(live)  # torch's error, or torch's rule inside InferenceMode
-            return 0
-    for i in range(m):
-        _bumpf(<char *>it[i] + _cdata_off)
-    return 0
-
-
-def bump(list tensors):
-    """Bump the versions of plain tensors / Parameters as the fast path does
-    (for the installer's self-test and the tests)."""
-    for t in tensors:
-        if type(t) not in _types:
-            raise TypeError("bump: torch.Tensor or torch.nn.Parameter only")
-    _bump(tensors)
-
-
 # ------------------------------------------------------------ the read
 cdef struct _Read:
     Py_ssize_t n        # items
@@ -687,7 +629,7 @@ def clip_norm_tensor(parameters, max_norm, norm_type, double eps, int nthreads, 
     if type(r) is not tuple:
         return r
     if r[2] != 1.0:
-        _bump(r[3])
+        _increment(r[3])
     try:
         return result_tensor(r[0], r[4])
     except RuntimeError:  # a finite norm beyond the dtype's range
@@ -721,7 +663,7 @@ cdef class ClipCall:
             self._fast_last = False
             return self._call(r)
         if r[2] != 1.0:
-            _bump(r[3])
+            _increment(r[3])
         self._fast_last = True
         self._last_norm, self._last_scale, self._last_max_norm = r[0], r[2], self._cmax_norm
         try:

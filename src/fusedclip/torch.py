@@ -305,51 +305,7 @@ def _install_aoti() -> str:
     elif want_reader == "aoti-handles":
         how += " (FUSEDCLIP_TORCH_READER=aoti-handles)"
     _torchread.use_aoti(*args, off)
-    bump = _install_bump(lib) if off >= 0 else "torch._C._increment_version (handles made per call)"
-    return f"aoti (torch's AOTInductor C shim; {how}); result: {_install_result(lib)}; versions: {bump}"
-
-
-def _install_bump(lib) -> str:
-    """Bump autograd versions in C (``_torchread.use_bump``) where this torch
-    exports ``bump_version`` and ``is_inference`` and they act as
-    torch._C._increment_version does on samples; says which."""
-    import ctypes
-
-    names = ("_ZN5torch8autograd4impl12bump_versionERKN2at6TensorE",  # torch::autograd::impl::bump_version
-             "_ZN2at6native12is_inferenceERKNS_6TensorE")  # at::native::is_inference(const at::Tensor &)
-    try:
-        addrs = [ctypes.cast(getattr(lib, n), ctypes.c_void_p).value for n in names]
-    except AttributeError as e:
-        return f"torch._C._increment_version (no C bump here: {e})"
-    _torchread.use_bump(*addrs)
-    def outcome(bump) -> tuple:
-        """What a bump does to plain tensors, Parameters, views, inference
-        tensors (torch's function leaves them be), in and out of
-        InferenceMode."""
-        with torch.inference_mode():
-            inf, inner = torch.zeros(2), torch.zeros(2)
-        ts = [torch.zeros(3), torch.nn.Parameter(torch.zeros(2)), torch.ones(2, requires_grad=True),
-              torch.arange(6.0)[2:]]
-        got = []
-        for items in (ts, [ts[0], inf], [inf], ts[1:3] * 2):
-            try:
-                bump(items)
-                got.append([t._version for t in ts])
-            except RuntimeError as e:
-                got.append(str(e))
-        with torch.inference_mode():
-            bump([inner, ts[0]])
-        return got, [t._version for t in ts]
-
-    try:
-        ok = outcome(_torchread.bump) == outcome(torch._C._increment_version)
-        ok = ok and outcome(_torchread.bump)[1] == [3, 3, 3, 1]
-    except Exception:  # noqa: BLE001
-        ok = False
-    if not ok:
-        _torchread.use_bump()
-        return "torch._C._increment_version (the C bump acted unlike it)"
-    return "bumped in C (bump_version)"
+    return f"aoti (torch's AOTInductor C shim; {how}); result: {_install_result(lib)}"
 
 
 def _samples() -> list:
@@ -784,7 +740,7 @@ def clip_grads_with_norm_(
     r = _clip_with_norm(parameters, max_norm, total_norm, EPS, 0, ONE_THREAD_BYTES)
     if type(r) is tuple:  # the fast path ran (CPU grads, a finite norm)
         if r[2] != 1.0:
-            _torchread.bump(r[3])
+            _bump(r[3])
         return None
     fn = "fusedclip.torch.clip_grads_with_norm_"
     params = _param_list(parameters if r is None else r, fn, warn_empty_generator=False)
