@@ -82,22 +82,31 @@ def _split_fusedclip(ps):
 
 
 def run(name: str, steps: int) -> dict:
-    vocab, d, layers, ctx, batch = MODELS[name]
     methods = {
         "torch clip_grad_norm_ (foreach)": lambda ps: torch.nn.utils.clip_grad_norm_(ps, MAX_NORM, foreach=True),
         "fusedclip.torch.clip_grad_norm_": lambda ps: fct.clip_grad_norm_(ps, MAX_NORM),
-        "fusedclip.torch.Clipper": None,  # set below, over its own copy's parameters
+        "fusedclip.torch.Clipper": "clipper",  # a Clipper over its own copy's parameters
         "torch get_total_norm + clip_grads_with_norm_": _split_torch,
         "fusedclip.torch get_total_norm + clip_grads_with_norm_": _split_fusedclip,
     }
+    return loop(name, steps, methods)
+
+
+def loop(name: str, steps: int, methods: dict, before=None) -> dict:
+    """Train a copy of model ``name`` per method for ``steps`` steps, timing
+    only each method's clip (``methods[m](params)``, returning the norm; the
+    string "clipper": a ``fct.Clipper`` built once), interleaved in an order
+    that alternates; ``before(m)`` runs untimed before each step of ``m``."""
+    vocab, d, layers, ctx, batch = MODELS[name]
+    methods = dict(methods)
     copies = {}
     for m in methods:
         torch.manual_seed(0)
         model = GPT(vocab, d, layers, ctx)
         ps = list(model.parameters())
         copies[m] = (model, ps, torch.optim.AdamW(ps, lr=1e-3))
-    clipper = fct.Clipper(copies["fusedclip.torch.Clipper"][1], MAX_NORM)
-    methods["fusedclip.torch.Clipper"] = lambda ps: clipper()
+        if methods[m] == "clipper":
+            methods[m] = lambda ps, c=fct.Clipper(ps, MAX_NORM): c()
     g = torch.Generator().manual_seed(1)
     times = {m: [] for m in methods}
     order = list(methods)
@@ -106,6 +115,8 @@ def run(name: str, steps: int) -> dict:
         idx = torch.randint(0, vocab, (batch, ctx), generator=g)
         for m in (order if step % 2 == 0 else order[::-1]):
             model, ps, opt = copies[m]
+            if before is not None:
+                before(m)
             opt.zero_grad(set_to_none=True)
             logits = model(idx)
             loss = torch.nn.functional.cross_entropy(logits.view(-1, vocab), idx.view(-1)) * 50.0

@@ -183,7 +183,7 @@ def test_the_result_falls_back_to_torch_scalar_tensor():
         p.grad = torch.full((3,), 4.0)
         assert fct.clip_grad_norm_([p], 1.0).item() == pytest.approx(math.sqrt(48))
     finally:
-        fct._install_aoti()
+        tr.use_result(*fct._RESULT_ARGS)
     assert tr.making_results() == ("made in C" in fct.READER)
 
 

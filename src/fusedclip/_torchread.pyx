@@ -10,9 +10,12 @@ again.  Here that costs nanoseconds per tensor, so no plan is kept at all:
 * **the read** goes through torch's stable C ABI, the AOTInductor shim of
   ``libtorch`` (``aoti_torch_get_data_ptr``, ``_get_dtype``,
   ``_get_storage_size``, ...: ``extern "C"`` functions torch keeps
-  ABI-stable for compiled AOTI models), over handles made for the whole list
-  in one call (``torch._C._aoti.unsafe_alloc_void_ptrs_from_tensors``) and
-  deleted here.  ``fusedclip.torch`` installs it (``use_aoti``) only after a
+  ABI-stable for compiled AOTI models), whose handle is an ``at::Tensor *``:
+  each tensor's own, inside its Python object (``use_aoti``'s
+  ``cdata_offset``, checked at import by ``cdata_matches``), or else made
+  for the whole list in one call
+  (``torch._C._aoti.unsafe_alloc_void_ptrs_from_tensors``) and deleted
+  here.  ``fusedclip.torch`` installs it (``use_aoti``) only after a
   self-test against the accessors.  Without it the read goes through torch's
   Python accessors (``dtype``, ``is_cpu``, ``is_contiguous()``, ``nbytes``,
   ``data_ptr()``, ``untyped_storage().nbytes()``, ``storage_offset()``), in
@@ -23,7 +26,10 @@ again.  Here that costs nanoseconds per tensor, so no plan is kept at all:
   the tensors pairwise disjoint in memory;
 * **the work**: the C API's ``fc_global_norm``, ``fc_clip_grad_norm_eps``,
   ``fc_scale``, ``fc_clamp`` over the pointer table (the chunk table is
-  built there, per call: ~10 ns a tensor).
+  built there, per call: ~10 ns a tensor);
+* **the result** (``clip_norm_tensor``, ``ClipCall``): the version bump
+  and the returned 0-d tensor, made in C where ``use_result`` installed the
+  shim's scalar makers and torch's ``THPVariable_Wrap``.
 
 Anything else (CUDA tensors, strided or overlapping grads, subclasses,
 other dtypes or devices) returns None: ``fusedclip.torch`` plans it the

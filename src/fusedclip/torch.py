@@ -251,8 +251,10 @@ def _fast(items: list, grads: bool, op: int, a: float = 1.0, p: float = 2.0, nt:
     return _torchread.run(items, grads, op, a, p, EPS, 0 if nt is None else nt, ONE_THREAD_BYTES)
 
 
-#: use_aoti's arguments where the shim is usable (the tests switch readers with them)
+#: use_aoti's arguments where the shim is usable, and use_result's where the
+#: result is made in C (the tests and benchmarks switch with them)
 _AOTI_ARGS: list = []
+_RESULT_ARGS: list = []
 
 
 def _install_aoti() -> str:
@@ -368,7 +370,8 @@ def _install_result(lib) -> str:
     except (AttributeError, OSError) as e:
         return f"torch.scalar_tensor (no C maker here: {e})"
     codes = [0 if d is torch.float64 else 1 if d is torch.float32 else -1 for d in _RESULT_DTYPE.values()]
-    _torchread.use_result(f32, f64, wrap, codes)
+    _RESULT_ARGS[:] = (f32, f64, wrap, codes)
+    _torchread.use_result(*_RESULT_ARGS)
     values = (0.0, 1.5, 0.1, 2.0 ** -149, 5e-324, 3.4028234663852886e38, 1e300, math.inf, math.nan, -0.0)
     for mask, d in ((2, torch.float32), (1, torch.float64), (12, torch.float32), (3, torch.float64)):
         for x in values:
@@ -382,6 +385,7 @@ def _install_result(lib) -> str:
                     and got.reshape(1).view(torch.uint8).tolist() == want.reshape(1).view(torch.uint8).tolist()
                     and sys.getrefcount(got) == sys.getrefcount(want)):
                 _torchread.use_result()
+                _RESULT_ARGS.clear()
                 return "torch.scalar_tensor (the C maker made a tensor unlike it)"
     return "made in C (the shim's scalar_to_tensor and THPVariable_Wrap)"
 
