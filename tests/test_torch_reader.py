@@ -199,3 +199,98 @@ def test_each_written_grad_is_bumped_once_through_every_entry(clips):
             p.grad = torch.full_like(p, 7.0)
         call(ps)
         assert [p.grad._version for p in ps] == [int(clips)] * 3
+
+
+# ------------------------------------------------------------ found by an adversarial review
+class _NoData(torch.Tensor):
+    """A wrapper subclass: a storage of any claimed size and no memory."""
+
+    @staticmethod
+    def __new__(cls, n, off):
+        return torch.Tensor._make_wrapper_subclass(cls, (n,), (1,), off, dtype=torch.float32,
+                                                   storage_size=(off + n) * 4)
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        raise NotImplementedError(str(func))
+
+
+def _no_memory_tensors(victim):
+    """Tensors of exact type torch.Tensor with elements but no memory under
+    their storage: their data pointer is their offset (an address the
+    caller chooses: here, the victim's)."""
+    w = _NoData(8, victim.data_ptr() // 4)
+    w.__class__ = torch.Tensor
+    x = torch.ones(4096)
+    return [w, torch._to_functional_tensor(x[1024:]), torch._to_functional_tensor(x[:8])]
+
+
+@pytest.mark.parametrize("which", range(3))
+@pytest.mark.parametrize("reader_name", ["inplace", "handles", "accessors"])
+def test_tensors_without_memory_are_refused_and_nothing_is_touched(reader, reader_name, which):
+    if reader_name != "accessors" and (OFF < 0 and reader_name == "inplace" or not fct._AOTI_ARGS):
+        pytest.skip(fct.READER)
+    reader(reader_name)
+    victim = torch.full((8,), 7.0)
+    g = _no_memory_tensors(victim)[which]
+    assert type(g) is torch.Tensor
+    p = torch.nn.Parameter(torch.zeros(g.shape))
+    p.grad = g
+    calls = [lambda: fct.clip_grad_norm_([p], 1e-3), lambda: fct.clip_grad_value_([p], 0.5),
+             lambda: fct.get_total_norm([g]), lambda: fct.clip_grads_with_norm_([p], 1.0, 100.0),
+             lambda: fct.Clipper([p], 1e-3)()]
+    for call in calls:
+        with pytest.raises(fct.UnsupportedGradients, match="no memory of its own"):
+            call()
+    assert victim.tolist() == [7.0] * 8
+
+
+def test_under_patch_functionalize_gets_torchs_answer():
+    with fct.patch() as h:
+        got = torch.func.functionalize(lambda x: torch.nn.utils.get_total_norm([x[1024:]]))(torch.ones(4096))
+    assert got.item() == pytest.approx(math.sqrt(3072)) and h.fallbacks
+
+
+def test_a_grad_getter_that_changes_the_list_reads_the_list_as_called():
+    params = []
+
+    class Odd:  # a parameter-like object (its grad None) whose getter empties the caller's list
+        @property
+        def grad(self):
+            params.clear()
+            [bytearray(1600) for _ in range(50)]  # (reuse what was freed)
+            return None
+
+    params[:] = [Odd()] + [torch.nn.Parameter(torch.ones(4)) for _ in range(200)]
+    for p in params[1:]:
+        p.grad = torch.ones(4)
+    kept = list(params)
+    assert fct.clip_grad_norm_(params, 1e9).item() == pytest.approx(math.sqrt(800))
+    assert all(p.grad.tolist() == [1.0] * 4 for p in kept[1:])
+
+
+def test_a_dispatch_mode_sees_torchs_function_or_nothing_is_modified():
+    """fusedclip's kernels bypass TorchDispatchModes (FakeTensorMode,
+    FlopCounterMode, a mode that refuses): under one the call is refused
+    before anything is read or written, and under patch() torch's own
+    function runs, so the mode sees it."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Deny(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            raise KeyError(f"denied {func}")
+
+    p = torch.nn.Parameter(torch.ones(4))
+    p.grad = torch.full((4,), 3.0)
+    for call in (lambda: fct.clip_grad_norm_([p], 1.0), lambda: fct.clip_grad_value_([p], 1.0),
+                 lambda: fct.get_total_norm([p.grad]), lambda: fct.clip_grads_with_norm_([p], 1.0, 6.0),
+                 lambda: fct.Clipper([p], 1.0)()):
+        with Deny(), pytest.raises(fct.UnsupportedGradients, match="TorchDispatchMode is active"):
+            call()
+        assert p.grad.tolist() == [3.0] * 4
+    with fct.patch() as h, Deny(), pytest.raises(KeyError, match="denied"):
+        torch.nn.utils.clip_grad_norm_([p], 1.0)
+    assert h.fallbacks
+    with Deny(), pytest.raises(KeyError, match="denied"):  # the mode's error, not a SystemError
+        tr.result_tensor(1.5, 2)
+    assert fct.clip_grad_norm_([p], 1.0).item() == pytest.approx(6.0)  # and with no mode: clipped

@@ -41,6 +41,7 @@ from libc.math cimport INFINITY
 from cpython.object cimport PyObject, PyObject_GetAttr
 from cpython.sequence cimport PySequence_Fast_ITEMS
 from cpython.ref cimport Py_DECREF
+from cpython.exc cimport PyErr_Occurred
 
 from fusedclip.kernels.cpu cimport extents_disjoint
 from fusedclip cimport capi as fc
@@ -77,20 +78,23 @@ cdef tuple _types = ()
 
 
 # what ClipCall hands the result to (configure())
-cdef object _scalar = None, _increment = None, _cpu = None
+cdef object _scalar = None, _increment = None, _cpu = None, _modes = None
 cdef dict _result_dtype = None
 
 
-def configure(tuple dtypes, tuple types, scalar=None, increment=None, cpu=None, dict result_dtype=None):
+def configure(tuple dtypes, tuple types, scalar=None, increment=None, cpu=None, dict result_dtype=None,
+              modes=None):
     """The torch dtypes of the kernels' codes (float64, float32, bfloat16,
     float16) and the exact tensor types the fast path takes; for ClipCall,
     ``torch.scalar_tensor``, ``torch._C._increment_version``, the CPU device
-    and the returned norm's dtype per bit set of dtype codes."""
-    global _dtypes, _types, _scalar, _increment, _cpu, _result_dtype
+    and the returned norm's dtype per bit set of dtype codes; ``modes()``:
+    how many TorchDispatchModes are active (run() leaves the call to the
+    general path, which refuses it, when any is)."""
+    global _dtypes, _types, _scalar, _increment, _cpu, _result_dtype, _modes
     if len(dtypes) != _NDTYPES:
         raise ValueError("configure: four torch dtypes")
     _dtypes, _types = dtypes, types
-    _scalar, _increment, _cpu, _result_dtype = scalar, increment, cpu, result_dtype
+    _scalar, _increment, _cpu, _result_dtype, _modes = scalar, increment, cpu, result_dtype, modes
 
 
 # ------------------------------------------------------------ the AOTI shim
@@ -229,6 +233,12 @@ def use_result(f32=0, f64=0, wrap=0, codes=()):
     _wrap = <f_wrap><uintptr_t>int(wrap)
 
 
+cdef int _raise_pending() except -1:
+    if PyErr_Occurred() != NULL:
+        return -1
+    return 0
+
+
 def result_tensor(double x, int mask):
     """The norm ``x`` as the 0-d CPU tensor torch returns for gradients of
     the dtype codes in ``mask``: made in C where use_result allows, else
@@ -245,6 +255,7 @@ def result_tensor(double x, int mask):
         return _scalar(x, dtype=_result_dtype[mask], device=_cpu)
     err = _sc32(<float>x, &h) if c == 1 else _sc64(x, &h)
     if err or h == NULL:
+        _raise_pending()  # (a dispatch mode's exception, which the shim leaves set)
         return _scalar(x, dtype=_result_dtype[mask], device=_cpu)
     o = _wrap(h)  # a new reference to a new Python tensor (holding its own at::Tensor)
     _delete(h)
@@ -279,8 +290,9 @@ cdef bint _set_row(_Read *r, Py_ssize_t j, int code, int dev, int64_t numel, voi
     cdef int64_t item = _ITEMSIZE[code]
     if not _in_storage(numel * item, off, snb, item):
         return False
-    if numel > 0 and (p == NULL or <uintptr_t>p % <uintptr_t>item != 0):
-        return False
+    if numel > 0 and (p == NULL or <uintptr_t>p % <uintptr_t>item != 0
+                      or <uintptr_t>p <= <uintptr_t>off * <uintptr_t>item):
+        return False  # (no storage memory under it: a functional tensor, a wrapper without data)
     r.ptrs[j], r.sizes[j], r.codes[j], r.devs[j] = p, numel, code, dev
     r.nbytes += numel * item
     r.mask |= 1 << code
@@ -398,8 +410,9 @@ cdef int _read(list items, bint grads, _Read *r, list live) except -2:
     """Read the items (their grads) into r: 0, or -1 where the list is not
     simple.  r's arrays are allocated here (``_release``); ``live`` gets the
     tensors read."""
-    cdef Py_ssize_t n = len(items), i
-    cdef PyObject **it = PySequence_Fast_ITEMS(items)
+    cdef list own = PySequence_List(items)  # (a .grad getter or a finalizer may change the caller's list)
+    cdef Py_ssize_t n = len(own), i
+    cdef PyObject **it = PySequence_Fast_ITEMS(own)
     cdef object g
     cdef char *block
     r.n, r.m, r.nbytes, r.mask, r.devices = n, 0, 0, 0, 0
@@ -498,6 +511,8 @@ def run(list items, bint grads, int op, double a, double norm_type, double eps, 
     cdef tuple bad = ()
     cdef bint ok
     r.ptrs = NULL
+    if _modes is not None and _modes():  # a TorchDispatchMode would not see the kernels: the general way
+        return None
     try:
         if _read(items, grads, &r, live) < 0 or r.devices & ~(1 << _DEV_CPU):
             return None

@@ -161,20 +161,41 @@ def _check_storage(g, i: int, fn: str) -> None:
             "nothing was read or modified")
 
 
-def _cpu_view(g, i: int, fn: str) -> np.ndarray:
-    """A zero-copy numpy view of a CPU grad (bfloat16 through an int16 view)."""
+def _check_memory(g, what: str, fn: str) -> None:
+    """UnsupportedGradients for a tensor with elements but no memory under
+    its storage (a functional tensor, a wrapper subclass without data even
+    when retyped to torch.Tensor): its data pointer is its offset, and
+    ``.numpy()`` views memory it does not own."""
+    if not isinstance(g, torch.Tensor) or g.numel() == 0:
+        return
+    try:
+        ok = g.untyped_storage().data_ptr() != 0
+    except RuntimeError:  # "an invalid python storage"
+        ok = False
+    if not ok:
+        raise _unsupported(fn, what, g, "it has no memory of its own (a functional tensor, or a wrapper "
+                                        "subclass without data)")
+
+
+def _cpu_view(g, i: int, fn: str, what: str = "") -> np.ndarray:
+    """A zero-copy numpy view of a CPU grad (bfloat16 through an int16 view);
+    ``what`` names it in errors (default: parameter i's grad)."""
+    what = what or f"parameter {i}'s grad"
     try:
         t = g.detach() if g.requires_grad else g
         if g.layout is not torch.strided:
             raise TypeError(f"it is a {g.layout} tensor")
         _check_storage(t, i, fn)
+        _check_memory(g, what, fn)
         if t.dtype == torch.bfloat16:
             return t.view(torch.int16).numpy().view(_BF16)
         return t.numpy()
+    except UnsupportedGradients:
+        raise
     except (TypeError, RuntimeError) as e:
         if "storage was freed" in str(e):
             raise
-        raise _unsupported(fn, f"parameter {i}'s grad", g, str(e)) from None
+        raise _unsupported(fn, what, g, str(e)) from None
 
 
 def _device_empty(device) -> torch.Tensor:
@@ -241,7 +262,9 @@ _clip_norm_tensor, _total_norm, _clip_with_norm = (_torchread.clip_norm_tensor, 
 _result = _torchread.result_tensor
 #: the returned norm's dtype for each set of gradient dtypes (a bit set of codes)
 _RESULT_DTYPE = {m: _promoted([_DTYPES[c] for c in range(4) if m >> c & 1]) for m in range(16)}
-_torchread.configure(_DTYPES, _TYPES, torch.scalar_tensor, torch._C._increment_version, _CPU, _RESULT_DTYPE)
+_dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 0)
+_torchread.configure(_DTYPES, _TYPES, torch.scalar_tensor, torch._C._increment_version, _CPU, _RESULT_DTYPE,
+                     _dispatch_modes)
 
 
 def _fast(items: list, grads: bool, op: int, a: float = 1.0, p: float = 2.0, nt: int | None = None):
@@ -467,11 +490,12 @@ class _Plan:
             dtypes.add(g.dtype)
             if getattr(g, "is_cuda", False):
                 _check_storage(g, i, fn)
+                _check_memory(g, what, fn)
                 bufs.append(g)
             elif isinstance(g, torch.Tensor) and g.device.type != "cpu":
                 raise _unsupported(fn, what, g, f"it is on {g.device}")
             else:
-                bufs.append(_cpu_view(g, i, fn))
+                bufs.append(_cpu_view(g, i, fn, what))
         c = _ArrayClipper.__new__(_ArrayClipper)
         try:  # every check (dtypes, overlap, devices) runs here, before anything is written
             c._setup(bufs, _INF, 2.0, "propagate", None, None, fn, writable=writable)
@@ -580,6 +604,11 @@ def _general_plan(items: list, grads: bool, fn: str, writable: bool,
     """(plan, the tensors with their Nones, the live ones) for a list the
     fast path does not take: a cached plan where the key matches, else a
     new one (which checks everything)."""
+    if _dispatch_modes():
+        raise UnsupportedGradients(
+            f"{fn}: a TorchDispatchMode is active (FakeTensorMode, FlopCounterMode, ...); fusedclip's "
+            "kernels read and write the gradients' memory directly, unseen by it; use torch.nn.utils' "
+            "function (patch() hands such calls to it); nothing was modified")
     tensors = _grads(items, fn) if grads else items
     key = _general_key(items, grads, tensors, writable)
     if key is not None and last is not None and last.key == key:
