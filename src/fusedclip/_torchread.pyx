@@ -37,7 +37,7 @@ general way, which checks and explains.  Nothing here imports torch.
 """
 from libc.stdint cimport int64_t, int32_t, uintptr_t
 from libc.stdlib cimport malloc, free
-from libc.math cimport INFINITY
+from libc.math cimport INFINITY, isfinite, fabs
 from cpython.object cimport PyObject, PyObject_GetAttr
 from cpython.sequence cimport PySequence_Fast_ITEMS
 from cpython.ref cimport Py_DECREF
@@ -248,8 +248,7 @@ def result_tensor(double x, int mask):
     cdef void *h = NULL
     cdef PyObject *o
     cdef int32_t err
-    if c == 1 and x == x and (x > 3.4028234663852886e38 or x < -3.4028234663852886e38) \
-            and x != INFINITY and x != -INFINITY:
+    if c == 1 and isfinite(x) and fabs(x) > 3.4028234663852886e38:
         c = -1  # float32 overflow: torch's error, the caller's rounding
     if c < 0:
         return _scalar(x, dtype=_result_dtype[mask], device=_cpu)
@@ -647,8 +646,13 @@ def clip_norm_tensor(parameters, max_norm, norm_type, double eps, int nthreads, 
     ran but the norm is beyond the result dtype's range (the caller rounds
     it); else ``clip_norm``'s list (or None): the general way."""
     r = clip_norm(parameters, max_norm, norm_type, eps, nthreads, one_thread_bytes)
-    if type(r) is not tuple:
-        return r
+    return _finish(<tuple>r) if type(r) is tuple else r
+
+
+cdef object _finish(tuple r):
+    """After a fast clip (``run``'s tuple): the version bump where it wrote,
+    then the returned tensor; the tuple itself where the norm is beyond the
+    result dtype's range (the caller rounds it)."""
     if r[2] != 1.0:
         _increment(r[3])
     try:
@@ -683,11 +687,9 @@ cdef class ClipCall:
         if type(r) is not tuple:
             self._fast_last = False
             return self._call(r)
-        if r[2] != 1.0:
-            _increment(r[3])
         self._fast_last = True
         self._last_norm, self._last_scale, self._last_max_norm = r[0], r[2], self._cmax_norm
-        try:
-            return result_tensor(r[0], r[4])
-        except RuntimeError:  # a finite norm beyond the dtype's range: the subclass rounds it
+        t = _finish(<tuple>r)
+        if type(t) is tuple:  # a finite norm beyond the dtype's range: the subclass rounds it
             return self._norm_tensor(r[0], _result_dtype[r[4]])
+        return t

@@ -322,6 +322,7 @@ def _install_aoti() -> str:
         return f"accessors (the AOTI shim is not usable here: {type(e).__name__}: {e})"
     if not _reads_as_accessors(args, -1):
         _torchread.use_aoti(None)
+        _AOTI_ARGS.clear()
         return "accessors (the AOTI shim read a sample tensor differently)"
     how = "handles made per call"
     off = _cdata_offset(args) if want_reader != "aoti-handles" else -1
