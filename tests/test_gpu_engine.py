@@ -184,17 +184,17 @@ def test_statistics_are_read_on_the_stream_the_call_ran_on(recorder, cupy_stream
 
 
 def test_the_function_api_cache_keys_on_the_stream(recorder, cupy_streams):
-    from fusedclip import _buffers
+    from fusedclip import _engine
 
-    _buffers._plan_cache.clear()
+    _engine._plan_cache.clear()
     bufs = cupy_bufs(3)
     for s in (5, 6, 5, 6):
         n0 = len(recorder.streams)
         fc.clip_grad_norm_(bufs, 1e30, nonfinite="skip", stream=s)
         assert set(recorder.streams[n0:]) == {s}
-    assert len(_buffers._plan_cache) == 2  # one plan per stream, each reused
+    assert len(_engine._plan_cache) == 2  # one plan per stream, each reused
     fc.clip_grad_norm_(bufs, 1e30, nonfinite="skip")  # the current stream: a third
-    assert len(_buffers._plan_cache) == 3
+    assert len(_engine._plan_cache) == 3
 
 
 @pytest.mark.parametrize("h,exc", [(-7, ValueError), (2**70, ValueError)])
@@ -351,11 +351,11 @@ def test_an_empty_buffer_needs_no_alignment(recorder):
 # ---------------------------------------------------------------- the function API's plan cache
 @pytest.fixture
 def fresh_cache():
-    from fusedclip import _buffers
+    from fusedclip import _engine
 
-    _buffers._plan_cache.clear()
-    yield _buffers._plan_cache
-    _buffers._plan_cache.clear()
+    _engine._plan_cache.clear()
+    yield _engine._plan_cache
+    _engine._plan_cache.clear()
 
 
 def waits(rec) -> int:
@@ -374,7 +374,8 @@ def test_the_function_api_on_cai_arrays_plans_once_and_waits_at_most_once(record
     bufs = fakes(100, dtypes=("<f4", "<f8"))
     call(bufs)  # plans
     # the recorder runs no kernel: make every ring slot say "finite", as a real finalize would
-    (_, _, (_, g)), = fresh_cache.values()
+    (_, _, b), = fresh_cache.values()
+    g = b.cuda.gpu
     st = np.zeros((ck.RING, ck.STATE_LEN))
     st[:, ck.S_FINITE] = st[:, ck.S_SCALE] = 1.0
     recorder.upload(g.state, st)
@@ -392,7 +393,8 @@ def _cai(obj, **changes):
 
 
 def _cached_rows(cache):
-    (_, _, (plan, g)), = [v for v in cache.values()][-1:]
+    (_, _, b), = [v for v in cache.values()][-1:]
+    plan, g = b.cpu.plan, b.cuda.gpu
     return [(b.addr, b.n, b.code) for b in g.rows]
 
 

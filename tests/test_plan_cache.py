@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import fusedclip as fc
-from fusedclip import _buffers
+from fusedclip import _buffers, _engine
 
 
 @pytest.fixture(autouse=True)
@@ -20,8 +20,8 @@ def empty_cache():
 
 def test_the_same_memory_reuses_one_table():
     g = [np.ones(10, np.float32), np.ones(5)]
-    p1, _ = _buffers.plan_buffers(g, writable=True, fn="f", cache=True)
-    p2, _ = _buffers.plan_buffers(list(g), writable=True, fn="f", cache=True)
+    p1 = _engine.plan_buffers(g, writable=True, fn="f", cache=True).cpu.plan
+    p2 = _engine.plan_buffers(list(g), writable=True, fn="f", cache=True).cpu.plan
     cached = next(iter(_buffers._cpu_cache.values()))[1].table
     assert len(_buffers._cpu_cache) == 1 and p2.table.chunks is cached.chunks  # the same chunk table,
     assert p2.table.partials is not cached.partials                            # partials of its own
@@ -244,7 +244,7 @@ def test_a_list_with_an_empty_array_is_served_from_the_cache_and_a_change_there_
     a, b, e = np.full(4, 2.0), np.full(4, 1.0), np.zeros(0)
     assert fc.global_norm([a, e, b]) == pytest.approx(np.sqrt(20))
     cached = next(iter(_buffers._cpu_cache.values()))[1]
-    plan, _ = _buffers.plan_buffers([a, e, b], writable=False, fn="f", cache=True)
+    plan = _engine.plan_buffers([a, e, b], writable=False, fn="f", cache=True).cpu.plan
     assert plan.table.chunks is cached.table.chunks and [x is y for x, y in zip(plan.arrays, [a, b])] == [True] * 2
     # the same key (length, first and last memory), the empty slot now holds data
     assert fc.global_norm([a, np.full(3, 3.0), b]) == pytest.approx(np.sqrt(47))

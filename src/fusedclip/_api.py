@@ -12,9 +12,10 @@ from typing import Any, Iterable, Union
 
 
 from . import _policy, _reduce
-from ._buffers import plan_buffers
+from ._engine import Buffers as _Engines, plan_buffers
 from ._history import History
 from ._policy import ClipStats, NonFiniteError
+from ._reduce import HostReduction
 from .thresholds import Fixed, Threshold
 
 Buffers = Union[Any, Iterable[Any]]
@@ -95,10 +96,20 @@ class Clipper:
         self._rng = rng
         if policy == "random":
             self._rng = _policy.make_rng(rng)
-        self._plan, self._gpu = plan_buffers(buffers, writable=writable, fn=fn, cache=cache, stream=stream)
+        self._bufs: _Engines = plan_buffers(buffers, writable=writable, fn=fn, cache=cache, stream=stream)
         # distributed (docs/DISTRIBUTED.md): the global norm through the caller's all-reduce
         self._reduced = None if reduce is None and replicated is None else _reduce.Reduced(
-            reduce, replicated, self._plan, self._gpu, fn)
+            reduce, replicated, self._bufs, fn)
+
+    @property
+    def _plan(self):
+        """The CPU engine's plan (introspection)."""
+        return self._bufs.cpu.plan
+
+    @property
+    def _gpu(self):
+        """The CUDA engine's plan, or None (introspection)."""
+        return None if self._bufs.cuda is None else self._bufs.cuda.gpu
 
     @property
     def max_norm(self) -> float | Threshold:
@@ -149,7 +160,7 @@ class Clipper:
 
     def __repr__(self) -> str:
         return (
-            f"Clipper({self._plan.n_inputs} buffers, max_norm={self.max_norm}, "
+            f"Clipper({self._bufs.n_inputs} buffers, max_norm={self.max_norm}, "
             f"norm_type={self.norm_type}, nonfinite={self.nonfinite!r})"
         )
 
@@ -201,121 +212,80 @@ class Clipper:
         return thr.step(norm)
 
     def __call__(self) -> ClipStats:
-        self._plan.check()  # RuntimeError if an array was resized since planning
-        if self._reduced is not None:
-            stats = self._call_reduced()
-        elif self._gpu is not None:
-            stats = self._call_gpu() if self._plan.table.nchunks == 0 else self._call_mixed()
+        b = self._bufs
+        b.check()  # RuntimeError if an array was resized since planning
+        if b.device_only and self._reduced is None:
+            stats = self._call_device()
         else:
-            stats = self._call_cpu()
+            stats = self._call_host()
         if self._history is not None:
             self._history.record(stats)
         return stats
 
-    def _call_cpu(self) -> ClipStats:
-        plan, nt = self._plan, self._num_threads
-        plan.refresh()
-        norm, flags = plan.table.norm(self._kind, self._norm_type, nt)
+    def _call_host(self) -> ClipStats:
+        """Every engine reduces (``reduce=``: over every rank too), the host
+        decides once, and every engine applies."""
+        kind, p, nt = self._kind, self._norm_type, self._num_threads
+        r = self._reduced
+        red = self._bufs.reduce(kind, p, nt) if r is None else r.norm(kind, p, nt)
+        norm, flags = red.norm, red.flags
         t = self._threshold_for(norm)
         if not flags and not norm + self._eps > t:  # the common case: nothing to write
             return ClipStats(norm, 1.0, False, True, t, ())
-        return self._act(norm, flags, lambda: plan.callers(plan.table.flagged_rows()), t)
+        return self._act(red, t)
 
-    def _act(self, norm: float, flags: int, bad, t: float, overflow_scale=None, steps=None) -> ClipStats:
-        """Apply the decision for this norm and threshold to every engine
-        (CPU plan, GPU plan).  ``overflow_scale(t)`` and ``steps()`` replace
-        the local clip scale and random step where the norm is global
-        (``_call_reduced``)."""
-        plan, g, nt = self._plan, self._gpu, self._num_threads
-        d = _policy.decide(norm, flags, t, self._nonfinite_policy,
-                           (lambda: overflow_scale(t)) if overflow_scale else
-                           lambda: plan.table.clip_scale(self._kind, self._norm_type, t), self._eps)
-        callers = bad() if flags else ()
+    def _act(self, red, t: float) -> ClipStats:
+        """Apply the decision for this reduction and threshold to every engine."""
+        norm, flags = red.norm, red.flags
+        d = _policy.decide(norm, flags, t, self._nonfinite_policy, lambda: red.scale_of(t), self._eps)
+        callers = red.callers() if flags else ()
         if d.action == _policy.A_RAISE:
             raise NonFiniteError(norm, callers)
         if d.action == _policy.A_RANDOM:
-            self._write_random(steps() if steps else None)
+            self._write_random()
         elif d.action != _policy.A_NONE:
-            if d.action == _policy.A_SCALE:
-                plan.table.scale(d.scale, nt)
-            else:
-                plan.table.zero(nt)
-            plan.write_back()
-            if g is not None:
-                g.apply(d.action, d.scale)
+            self._bufs.apply(d.action, d.scale, self._num_threads, refresh=False)
         return ClipStats(norm, d.scale, d.clipped, not flags, t, callers)
 
-    def _write_random(self, steps=None) -> None:
+    def _write_random(self) -> None:
         """Replace every buffer, CPU and GPU, with one joint random direction.
 
         Every buffer's step is drawn and rounded to its dtype, and checked,
         before the first buffer is written (``random_step`` raises otherwise);
-        ``steps``: already drawn and checked (the distributed path).
+        distributed: drawn with global norms (``Reduced.random_step``).
         """
-        plan, g = self._plan, self._gpu
-        if steps is None:
-            shapes = [a.shape for a in plan.arrays] + (g.shapes() if g else [])
-            dtypes = [a.dtype for a in plan.arrays] + (g.dtypes() if g else [])
-            callers = [int(i) for i in plan.rows] + ([b.caller for b in g.rows] if g else [])
-            steps = _policy.random_step(shapes, dtypes, callers, self._max_norm, self._kind,
-                                        self._norm_type, self._rng, self._num_threads)
-        for a, z in zip(plan.arrays, steps):
-            a[...] = z
-        if g is not None:
-            g.write_random(steps[len(plan.arrays):])
+        b, r, kind, p, nt = self._bufs, self._reduced, self._kind, self._norm_type, self._num_threads
+        if r is not None:
+            steps = r.random_step(self._max_norm, kind, p, self._rng, nt)
+        else:
+            steps = _policy.random_step(b.shapes(), b.dtypes(), b.row_callers(), self._max_norm, kind,
+                                        p, self._rng, nt)
+        b.write(steps)
 
-    def _call_gpu(self):
-        """GPU buffers only: the device decides; no host wait unless the policy
-        needs the outcome on the host ("error" raises, "random" draws)."""
+    def _call_device(self) -> ClipStats:
+        """Device-only lists: the device decides; no host wait unless the
+        policy needs the outcome on the host ("error" raises, "random" draws)."""
         from ._gpu import DeviceClipStats, stats_from_state
         from .kernels import cuda as ck
 
-        g, policy, thr = self._gpu, self._nonfinite_policy, self._threshold
+        cu, policy, thr = self._bufs.cuda, self._nonfinite_policy, self._threshold
+        assert cu is not None
         if thr is not None and not isinstance(thr, Fixed) and not thr.device_mode:
             # a threshold that needs the norm on the host (Percentile): one wait
-            call = g.reduce(self._kind, self._norm_type)
-            st = g.state_of(call)
-            norm, flags = float(st[ck.S_NORM]), int(st[ck.S_FLAGS])
-            return self._act(norm, flags, lambda: tuple(sorted(g.flagged_callers(call))),
-                             self._threshold_for(norm))
-        call = g.clip(self._kind, self._norm_type, thr.v if isinstance(thr, Fixed) else self._max_norm, policy,
-                      threshold=thr if thr is not None and thr.device_mode else None, eps=self._eps)
+            red = cu.reduce(self._kind, self._norm_type)
+            return self._act(red, self._threshold_for(red.norm))
+        g = cu.gpu
+        call = cu.clip(self._kind, self._norm_type, thr.v if isinstance(thr, Fixed) else self._max_norm, policy,
+                       threshold=thr if thr is not None and thr.device_mode else None, eps=self._eps)
         if policy not in ("error", "random"):
             return DeviceClipStats(g, call)
         st = g.state_of(call)  # the one wait
         stats = stats_from_state(g, call, st)
         if not stats.finite:  # the device wrote nothing for these policies
-            return self._act(stats.norm, int(st[ck.S_FLAGS]), lambda: stats.nonfinite_buffers,
+            bad = stats.nonfinite_buffers
+            return self._act(HostReduction(stats.norm, int(st[ck.S_FLAGS]), None, lambda: bad),
                              stats.threshold)
         return stats
-
-    def _call_reduced(self) -> ClipStats:
-        """``reduce=`` given: the global norm and flags over every rank
-        (``_reduce.Reduced``: the same bits on every rank), then one decision
-        and the local writes as for one process.  GPU buffers: one host wait."""
-        r, kind, p, nt = self._reduced, self._kind, self._norm_type, self._num_threads
-        norm, flags, overflow_scale, bad = r.norm(kind, p, nt)
-        return self._act(norm, flags, bad, self._threshold_for(norm), overflow_scale,
-                         lambda: r.random_step(self._max_norm, kind, p, self._rng, nt))
-
-    def _call_mixed(self) -> ClipStats:
-        """CPU and GPU buffers in one list: the only code that knows about
-        mixing.  Both engines reduce, the host combines the two norms (one
-        wait for the GPU's), decides once, and both engines apply."""
-        from .kernels import cuda as ck
-
-        plan, g, nt = self._plan, self._gpu, self._num_threads
-        plan.refresh()
-        cn, cf = plan.table.norm(self._kind, self._norm_type, nt)
-        call = g.reduce(self._kind, self._norm_type)
-        st = g.state_of(call)
-        gf = int(st[ck.S_FLAGS])
-        norm = _policy.combine_norms([cn, float(st[ck.S_NORM])], cf | gf, self._kind, self._norm_type)
-
-        def bad():
-            return tuple(sorted(set(plan.callers(plan.table.flagged_rows())) | set(g.flagged_callers(call))))
-
-        return self._act(norm, cf | gf, bad, self._threshold_for(norm))
 
 
 def _random_needs_fixed(v: float, thr) -> None:
@@ -356,16 +326,8 @@ def global_norm(buffers: Buffers, norm_type: float = 2.0, *, num_threads: int | 
     """The global ``norm_type`` norm over all buffers.  Never writes; accepts read-only arrays."""
     kind, p = _policy.norm_kind(norm_type)
     nt = _policy.check_threads(num_threads)
-    plan, g = plan_buffers(buffers, writable=False, fn="global_norm", cache=True, stream=stream)
-    norm, flags = plan.norm(kind, p, nt)  # plan.norm: zero-stride views count k times
-    if g is None:
-        return norm
-    from .kernels import cuda as ck
-
-    st = g.state_of(g.reduce(kind, p))  # the one wait
-    if plan.table.nchunks == 0:
-        return float(st[ck.S_NORM])
-    return _policy.combine_norms([norm, float(st[ck.S_NORM])], flags | int(st[ck.S_FLAGS]), kind, p)
+    b = plan_buffers(buffers, writable=False, fn="global_norm", cache=True, stream=stream)
+    return b.reduce(kind, p, nt).norm  # a CUDA part: the one wait, reading the norm
 
 
 def clip_grad_value_(buffers: Buffers, clip_value: float, *, num_threads: int | None = None,
@@ -376,9 +338,4 @@ def clip_grad_value_(buffers: Buffers, clip_value: float, *, num_threads: int | 
     """
     v = _policy.check_clip_value(clip_value)
     nt = _policy.check_threads(num_threads)
-    plan, g = plan_buffers(buffers, writable=True, fn="clip_grad_value_", cache=True, stream=stream)
-    plan.refresh()
-    plan.table.clamp(v, nt)
-    plan.write_back()
-    if g is not None:
-        g.clamp(v)
+    plan_buffers(buffers, writable=True, fn="clip_grad_value_", cache=True, stream=stream).clamp(v, nt)

@@ -9,15 +9,16 @@ views, suspected overlap) get Python attention.
 """
 from __future__ import annotations
 
-import math
 import sys
 import warnings
-import weakref
-from collections import OrderedDict
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
+from . import _policy
+from ._cache import PLAN_CACHE_SIZE, LRU  # noqa: F401  (PLAN_CACHE_SIZE: the bound, re-exported)
+from ._rows import CallerMap
+from ._overlap import overlap_clusters, partial_overlap
 from .kernels import cpu
 
 _F = cpu  # field and flag constants live with describe()
@@ -33,7 +34,7 @@ class Plan:
     the caller's view and ``write_back`` copies results back.
     """
 
-    __slots__ = ("table", "arrays", "rows", "dups", "staged", "n_inputs", "extra",
+    __slots__ = ("table", "arrays", "rows", "dups", "map", "staged", "n_inputs", "extra",
                  "_owners", "_snap", "_foreign")
 
     def __init__(self, table, arrays, rows, dups, staged, n_inputs, extra=(), foreign=()):
@@ -41,6 +42,7 @@ class Plan:
         self.arrays = arrays        # the caller's array of each row (kept alive)
         self.rows = rows            # row -> caller index (np.int64 array)
         self.dups = dups            # row -> [further caller indices]
+        self.map = CallerMap(rows, dups)
         self.staged = staged        # [(caller's view, contiguous copy)]
         self.n_inputs = n_inputs
         self.extra = list(extra)    # [(Table, k, caller)]: read-only zero-stride views, see norm()
@@ -110,7 +112,7 @@ class Plan:
             c, f = t.norm(kind, p, nthreads)
             parts.append((c, k))
             flags |= f
-        return _combine(parts, kind, p), flags
+        return _policy.combine_norms(parts, kind, p), flags
 
     def buffer_norms(self, kind: int, p: float, nthreads=None, max_norm=None):
         """Each caller buffer's own norm, from one fused pass: ``(norms, flags)``
@@ -123,13 +125,10 @@ class Plan:
             return res
         out = [np.zeros(n), np.zeros(n, np.int32)] + ([np.ones(n)] if max_norm is not None else [])
         for o, r in zip(out, res):
-            o[self.rows] = r
-        for row, more in self.dups.items():
-            for o in out:
-                o[more] = o[self.rows[row]]
+            self.map.scatter(o, r)
         for t, k, i in self.extra:  # read-only zero-stride views: the core k times
             c, f = t.norm(kind, p, nthreads)
-            out[0][i] = _combine([(c, k)], kind, p) if not f else c
+            out[0][i] = _policy.combine_norms([(c, k)], kind, p) if not f else c
             out[1][i] = f
         return tuple(out)
 
@@ -142,30 +141,6 @@ class Plan:
         for view, copy in self.staged:
             if only is None or id(view) in only:
                 np.copyto(view, copy)
-
-    def callers(self, rows: Iterable[int]) -> tuple[int, ...]:
-        """The caller indices (duplicates included) of these table rows."""
-        out: list[int] = []
-        for r in rows:
-            out.append(int(self.rows[r]))
-            out.extend(self.dups.get(int(r), ()))
-        return tuple(sorted(out))
-
-
-def _combine(parts: list, kind: int, p: float) -> float:
-    """The p-norm of norms n_i taken w_i times each, scaled by the largest so
-    that nothing overflows for finite inputs: M * (sum w_i (n_i/M)**p)**(1/p)."""
-    ns = [n for n, _ in parts]
-    if any(math.isnan(n) for n in ns):
-        return math.nan
-    m = max(ns)
-    if kind == _F.NORM_INF or m == 0.0 or m == math.inf:
-        return m
-    s = math.fsum(w * (n / m) ** p for n, w in parts)
-    try:
-        return m * s ** (1.0 / p)
-    except OverflowError:  # only a quasi-norm (p < 1) can exceed float64
-        return math.inf
 
 
 def as_list(buffers: Any, fn: str) -> list:
@@ -228,7 +203,7 @@ def _to_ndarray(obj: Any, i: int, fn: str) -> np.ndarray:
         ) from None
 
 
-def _check_immutable(objs: list, d: np.ndarray, fn: str) -> None:
+def check_immutable(objs: list, d: np.ndarray, fn: str) -> None:
     """JAX arrays are immutable, on every device: a function that writes in
     place must not clip one through a DLPack or CUDA-array-interface view."""
     for i in np.flatnonzero(d[_F.F_CODE] == _F.CODE_NOT_ARRAY).tolist():
@@ -394,70 +369,6 @@ def _check_self_overlap(arrays: list, d: np.ndarray, first: np.ndarray, writable
         )
 
 
-# ------------------------------------------------------------ extents: one checker for every engine
-def overlap_clusters(lo: np.ndarray, hi: np.ndarray, order: np.ndarray):
-    """Chained overlapping extents: with ``order`` sorting the byte extents
-    [lo, hi) by start, the cluster id of each sorted position (a new cluster
-    starts where no earlier extent reaches), and whether that cluster has
-    more than one member.  The CPU plan and the CUDA plan both use it."""
-    lo, hi = lo[order], hi[order]
-    start = np.ones(order.size, bool)
-    start[1:] = lo[1:] >= np.maximum.accumulate(hi)[:-1]
-    cid = np.cumsum(start) - 1
-    return cid, np.bincount(cid)[cid] > 1
-
-
-def extent_pairs(lo: np.ndarray, hi: np.ndarray, order: np.ndarray, n_first: int) -> list[tuple[int, int]]:
-    """Two lists in one: items ``< n_first`` are the first list's, the rest the
-    second's.  Every pair ``(i, j - n_first)`` of an item of each whose byte
-    extents [lo, hi) overlap, sorted.  The same sweep as a list's own
-    (``overlap_clusters``, ``order`` sorting the non-empty extents by
-    start): only clusters holding items of both lists are compared."""
-    cid, busy = overlap_clusters(lo, hi, order)
-    clusters: dict[int, list[int]] = {}
-    for pos in np.flatnonzero(busy).tolist():  # by start within each cluster
-        clusters.setdefault(int(cid[pos]), []).append(int(order[pos]))
-    out = []
-    for members in clusters.values():
-        for q, j in enumerate(members):
-            for i in members[:q]:
-                if (i < n_first) != (j < n_first) and hi[i] > lo[j]:
-                    a, b = (i, j) if i < n_first else (j, i)
-                    out.append((a, b - n_first))
-    return sorted(out)
-
-
-def first_shared(first: list[np.ndarray], second: list[np.ndarray]) -> tuple[int, int] | None:
-    """The first pair (i, j), in that order, such that ``first[i]`` and
-    ``second[j]`` share an element (``clip_unitwise_``: a grad in a param's
-    memory), or None.  One ``describe()`` pass over both lists; when the
-    extents are not in increasing, disjoint order, the extents sweep finds
-    the candidate pairs and ``np.shares_memory`` decides each (interleaved
-    views share none; a ``TooHardError`` counts as shared)."""
-    d, flags = cpu.describe(list(first) + list(second))
-    if flags[_F.S_UNORDERED] < 0:
-        return None
-    order, suspects = cpu.overlap_suspects(d)
-    if not suspects.size:
-        return None
-    for i, j in extent_pairs(d[_F.F_LO], d[_F.F_HI], order, len(first)):
-        try:
-            if np.shares_memory(first[i], second[j]):
-                return i, j
-        except np.exceptions.TooHardError:
-            return i, j
-    return None
-
-
-def partial_overlap(fn: str, a: int, b: int, where: str = "memory", why: str = "") -> ValueError:
-    """The one message for two buffers that share some but not all elements."""
-    a, b = sorted((a, b))
-    return ValueError(
-        f"{fn}: buffers {a} and {b} partially overlap in {where}; each element must belong to "
-        f"one buffer (pass the same array once, or non-overlapping views){why}; nothing was modified"
-    )
-
-
 def _resolve_overlaps(arrays: list, d: np.ndarray, fn: str, cache: dict) -> dict[int, int]:
     """Map duplicate caller index -> the smallest caller index with that memory.
 
@@ -572,72 +483,6 @@ def _torch_module(obj: Any):
     return torch if torch is not None and isinstance(obj, torch.Tensor) else None
 
 
-_NO_BUFFER = np.zeros(0, np.float32)  # stands in for a GPU buffer in the CPU plan
-
-
-#: The function API's plans for GPU-only lists: most users call
-#: clip_grad_norm_(same arrays) every step.  Keyed by the objects' ids,
-#: checked through weak references, and their layout record
-#: (_gpu.layout_key: for CUDA-array-interface objects -- numba, CuPy, others
-#: -- dtype, shape, strides, address and read-only flag, so that a changed
-#: layout at the same object is planned and checked again); bounded (LRU);
-#: no entry keeps an array alive.  A hit builds nothing and does not wait
-#: for the device.  Torch tensors are recorded by data pointer only: an
-#: in-place change of a tensor's metadata that keeps its pointer (resize_,
-#: as_strided_) is not seen; fusedclip.torch keys on the layout.
-PLAN_CACHE_SIZE = 16
-_plan_cache: "OrderedDict[tuple, tuple]" = OrderedDict()
-
-
-def plan_buffers(buffers: Any, *, writable: bool, fn: str, cache: bool | str = False,
-                 stream: Any = None):
-    """Validate every buffer, CPU and GPU, and plan both sides: (Plan, GpuPlan or None).
-
-    Raises before anything is written or launched.  The CPU plan is built over
-    the caller's list with GPU buffers replaced by empty arrays, so its rows
-    keep the caller's indices.  ``cache``: reuse the plan of an earlier call
-    over exactly the same memory: numpy lists (``_cpu_cached``), and GPU-only
-    lists (``_plan_cache``: torch tensors, CUDA-array-interface objects; such
-    a plan holds no reference to the caller's arrays).  ``cache="cpu"`` (a
-    Clipper): numpy lists only, and the plan records the arrays' owners, so
-    that it can be kept.
-    """
-    if stream is not None:  # validated first; an int handle from here on
-        from ._launch import stream_handle
-
-        stream = stream_handle(stream)
-    objs = as_list(buffers, fn)
-    if cache and objs and type(objs[0]) is np.ndarray:
-        plan = _cpu_cached(objs, writable, fn, hold=cache == "cpu")
-        if plan is not None:
-            if cache == "cpu":  # a Clipper keeps the plan: it checks for resized arrays
-                plan.hold()     # (a hit has recorded the owners already)
-            return plan, None
-    if cache is True and objs and type(objs[0]) is not np.ndarray:
-        from ._gpu import layout_key
-
-        ptrs = layout_key(objs)
-        if ptrs is not None:
-            key = (writable, stream, tuple(map(id, objs)))
-            hit = _plan_cache.get(key)
-            if hit is not None:
-                refs, old_ptrs, planned = hit
-                # the same objects (alive: weak references) over the same memory
-                if old_ptrs == ptrs and all(r() is o for r, o in zip(refs, objs)):
-                    _plan_cache.move_to_end(key)
-                    return planned
-            planned = _plan(objs, writable, fn, keep_refs=False, stream=stream)
-            try:
-                refs = [weakref.ref(o) for o in objs]
-            except TypeError:  # objects without weak references are not cached
-                return planned
-            _plan_cache[key] = (refs, ptrs, planned)
-            if len(_plan_cache) > PLAN_CACHE_SIZE:
-                _plan_cache.popitem(last=False)
-            return planned
-    return _plan(objs, writable, fn, keep_refs=True, stream=stream)
-
-
 #: The plans for lists of numpy arrays (the function API's, and a Clipper's
 #: when it is built), found by the list's length and its first and last data
 #: pointers and confirmed by describe()'s record of every array (address,
@@ -649,10 +494,10 @@ def plan_buffers(buffers: Any, *, writable: bool, fn: str, cache: bool | str = F
 #: arrays (cpu.bind: the record compared, the references taken and, for a
 #: Clipper, the owners read): ~0.15 ms for 10,000 arrays, against ~0.4 ms
 #: to plan them.
-_cpu_cache: "OrderedDict[tuple, tuple]" = OrderedDict()
+_cpu_cache = LRU()
 
 
-def _cpu_cached(objs: list, writable: bool, fn: str, hold: bool = False):
+def cpu_cached(objs: list, writable: bool, fn: str, hold: bool = False):
     fl = cpu.first_last(objs)
     key = None if fl is None else (writable, len(objs)) + fl
     hit = None if key is None else _cpu_cache.get(key)
@@ -661,10 +506,7 @@ def _cpu_cached(objs: list, writable: bool, fn: str, hold: bool = False):
         rows = hit[1].rows  # empty arrays and duplicates have no row
         bound = cpu.bind(objs, hit[0], hold, None if len(rows) == len(objs) else rows)
     if bound is not None:
-        try:
-            _cpu_cache.move_to_end(key)
-        except KeyError:  # evicted by another thread meanwhile
-            pass
+        _cpu_cache.lookup(key)
         return hit[1].bound(*bound)
     d, first = cpu.describe(objs)
     if first[_F.S_NOT_ARRAY] >= 0:  # foreign or GPU objects: planned the general way
@@ -672,40 +514,16 @@ def _cpu_cached(objs: list, writable: bool, fn: str, hold: bool = False):
     if first[_F.S_STAGE] >= 0:
         # a strided view anywhere (a duplicate or an empty entry included) has
         # more layout than the record holds: plan it, and cache nothing
-        return _make_plan(objs, d, first, writable, fn)
-    plan = _make_plan(objs, d, first, writable, fn)
+        return make_plan(objs, d, first, writable, fn)
+    plan = make_plan(objs, d, first, writable, fn)
     if not plan.staged and not plan.extra:
         kept = plan.bound(plan.arrays)
         kept.release()
-        _cpu_cache[key] = (d, kept)
-        if len(_cpu_cache) > PLAN_CACHE_SIZE:
-            _cpu_cache.popitem(last=False)
+        _cpu_cache.store(key, (d, kept))
     return plan
 
 
-def _plan(objs: list, writable: bool, fn: str, keep_refs: bool, stream: Any = None):
-    d, first = cpu.describe(objs)
-    gpu_idx: list[int] = []
-    if first[_F.S_NOT_ARRAY] >= 0:
-        if writable:
-            _check_immutable(objs, d, fn)
-        from ._gpu import is_gpu
-
-        gpu_idx = [i for i in np.flatnonzero(d[_F.F_CODE] == _F.CODE_NOT_ARRAY).tolist()
-                   if is_gpu(objs[i])]
-    if not gpu_idx:
-        return _make_plan(objs, d, first, writable, fn), None
-    from ._gpu import make_gpu_plan
-
-    cpu_objs = list(objs)
-    for i in gpu_idx:
-        cpu_objs[i] = _NO_BUFFER
-    d, first = cpu.describe(cpu_objs)
-    plan = _make_plan(cpu_objs, d, first, writable, fn)  # CPU checks first, by index
-    return plan, make_gpu_plan(objs, gpu_idx, writable, fn, stream=stream, keep_refs=keep_refs)
-
-
-def _make_plan(objs: list, d: np.ndarray, first: np.ndarray, writable: bool, fn: str) -> Plan:
+def make_plan(objs: list, d: np.ndarray, first: np.ndarray, writable: bool, fn: str) -> Plan:
     arrays = objs
     foreign = []
     if first[_F.S_NOT_ARRAY] >= 0:

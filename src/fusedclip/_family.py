@@ -23,7 +23,10 @@ from typing import Any
 import numpy as np
 
 from . import _policy
-from ._buffers import as_list, extent_pairs, first_shared, plan_buffers
+from ._buffers import as_list
+from ._cache import LRU
+from ._engine import Buffers, CudaRows, plan_buffers
+from ._overlap import extent_pairs, first_shared
 from ._policy import A_NONE, NonFiniteError
 from .kernels import cpu
 
@@ -41,16 +44,10 @@ def buffer_norms(buffers: Any, norm_type: float = 2.0, *, num_threads: int | Non
     """
     kind, p = _policy.norm_kind(norm_type)
     nt = _policy.check_threads(num_threads)
-    plan, g = plan_buffers(buffers, writable=False, fn="buffer_norms", cache=True, stream=stream)
-    if g is None:
-        return plan.buffer_norms(kind, p, nt)[0]
-    res = DeviceNorms(g, g.row_norms(kind, p), plan.n_inputs)
-    if plan.table.nchunks == 0 and not plan.extra:
-        return res
-    norms = plan.buffer_norms(kind, p, nt)[0]
-    gn, _, _ = res.rows()
-    _gpu_fill(g, norms, gn)
-    return norms
+    b = plan_buffers(buffers, writable=False, fn="buffer_norms", cache=True, stream=stream)
+    if b.device_only:
+        return DeviceNorms(b.cuda.row_reduce(kind, p), b.n_inputs)
+    return b.row_reduce(kind, p, nt)[0]
 
 
 class DeviceNorms:
@@ -59,17 +56,17 @@ class DeviceNorms:
     A plan keeps its last RING calls' results on the device; reading an older
     one raises RuntimeError."""
 
-    def __init__(self, plan, call: int, n_inputs: int):
-        self._plan, self._call, self._n = plan, call, n_inputs
+    def __init__(self, rows: CudaRows, n_inputs: int):
+        self._rows, self._n = rows, n_inputs
         self._host: np.ndarray | None = None
 
     def rows(self):
-        return self._plan.row_result(self._call)
+        return self._rows.rows()
 
     def get(self) -> np.ndarray:
         if self._host is None:
             out = np.zeros(self._n)
-            _gpu_fill(self._plan, out, self.rows()[0])
+            self._rows.fill([out])
             self._host = out
         return self._host
 
@@ -82,14 +79,6 @@ class DeviceNorms:
 
     def __repr__(self) -> str:
         return f"DeviceNorms({self.get()!r})"
-
-
-def _gpu_fill(g, out: np.ndarray, row_values: np.ndarray) -> None:
-    """Scatter per-row GPU values to caller indices (duplicates included)."""
-    for r, b in enumerate(g.rows):
-        out[b.caller] = row_values[r]
-        for d in g.dups.get(r, ()):
-            out[d] = row_values[r]
 
 
 # ----------------------------------------------------------------- local clipping
@@ -115,106 +104,50 @@ def clip_by_norm_(buffers: Any, max_norm: float, norm_type: float = 2.0, *,
         if v == math.inf:
             raise ValueError("nonfinite='random' needs a finite max_norm (the step's length)")
         rng = _policy.make_rng(rng)
-    plan, g = plan_buffers(buffers, writable=True, fn=fn, cache=True, stream=stream)
-    if g is not None and plan.table.nchunks == 0:  # GPU only: the device decides
-        call = g.row_clip(kind, p, v, policy)
-        res = DeviceNorms(g, call, plan.n_inputs)
+    b = plan_buffers(buffers, writable=True, fn=fn, cache=True, stream=stream)
+    if b.device_only:  # the device decides
+        cu = b.cuda
+        res = DeviceNorms(cu.row_clip(kind, p, v, policy), b.n_inputs)
         if policy in ("error", "random"):
             gn, gf, _ = res.rows()
             if gf.any():  # the device wrote nothing for these policies' bad rows
-                bad = np.flatnonzero(gf)
+                bad = np.flatnonzero(gf).tolist()
                 if policy == "error":  # nor anything else: any flag stopped every write
-                    raise NonFiniteError(float(gn[bad[0]]), _gpu_callers(g, bad))
-                callers = [g.rows[r].caller for r in bad.tolist()]
-                _write_steps(None, g, _random_steps(None, g, callers, v, kind, p, rng, nt))
+                    raise NonFiniteError(float(gn[bad[0]]), cu.map.callers(bad))
+                _write_steps(b, _random_steps(b, cu.map.rows[bad].tolist(), v, kind, p, rng, nt))
         return res
-    plan.refresh()
-    norms, flags, scales = plan.buffer_norms(kind, p, nt, max_norm=v)
-    gr = None
-    if g is not None:  # mixed: the GPU's norms first, then one decision
-        gr = g.row_result(g.row_norms(kind, p, max_norm=v))
-        for o, r in zip((norms, flags, scales), gr):
-            _gpu_fill(g, o, r)
+    norms, flags, scales = b.row_reduce(kind, p, nt, max_norm=v)
     actions, out, raise_rows, random_rows = _policy.decide_rows(norms, flags, v, policy, scales)
     if raise_rows:
         raise NonFiniteError(float(norms[raise_rows[0]]), tuple(raise_rows))
-    steps = _random_steps(plan, g, random_rows, v, kind, p, rng, nt)
-    _apply_rows(plan, actions, out, nt)
-    if g is not None:
-        g.row_apply(actions[[b.caller for b in g.rows]], out[[b.caller for b in g.rows]])
-    _write_steps(plan, g, steps)
+    steps = _random_steps(b, random_rows, v, kind, p, rng, nt)
+    b.apply_rows(actions, out, nt)
+    _write_steps(b, steps)
     return norms
 
 
-def _gpu_callers(g, rows) -> tuple[int, ...]:
-    out: list[int] = []
-    for r in rows:
-        out.append(g.rows[r].caller)
-        out.extend(g.dups.get(int(r), ()))
-    return tuple(sorted(out))
-
-
-def _apply_rows(plan, actions: np.ndarray, scales: np.ndarray, nt) -> None:
-    """Per-caller actions applied to the CPU plan's rows; only written rows'
-    staged copies are copied back."""
-    ra, rs = actions[plan.rows], scales[plan.rows]
-    if not ra.any():
-        return
-    plan.table.scale_rows(ra, rs, nt)
-    if plan.staged:
-        written = {id(plan.arrays[r]) for r in np.flatnonzero(ra).tolist()}
-        plan.write_back(only=written)
-
-
-def _row_of(plan, g) -> dict[int, tuple[str, int]]:
-    """caller index -> ("c", CPU row) or ("g", GPU row), duplicates included."""
-    where: dict[int, tuple[str, int]] = {}
-    if plan is not None:
-        for r, c in enumerate(plan.rows.tolist()):
-            where[c] = ("c", r)
-        for r, more in plan.dups.items():
-            for d in more:
-                where[d] = ("c", r)
-    if g is not None:
-        for r, b in enumerate(g.rows):
-            where[b.caller] = ("g", r)
-            for d in g.dups.get(r, ()):
-                where[d] = ("g", r)
-    return where
-
-
-def _random_steps(plan, g, callers: list[int], v, kind, p, rng, nt) -> list:
+def _random_steps(b: Buffers, callers: list[int], v, kind, p, rng, nt) -> list:
     """Each listed buffer's own random step of norm v (a buffer listed twice
     through a duplicate gets one), drawn and checked before anything is
     written (``random_step`` raises otherwise)."""
-    if not callers:
-        return []
-    where = _row_of(plan, g)
     out, seen = [], set()
     for c in callers:
-        key = where[c]
-        if key in seen:
+        key = b.locate(c)
+        if key is None or key in seen:
             continue
         seen.add(key)
-        side, r = key
-        if side == "g":
-            shape, dtype = (g.rows[r].n,), cpu.DTYPES[g.rows[r].code]
-        else:
-            shape, dtype = plan.arrays[r].shape, plan.arrays[r].dtype
+        k, r = key
+        e = b.engines[k]
+        shape, dtype = e.shapes()[r], e.dtypes()[r]
         out.append((key, _policy.random_step([shape], [dtype], [c], v, kind, p, rng, nt)[0]))
     return out
 
 
-def _write_steps(plan, g, steps) -> None:
-    rows, draws = [], []
-    for (side, r), z in steps:
-        if side == "c":
-            plan.arrays[r][...] = z
-        else:
-            rows.append(r)
-            draws.append(z)
-    if rows:
-        g.write_rows(rows, draws)
+def _write_steps(b: Buffers, steps) -> None:
+    for k, e in enumerate(b.engines):
+        mine = [(r, z) for (j, r), z in steps if j == k]
+        if mine:
+            e.write([r for r, _ in mine], [z for _, z in mine])
 
 
 # ----------------------------------------------------------------- unit-wise (AGC)
@@ -252,21 +185,19 @@ def clip_unitwise_(params: Any, grads: Any, clipping: float = 0.01, eps: float =
     G = as_list(grads, fn)
     if len(W) != len(G):
         raise ValueError(f"{fn}: {len(W)} params but {len(G)} grads; pass one gradient per parameter")
-    wplan, wg = plan_buffers(W, writable=False, fn=fn + " (params)")
-    gplan, gg = plan_buffers(G, writable=True, fn=fn)
-    for plan, g in ((gplan, gg), (wplan, wg)):
-        if plan.dups or (g is not None and g.dups):
-            what = "grads" if plan is gplan else "params"
+    wb = plan_buffers(W, writable=False, fn=fn + " (params)")
+    gb = plan_buffers(G, writable=True, fn=fn)
+    for what, b in (("grads", gb), ("params", wb)):
+        if b.cpu.map.dups or (b.cuda is not None and b.cuda.map.dups):
             raise ValueError(f"{fn}: two of the {what} are the same buffer; each parameter needs its "
                              "own entry (nothing was modified)")
-    on_gpu = [g is not None and plan.table.nchunks == 0 and not plan.extra
-              for plan, g in ((wplan, wg), (gplan, gg))]
-    if wg is not None or gg is not None:
-        if not all(on_gpu):
+    if wb.cuda is not None or gb.cuda is not None:
+        if not (wb.device_only and gb.device_only):
             raise TypeError(f"{fn}: params and grads must all be CPU arrays or all CUDA arrays "
                             "(nothing was modified)")
-        _unitwise_gpu(W, G, wg, gg, c, e, policy, fn)
+        _unitwise_gpu(W, G, wb.cuda.gpu, gb.cuda.gpu, c, e, policy, fn)
         return
+    wplan, gplan = wb.cpu.plan, gb.cpu.plan
     wa, ga = _caller_arrays(wplan, W), _caller_arrays(gplan, G)
     for i, (w, g) in enumerate(zip(wa, ga)):
         if w.shape != g.shape:
@@ -325,7 +256,7 @@ def _units(shape) -> int:
 
 
 #: unit plans for the GPU, keyed by the units' memory (LRU, small)
-_unit_plans: dict = {}
+_unit_plans = LRU(8)
 
 
 def _unitwise_gpu(W, G, wg, gg, c: float, e: float, policy: str, fn: str) -> None:
@@ -351,7 +282,7 @@ def _unitwise_gpu(W, G, wg, gg, c: float, e: float, policy: str, fn: str) -> Non
         return
     # the plan of these units, built once per memory layout (no per-unit work on a hit)
     key = (gg.stream, tuple((w.addr, w.code, g.addr, g.code, g.n, k) for w, g, k in pairs))
-    plan = _unit_plans.get(key)
+    plan = _unit_plans.lookup(key)
     if plan is None:  # (a cached plan's key holds the addresses: they passed this check)
         # the params are never written: no grad may lie in a param's memory.
         # CUDA arrays here are dense, so a shared byte range is a shared element
@@ -370,9 +301,7 @@ def _unitwise_gpu(W, G, wg, gg, c: float, e: float, policy: str, fn: str) -> Non
                 units.extend(Buf(len(units), None, b.addr + j * per * item, per, b.code, b.device, b.lib)
                              for j in range(k))
         plan = GpuPlan(units, {}, gg.stream)
-        _unit_plans[key] = plan
-        while len(_unit_plans) > 8:
-            _unit_plans.pop(next(iter(_unit_plans)))
+        _unit_plans.store(key, plan)
     nu = sum(k for _, _, k in pairs)
     call = plan.unit_clip(nu, c, e, policy)
     if policy == "error":  # the device wrote nothing if anything was non-finite

@@ -38,7 +38,9 @@ from typing import Any
 import numpy as np
 
 from . import _launch
+from ._overlap import overlap_clusters, partial_overlap
 from ._policy import ClipStats
+from ._rows import CallerMap
 from .kernels import cpu
 from .kernels import cuda as ck
 
@@ -297,6 +299,7 @@ class GpuPlan:
         L = self.launcher = _launch.launcher()
         self.rows = bufs                       # unique non-empty buffers, one per row
         self.dups = dups                       # row -> further caller indices
+        self.map = CallerMap(np.array([b.caller for b in bufs], np.int64), dups)
         self.lib = next((b.lib for b in bufs if b.lib), None)
         self.stream = stream                   # explicit stream handle, or None
         host = chunk_table(bufs)
@@ -544,18 +547,15 @@ class GpuPlan:
         for b in self.rows:
             b.obj = None
 
-    def flagged_callers(self, call: int) -> list[int]:
-        """Caller indices of the buffers holding inf/NaN in call ``call``."""
+    def flagged_callers(self, call: int) -> tuple[int, ...]:
+        """Caller indices (sorted, duplicates included) of the buffers holding
+        inf/NaN in call ``call``."""
         n = self.nchunks
         f = np.empty(n, np.int32)
         if n:
             slot = (call - 1) % ck.RING
             self.launcher.download(f, self.f.addr + 4 * n * slot, self._call_streams[slot])
-        out = []
-        for r in np.unique(self.chunk_rows[f != 0]).tolist():
-            out.append(self.rows[r].caller)
-            out.extend(self.dups.get(r, ()))
-        return out
+        return self.map.callers(np.unique(self.chunk_rows[f != 0]).tolist())
 
     def write_random(self, draws: list[np.ndarray]) -> None:
         """Copy host steps (already rounded to each buffer's dtype) into the buffers."""
@@ -633,8 +633,6 @@ def describe_all(objs: list, gpu_idx: list[int], writable: bool, fn: str):
     # dense ranges: two that overlap are the same buffer (same range and dtype:
     # counted once) or share some elements (an error); the clusters come from
     # the extent checker the CPU plan uses
-    from ._buffers import overlap_clusters, partial_overlap
-
     live = [b for b in bufs if b.n > 0]
     dup_of: dict[int, int] = {}
     if len(live) > 1:
@@ -742,6 +740,6 @@ class DeviceClipStats:
 
 def stats_from_state(plan: GpuPlan, call: int, st: np.ndarray) -> ClipStats:
     finite = bool(st[ck.S_FINITE])
-    bad: tuple[int, ...] = () if finite else tuple(sorted(plan.flagged_callers(call)))
+    bad: tuple[int, ...] = () if finite else plan.flagged_callers(call)
     return ClipStats(float(st[ck.S_NORM]), float(st[ck.S_SCALE]), bool(st[ck.S_CLIPPED]), finite,
                      float(st[ck.S_THRESHOLD]), bad)

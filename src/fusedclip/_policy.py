@@ -331,16 +331,22 @@ def decide_rows(norms: np.ndarray, flags: np.ndarray, max_norm, policy: str,
     return actions, out, raise_rows, random_rows
 
 
-def combine_norms(norms: list[float], flags: int, kind: int, p: float) -> float:
-    """The norm of a list from the norms of its parts (mixed CPU/GPU lists):
-    relative to the largest, so no finite total overflows."""
-    if flags & cpu.HAS_NAN:
+def combine_norms(parts: list[tuple[float, float]], kind: int, p: float, flags: int = 0) -> float:
+    """The norm of a list from the norms of its parts: ``parts`` holds
+    ``(n_i, w_i)``, a part of norm n_i taken w_i times (engines of a mixed
+    list: w = 1; a zero-stride view's core: w = its multiplicity k).  The
+    one local combiner: M * (sum w_i (n_i/M)**p)**(1/p), M the largest, so
+    no finite total overflows.  ``flags``: the parts' inf/NaN flags."""
+    if flags & cpu.HAS_NAN or any(n != n for n, _ in parts):
         return math.nan
     if flags & cpu.HAS_INF:
         return math.inf
-    big = max(norms, default=0.0)
+    big = max((n for n, _ in parts), default=0.0)
     if big == 0.0 or big == math.inf or kind == cpu.NORM_INF:
         return big
     pw = 2.0 if kind == cpu.NORM_2 else 1.0 if kind == cpu.NORM_1 else p
-    t = math.fsum((n / big) ** pw for n in norms if n > 0.0)
-    return big * (math.sqrt(t) if pw == 2.0 else t if pw == 1.0 else t ** (1.0 / pw))
+    t = math.fsum(w * (n / big) ** pw for n, w in parts if n > 0.0)
+    try:
+        return big * (math.sqrt(t) if pw == 2.0 else t if pw == 1.0 else t ** (1.0 / pw))
+    except OverflowError:  # only a quasi-norm (p < 1) can exceed float64
+        return math.inf

@@ -64,7 +64,8 @@ class Global(NamedTuple):
     scale_of: Callable[[float], float]
 
 
-def _pw(kind: int, p: float) -> float:
+def pw_of(kind: int, p: float) -> float:
+    """The power of the sums: 2 for the L2 norm, 1 for L1, else p."""
     return 2.0 if kind == cpu.NORM_2 else 1.0 if kind == cpu.NORM_1 else p
 
 
@@ -75,7 +76,7 @@ def _power(n: float, pw: float) -> float:
         return math.inf
 
 
-def _root(t: float, pw: float) -> float:
+def root(t: float, pw: float) -> float:
     try:
         return math.sqrt(t) if pw == 2.0 else t if pw == 1.0 else math.pow(t, 1.0 / pw)
     except OverflowError:  # a quasi-norm (p < 1) beyond float64
@@ -97,6 +98,23 @@ def _pair(part: Part) -> tuple[float, float] | None:
         return 1.0, math.inf
     mc, ec = math.frexp(c)  # norm = 2**1000 / (mc · 2**ec) = (0.5/mc) · 2**(1001 - ec)
     return 0.5 / mc, float(1001 - ec)
+
+
+class HostReduction:
+    """A reduction whose numbers are on the host already (``_engine.Reduction``):
+    a norm, its flags, ``v -> v / norm`` and the flagged callers."""
+
+    __slots__ = ("norm", "flags", "_scale_of", "_callers")
+
+    def __init__(self, norm: float, flags: int, scale_of: Callable[[float], float] | None,
+                 callers: Callable[[], tuple[int, ...]]) -> None:
+        self.norm, self.flags, self._scale_of, self._callers = norm, flags, scale_of, callers
+
+    def scale_of(self, v: float) -> float:
+        return v / self.norm if self._scale_of is None else self._scale_of(v)
+
+    def callers(self) -> tuple[int, ...]:
+        return self._callers()
 
 
 class Reducer:
@@ -124,6 +142,15 @@ class Reducer:
         return y.reshape(-1)
 
 
+def _local(x: Any, op: str) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64).reshape(-1)
+
+
+#: one process's "all-reduce": ``combine`` over local parts only (a mixed
+#: list's scale where its finite total overflows float64)
+LOCAL: Any = _local
+
+
 def combine(parts: list[Part], kind: int, p: float, reduce: Reducer) -> Global:
     """The global norm of every rank's parts; the same result, and the same
     sequence of ``reduce`` calls, on every rank (see the module docstring)."""
@@ -138,7 +165,7 @@ def combine(parts: list[Part], kind: int, p: float, reduce: Reducer) -> Global:
         g = _flags(y[1], y[2])
         norm = _flag_norm(g) if g else float(y[0])
         return Global(norm, g, lambda v: v / norm)
-    pw = _pw(kind, p)
+    pw = pw_of(kind, p)
     s_sh, s_rep, fb = [], [], 0.0
     for q in live:
         if q.norm == 0.0:
@@ -156,7 +183,7 @@ def combine(parts: list[Part], kind: int, p: float, reduce: Reducer) -> Global:
         return Global(norm, g, lambda v: v / norm)
     if y[5] == 0.0:
         total = y[0] + y[1] / ranks
-        norm = _root(total, pw) if total < math.inf else math.inf
+        norm = root(total, pw) if total < math.inf else math.inf
         if norm < math.inf:
             return Global(norm, 0, lambda v: v / norm)
     return _exact(live, pw, ranks, reduce)
@@ -177,7 +204,7 @@ def _exact(live: list[Part], pw: float, ranks: float, reduce: Reducer) -> Global
         (t_rep if rep else t_sh).append(_power(math.ldexp(m / M, int(e - E)), pw))
     y = reduce([math.fsum(t_sh), math.fsum(t_rep)], "sum")
     t = y[0] + y[1] / ranks  # in [1, n]: the largest part adds 1
-    r = _root(t, pw)
+    r = root(t, pw)
     try:
         norm = math.ldexp(M * r, int(E))
     except OverflowError:
@@ -244,22 +271,24 @@ def _sub_table(table, mask: np.ndarray):
 
 
 class Reduced:
-    """The distributed side of a Clipper: its parts (the CPU table split into
-    sharded and replicated chunks; the GPU plan, sharded) and the rounds."""
+    """The distributed side of a Clipper: its parts (the CPU engine's table
+    split into sharded and replicated chunks; the CUDA engine, sharded) and
+    the rounds."""
 
-    __slots__ = ("reduce", "plan", "gpu", "rep_rows", "_sh", "_rep")
+    __slots__ = ("reduce", "bufs", "plan", "rep_rows", "_sh", "_rep")
 
-    def __init__(self, reduce: Any, replicated: Any, plan, gpu, fn: str) -> None:
+    def __init__(self, reduce: Any, replicated: Any, bufs: Any, fn: str) -> None:
         if reduce is None:
             raise ValueError(f"{fn}: replicated= needs reduce= (without an all-reduce every "
                              "buffer is local and counted once anyway)")
         self.reduce = Reducer(reduce, fn)
-        rep = check_replicated(replicated, plan.n_inputs, fn)
-        self.plan, self.gpu = plan, gpu
+        rep = check_replicated(replicated, bufs.n_inputs, fn)
+        self.bufs, self.plan = bufs, bufs.cpu.plan
+        plan = self.plan
         nrows = len(plan.arrays)
         flags = np.zeros(nrows, bool)
         for r in range(nrows):
-            callers = [int(plan.rows[r])] + list(plan.dups.get(r, ()))
+            callers = plan.map.callers([r])
             marked = [c in rep for c in callers]
             if any(marked) and not all(marked):
                 a = callers[marked.index(True)]
@@ -267,9 +296,10 @@ class Reduced:
                 raise ValueError(f"{fn}: buffers {min(a, b)} and {max(a, b)} are the same memory but "
                                  "only one is marked replicated; mark both or neither")
             flags[r] = marked[0]
-        if gpu is not None:
-            for r, b in enumerate(gpu.rows):
-                bad = [c for c in [b.caller] + list(gpu.dups.get(r, ())) if c in rep]
+        if bufs.cuda is not None:
+            m = bufs.cuda.map
+            for r in range(len(m)):
+                bad = [c for c in m.callers([r]) if c in rep]
                 if bad:
                     raise ValueError(
                         f"{fn}: buffer {bad[0]} is a GPU buffer marked replicated; replicated GPU "
@@ -294,39 +324,34 @@ class Reduced:
         return out
 
     def norm(self, kind: int, p: float, nt):
-        """(global norm, global flags, v -> v / norm, local bad callers -> tuple)."""
-        plan, g = self.plan, self.gpu
-        plan.refresh()
+        """The global reduction: ``norm``, ``flags`` and ``scale_of`` the same
+        on every rank; ``callers()`` this rank's flagged buffers."""
+        self.plan.refresh()
         parts = self._cpu_parts(kind, p, nt)
-        call = None
-        if g is not None:
-            from .kernels import cuda as ck
-
-            call = g.reduce(kind, p)
-            st = g.state_of(call)  # the host wait (docs/DISTRIBUTED.md: no NCCL path yet)
-            big, t = float(st[ck.S_BIG]), float(st[ck.S_T])
-            pw = _pw(kind, p)
-            parts.append(Part(float(st[ck.S_NORM]), int(st[ck.S_FLAGS]),
-                              lambda v: (v / big) / _root(t, pw), False))
+        cuda = None
+        if self.bufs.cuda is not None:
+            # the host wait (docs/DISTRIBUTED.md: no NCCL path yet)
+            cuda = self.bufs.cuda.reduce(kind, p)
+            parts.append(Part(cuda.norm, cuda.flags, cuda.scale_of, False))
         res = combine(parts, kind, p, self.reduce)
 
         def bad() -> tuple[int, ...]:
             out = set(self._flagged_cpu())
-            if g is not None:
-                out |= set(g.flagged_callers(call))
+            if cuda is not None:
+                out |= set(cuda.callers())
             return tuple(sorted(out))
 
-        return res.norm, res.flags, res.scale_of, bad
+        return HostReduction(res.norm, res.flags, res.scale_of, bad)
 
     def _flagged_cpu(self) -> tuple[int, ...]:
         plan = self.plan
         if self._rep is None:
-            return plan.callers(plan.table.flagged_rows())
+            return plan.map.callers(plan.table.flagged_rows())
         bufs = plan.table.chunks["buf"]
         rows = set()
         for t, idx in (self._sh, self._rep):
             rows.update(bufs[idx[t.flagged_rows()]].tolist())
-        return plan.callers(sorted(rows))
+        return plan.map.callers(sorted(rows))
 
     # ------------------------------------------------------------ nonfinite="random"
     def random_step(self, max_norm: float, kind: int, p: float, rng, nt) -> list[np.ndarray]:
@@ -340,11 +365,9 @@ class Reduced:
         norm (replicated parts counted once); the rounded step's global norm
         and flags decide, on every rank alike, whether it is written.
         """
-        plan, g = self.plan, self.gpu
-        shapes = [a.shape for a in plan.arrays] + (g.shapes() if g else [])
-        dtypes = [a.dtype for a in plan.arrays] + (g.dtypes() if g else [])
-        callers = [int(i) for i in plan.rows] + ([b.caller for b in g.rows] if g else [])
-        rep = list(self.rep_rows) + [False] * (len(shapes) - len(plan.arrays))
+        b = self.bufs
+        shapes, dtypes, callers = b.shapes(), b.dtypes(), b.row_callers()
+        rep = list(self.rep_rows) + [False] * (len(shapes) - len(self.rep_rows))
         live = [i for i, s in enumerate(shapes) if math.prod(s)]
         u_local = _policy.unit_roundoff(dtypes, live)
         y = self.reduce([float(rng.integers(0, _SEED_RANGE)), u_local], "max")

@@ -52,7 +52,6 @@ import re
 import sys
 import types
 import warnings
-from collections import OrderedDict
 from typing import Any, Iterable, Union
 
 import ml_dtypes
@@ -60,6 +59,7 @@ import numpy as np
 
 from . import _policy, _torchread
 from ._api import Clipper as _ArrayClipper
+from ._cache import LRU
 from ._policy import NonFiniteError
 from .kernels import cpu
 
@@ -506,12 +506,10 @@ class _Plan:
         self.clipper = c
         self.dtype = _promoted(dtypes)
         self.device = device
-        self.gpu_only = c._gpu is not None and c._plan.table.nchunks == 0
+        self.gpu_only = c._bufs.device_only
         self.key = None
         # keep no reference to the tensors: set_to_none must free them
-        self.cached = c._plan.release()
-        if c._gpu is not None:
-            c._gpu.release()
+        self.cached = c._bufs.release()
 
     def configure(self, max_norm: float, norm_type: float, policy: str, nt) -> None:
         c = self.clipper
@@ -531,7 +529,7 @@ class _Plan:
         except NonFiniteError as e:
             raise _nonfinite(e.norm, p, e.buffers) from None
         if self.gpu_only:  # the norm stays on the device: a device-to-device copy, no wait
-            g = c._gpu
+            g = c._bufs.cuda.gpu
             out = _device_empty(self.device)
             g.copy_norm(g.calls, out.data_ptr())
             _bump(live)  # the device may have written
@@ -542,62 +540,31 @@ class _Plan:
 
     def norm(self, kind: int, p: float, error: bool, nt) -> torch.Tensor:
         """The norm only (get_total_norm): never writes."""
-        c = self.clipper
-        plan, g = c._plan, c._gpu
-        if g is None or not self.gpu_only:
-            plan.refresh()
-            norm, flags = plan.norm(kind, p, nt)
-            bad = lambda: plan.callers(plan.table.flagged_rows())  # noqa: E731
-        if g is not None:
-            call = g.reduce(kind, p)
-            if self.gpu_only and not error:  # no wait: a device-to-device copy
-                out = _device_empty(self.device)
-                g.copy_norm(call, out.data_ptr())
-                return out if self.dtype == torch.float64 else out.to(self.dtype)
-            from .kernels import cuda as ck
-
-            st = g.state_of(call)  # the one wait
-            gn, gf = float(st[ck.S_NORM]), int(st[ck.S_FLAGS])
-            if self.gpu_only:
-                norm, flags, bad = gn, gf, lambda: tuple(sorted(g.flagged_callers(call)))
-            else:
-                cpu_bad = bad
-                norm = _policy.combine_norms([norm, gn], flags | gf, kind, p)
-                flags |= gf
-                bad = lambda: tuple(sorted(set(cpu_bad()) | set(g.flagged_callers(call))))  # noqa: E731
-        if error and flags:
-            raise _nonfinite(norm, p, bad(), "tensors")
-        return _norm_tensor(norm, self.dtype, self.device)
+        red = self.clipper._bufs.reduce(kind, p, nt)
+        if self.gpu_only and not error:  # no wait: a device-to-device copy
+            out = _device_empty(self.device)
+            red.copy_norm(out.data_ptr())
+            return out if self.dtype == torch.float64 else out.to(self.dtype)
+        if error and red.flags:  # (a CUDA part: the one wait)
+            raise _nonfinite(red.norm, p, red.callers(), "tensors")
+        return _norm_tensor(red.norm, self.dtype, self.device)
 
     def scale(self, d: "_policy.Decision", live: list, nt) -> None:
         """Apply a decision taken on the host (clip_grads_with_norm_)."""
         if d.action != _policy.A_SCALE:
             return
-        c = self.clipper
-        plan, g = c._plan, c._gpu
-        plan.refresh()
-        plan.table.scale(d.scale, nt)
-        plan.write_back()
-        if g is not None:
-            g.apply(d.action, d.scale)
+        self.clipper._bufs.apply(d.action, d.scale, nt)
         _bump(live)
 
     def clamp(self, live: list, v: float, nt) -> None:
         # the plumbing of fusedclip.clip_grad_value_, over this plan
-        c = self.clipper
-        plan, g = c._plan, c._gpu
-        plan.refresh()
-        plan.table.clamp(v, nt)
-        plan.write_back()
-        if g is not None:
-            g.clamp(v)
+        self.clipper._bufs.clamp(v, nt)
         _bump(live)
 
 
 #: General-path plans (CUDA tensors, and lists of stand-ins for them), by
 #: _general_key: a bounded LRU; no entry holds a tensor.
-PLAN_CACHE_SIZE = 16
-_general: "OrderedDict[tuple, _Plan]" = OrderedDict()
+_general = LRU()
 
 
 def _general_plan(items: list, grads: bool, fn: str, writable: bool,
@@ -619,11 +586,9 @@ def _general_plan(items: list, grads: bool, fn: str, writable: bool,
         plan = _Plan(tensors, fn, grads, writable)
         if key is not None and plan.cached:
             plan.key = key
-            _general[key] = plan
-            if len(_general) > PLAN_CACHE_SIZE:
-                _general.popitem(last=False)
+            _general.store(key, plan)
     else:
-        _general.move_to_end(key)
+        _general.lookup(key)
     return plan, tensors
 
 

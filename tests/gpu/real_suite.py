@@ -19,7 +19,7 @@ if not torch.cuda.is_available():  # pragma: no cover - collected only with a GP
     pytest.skip("no CUDA GPU", allow_module_level=True)
 
 import fusedclip as fc  # noqa: E402
-from fusedclip import _buffers, _launch  # noqa: E402
+from fusedclip import _engine, _launch  # noqa: E402
 from fusedclip.kernels import cuda as ck  # noqa: E402
 from conftest import ref_norm, rel, scaled  # noqa: E402
 # the engine contract (tests/contract_policies.py), on the real GPU
@@ -199,13 +199,13 @@ def test_explicit_stream_argument_is_not_needed_for_ordering_on_default():
 
 def test_function_api_reuses_its_plan():
     ts = make("f32", (100, 200))
-    _buffers._plan_cache.clear()
+    _engine._plan_cache.clear()
     fc.clip_grad_norm_(ts, 1e9)
     fc.clip_grad_norm_(ts, 1e9)
-    assert len(_buffers._plan_cache) == 1
+    assert len(_engine._plan_cache) == 1
     other = make("f32", (100, 200), seed=1)
     fc.clip_grad_norm_(other, 1e9)
-    assert len(_buffers._plan_cache) == 2
+    assert len(_engine._plan_cache) == 2
 
 
 def test_bfloat16_is_recognised_and_scaled_by_the_cpu_rule():
@@ -373,9 +373,9 @@ def test_the_function_api_on_numba_arrays_plans_once():
     from numba import cuda as ncuda
 
     ds = [ncuda.to_device(np.full(n, 3.0, np.float32)) for n in (100, 70_000)]
-    _buffers._plan_cache.clear()
+    _engine._plan_cache.clear()
     n1 = fc.clip_grad_norm_(ds, 1e9)
-    assert len(_buffers._plan_cache) == 1
+    assert len(_engine._plan_cache) == 1
     n2 = fc.clip_grad_norm_(ds, 1e9)
-    assert len(_buffers._plan_cache) == 1 and n1 == n2
+    assert len(_engine._plan_cache) == 1 and n1 == n2
     assert rel(n1, math.sqrt(70_100) * 3.0) <= 1e-12
