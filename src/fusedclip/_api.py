@@ -101,6 +101,32 @@ class Clipper:
         self._reduced = None if reduce is None and replicated is None else _reduce.Reduced(
             reduce, replicated, self._bufs, fn)
 
+    @classmethod
+    def over(cls, buffers: Any, fn: str, *, writable: bool = True, eps: float = 0.0) -> "Clipper":
+        """A Clipper for an adapter (``fusedclip.torch``): every check under
+        ``fn``'s name, no threshold yet (``configure`` sets it per call), and
+        the rule's ``eps`` (torch's 1e-6)."""
+        c = cls.__new__(cls)
+        c._setup(buffers, _INF, 2.0, "propagate", None, None, fn, writable=writable)
+        c._eps = eps
+        return c
+
+    def configure(self, max_norm: float, norm_type: float, nonfinite: str, num_threads: int | None) -> None:
+        """Set the call's arguments, checked already by the adapter: only what
+        changed is validated again."""
+        if self._max_norm != max_norm:
+            self.max_norm = max_norm
+        if self._norm_type != norm_type:
+            self.norm_type = norm_type
+        if self._nonfinite_policy != nonfinite:
+            self.nonfinite = nonfinite
+        self._num_threads = num_threads
+
+    @property
+    def buffers(self) -> _Engines:
+        """The validated list, split into engines (``_engine.Buffers``)."""
+        return self._bufs
+
     @property
     def _plan(self):
         """The CPU engine's plan (introspection)."""

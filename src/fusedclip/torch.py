@@ -497,29 +497,20 @@ class _Plan:
                 raise _unsupported(fn, what, g, f"it is on {g.device}")
             else:
                 bufs.append(_cpu_view(g, i, fn, what))
-        c = _ArrayClipper.__new__(_ArrayClipper)
         try:  # every check (dtypes, overlap, devices) runs here, before anything is written
-            c._setup(bufs, _INF, 2.0, "propagate", None, None, fn, writable=writable)
+            c = _ArrayClipper.over(bufs, fn, writable=writable, eps=EPS)
         except (TypeError, ValueError, RuntimeError, MemoryError) as e:
             raise _to_torch_message(e) from None
-        c._eps = EPS
         self.clipper = c
         self.dtype = _promoted(dtypes)
         self.device = device
-        self.gpu_only = c._bufs.device_only
+        self.gpu_only = c.buffers.device_only
         self.key = None
         # keep no reference to the tensors: set_to_none must free them
-        self.cached = c._bufs.release()
+        self.cached = c.buffers.release()
 
     def configure(self, max_norm: float, norm_type: float, policy: str, nt) -> None:
-        c = self.clipper
-        if c._max_norm != max_norm:
-            c.max_norm = max_norm
-        if c._norm_type != norm_type:
-            c.norm_type = norm_type
-        if c._nonfinite_policy != policy:
-            c.nonfinite = policy
-        c._num_threads = nt
+        self.clipper.configure(max_norm, norm_type, policy, nt)
 
     def norm_clip(self, live: list, p: float):
         """Clip; (norm tensor, stats)."""
@@ -529,7 +520,7 @@ class _Plan:
         except NonFiniteError as e:
             raise _nonfinite(e.norm, p, e.buffers) from None
         if self.gpu_only:  # the norm stays on the device: a device-to-device copy, no wait
-            g = c._bufs.cuda.gpu
+            g = c.buffers.cuda.gpu
             out = _device_empty(self.device)
             g.copy_norm(g.calls, out.data_ptr())
             _bump(live)  # the device may have written
@@ -540,7 +531,7 @@ class _Plan:
 
     def norm(self, kind: int, p: float, error: bool, nt) -> torch.Tensor:
         """The norm only (get_total_norm): never writes."""
-        red = self.clipper._bufs.reduce(kind, p, nt)
+        red = self.clipper.buffers.reduce(kind, p, nt)
         if self.gpu_only and not error:  # no wait: a device-to-device copy
             out = _device_empty(self.device)
             red.copy_norm(out.data_ptr())
@@ -553,12 +544,12 @@ class _Plan:
         """Apply a decision taken on the host (clip_grads_with_norm_)."""
         if d.action != _policy.A_SCALE:
             return
-        self.clipper._bufs.apply(d.action, d.scale, nt)
+        self.clipper.buffers.apply(d.action, d.scale, nt)
         _bump(live)
 
     def clamp(self, live: list, v: float, nt) -> None:
         # the plumbing of fusedclip.clip_grad_value_, over this plan
-        self.clipper._bufs.clamp(v, nt)
+        self.clipper.buffers.clamp(v, nt)
         _bump(live)
 
 
