@@ -1,6 +1,7 @@
 """Turn the caller's buffers into a kernel chunk table, checking everything first.
 
-``plan_buffers`` is the only door between user objects and the kernels.  It
+``make_plan`` is the CPU engine's door between user objects and the kernels
+(``_engine.plan_buffers`` calls it for every list, with CUDA slots emptied).  It
 raises before anything is written, and it does no per-buffer Python work for
 the common case (contiguous, aligned, native, non-overlapping numpy arrays):
 ``kernels.cpu.describe`` reads every buffer's attributes in one C loop, the

@@ -318,11 +318,8 @@ def _caller_arrays(plan, objs: list) -> list[np.ndarray]:
     out: list = [None] * plan.n_inputs
     for _, _, i in plan.extra:
         out[i] = np.asarray(objs[i])
-    for r, i in enumerate(plan.rows.tolist()):
+    for i, r in plan.map.pairs():
         out[i] = plan.arrays[r]
-    for r, more in plan.dups.items():
-        for d in more:
-            out[d] = plan.arrays[r]
     for i, a in enumerate(out):
         if a is None:
             out[i] = np.zeros(0)

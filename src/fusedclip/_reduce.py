@@ -76,6 +76,14 @@ def _power(n: float, pw: float) -> float:
         return math.inf
 
 
+def _fsum(xs: list[float]) -> float:
+    """math.fsum, inf where finite terms sum beyond float64 (the exact rounds follow)."""
+    try:
+        return math.fsum(xs)
+    except OverflowError:
+        return math.inf
+
+
 def root(t: float, pw: float) -> float:
     try:
         return math.sqrt(t) if pw == 2.0 else t if pw == 1.0 else math.pow(t, 1.0 / pw)
@@ -142,13 +150,17 @@ class Reducer:
         return y.reshape(-1)
 
 
-def _local(x: Any, op: str) -> np.ndarray:
-    return np.asarray(x, dtype=np.float64).reshape(-1)
+class _Local:
+    """One process's "all-reduce": ``combine`` over local parts only (a
+    mixed list's scale where its finite total overflows float64)."""
+
+    fn = "fusedclip"
+
+    def __call__(self, x: Any, op: str) -> np.ndarray:
+        return np.asarray(x, dtype=np.float64).reshape(-1)
 
 
-#: one process's "all-reduce": ``combine`` over local parts only (a mixed
-#: list's scale where its finite total overflows float64)
-LOCAL: Any = _local
+LOCAL: Any = _Local()
 
 
 def combine(parts: list[Part], kind: int, p: float, reduce: Reducer) -> Global:
@@ -175,7 +187,7 @@ def combine(parts: list[Part], kind: int, p: float, reduce: Reducer) -> Global:
             fb = 1.0  # this power over- or underflows: every rank takes the exact rounds
             t = 0.0
         (s_rep if q.replicated else s_sh).append(t)
-    y = reduce([math.fsum(s_sh), math.fsum(s_rep), 1.0, nan, inf, fb], "sum")
+    y = reduce([_fsum(s_sh), _fsum(s_rep), 1.0, nan, inf, fb], "sum")
     ranks = _ranks(y[2], reduce.fn)
     g = _flags(y[3], y[4])
     if g:

@@ -45,12 +45,15 @@ class CallerMap:
         """Per-caller values (one decision per caller index) as per-row values."""
         return per_caller[self.rows]
 
+    def pairs(self) -> list[tuple[int, int]]:
+        """Every (caller index, row), duplicates included."""
+        out = list(zip(self.rows.tolist(), range(len(self.rows))))
+        for r, more in self.dups.items():
+            out.extend((d, r) for d in more)
+        return out
+
     def row_of(self, caller: int) -> int | None:
         """The row holding this caller's buffer (a duplicate's included), or None."""
         if self._where is None:
-            w = {c: r for r, c in enumerate(self.rows.tolist())}
-            for r, more in self.dups.items():
-                for d in more:
-                    w[d] = r
-            self._where = w
+            self._where = dict(self.pairs())
         return self._where.get(caller)

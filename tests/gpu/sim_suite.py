@@ -361,6 +361,24 @@ def test_mixed_cpu_and_gpu(p):
     assert math.isnan(s.norm) and s.nonfinite_buffers == (2, 3)
 
 
+@pytest.mark.parametrize("p", [1.0, 2.0])
+def test_mixed_list_whose_total_overflows_takes_its_scale_from_both_engines(p):
+    """A CPU part and a CUDA part, each with a finite norm, whose total is
+    beyond float64: the scale comes from both engines' relative parts (the
+    CPU table alone would give v / its own norm: too large by about 2**(1/p))."""
+    big = 1.3e307 if p == 2.0 else 1e306  # each part's norm is finite, their total is not
+    h_cpu, h_gpu = np.full(130, big), np.full(130, big)
+    assert math.isfinite(ref_norm([h_cpu], p)) and (260 ** (1 / p)) * (big / 2) > 2 ** 1023
+    c, d = h_cpu.copy(), cuda.to_device(h_gpu)
+    v = 1e300  # a normal scale
+    stats = fc.Clipper([c, d], v, p, nonfinite="skip")()
+    assert stats.norm == math.inf and stats.finite and stats.clipped
+    want = (v / big) / (2 * 130) ** (1 / p)  # the exact scale, computed without overflow
+    assert rel(stats.scale, want) <= 1e-12
+    np.testing.assert_array_equal(c, scaled(h_cpu, stats.scale))
+    np.testing.assert_array_equal(host(d), scaled(h_gpu, stats.scale))
+
+
 # ---------------------------------------------------------------- conversions
 @pytest.mark.parametrize("dt", [np.float16, ml_dtypes.bfloat16], ids=["f16", "bf16"])
 def test_16_bit_conversions_match_the_cpu(dt):
