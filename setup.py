@@ -22,9 +22,9 @@ if sys.platform == "darwin":  # Apple clang: OpenMP through libomp
 flags = " ".join(compile_args)
 ext = Extension(
     "fusedclip.kernels.cpu",
-    sources=["src/fusedclip/kernels/cpu.pyx"],  # kernels/ through the package symlink
-    include_dirs=["kernels", np.get_include()],
-    depends=["kernels/simd.h", "kernels/tableloop.h", "kernels/cpu.pxd"],
+    sources=["src/fusedclip/kernels/cpu.pyx"],
+    include_dirs=["src/fusedclip/kernels", np.get_include()],
+    depends=["src/fusedclip/kernels/simd.h", "src/fusedclip/kernels/tableloop.h", "src/fusedclip/kernels/cpu.pxd"],
     extra_compile_args=compile_args,
     extra_link_args=link_args,
     define_macros=[
@@ -37,8 +37,8 @@ ext = Extension(
 capi = Extension(
     "fusedclip.capi",
     sources=["src/fusedclip/capi.pyx"],
-    include_dirs=["kernels"],
-    depends=["kernels/simd.h", "kernels/cpu.pxd", "src/fusedclip/capi.pxd"],
+    include_dirs=["src/fusedclip/kernels"],
+    depends=["src/fusedclip/kernels/simd.h", "src/fusedclip/kernels/cpu.pxd", "src/fusedclip/capi.pxd"],
     extra_compile_args=compile_args + ["-Wno-unused-function"],  # simd.h's loops live in cpu
     extra_link_args=link_args,
 )
@@ -48,12 +48,14 @@ capi = Extension(
 torchread = Extension(
     "fusedclip._torchread",
     sources=["src/fusedclip/_torchread.pyx"],
-    include_dirs=["kernels"],
-    depends=["kernels/cpu.pxd", "src/fusedclip/capi.pxd"],
+    include_dirs=["src/fusedclip/kernels"],
+    depends=["src/fusedclip/kernels/cpu.pxd", "src/fusedclip/capi.pxd"],
     extra_compile_args=compile_args + ["-Wno-unused-function"],
     extra_link_args=link_args,
 )
 
 setup(
-    ext_modules=cythonize([ext, capi, torchread], compiler_directives={"language_level": 3}),
+    # include_path: Cython finds fusedclip/kernels/cpu.pxd and fusedclip/capi.pxd in the package
+    ext_modules=cythonize([ext, capi, torchread], include_path=["src"],
+                          compiler_directives={"language_level": 3}),
 )
