@@ -4,7 +4,7 @@ will use, and whether everything it needs is here.
 Prints the GPU, the driver and its CUDA version, the cuda-core,
 cuda-bindings, numba-cuda, nvJitLink and NVVM versions (and that numba-cuda
 finds NVVM), and the linker the
-runtime will make its cubins with (``_launch.linker_in_use``, loaded from
+runtime will make its cubins with (``kernels.cudacore.linker_in_use``, loaded from
 its file: fusedclip is not built yet); imports every module the run needs
 and compiles an OpenMP C file with the compiler the build will use.  Exits 1
 with every problem listed, so that a lent GPU's minutes are not spent on a
@@ -76,7 +76,7 @@ def main() -> int:
                             "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
         print(f"nvidia-smi: {r.stdout.strip() or r.stderr.strip()}")
     try:
-        spec = importlib.util.spec_from_file_location("fc_launch", ROOT / "src" / "fusedclip" / "_launch.py")
+        spec = importlib.util.spec_from_file_location("fc_cudacore", ROOT / "src" / "fusedclip" / "kernels" / "cudacore.py")
         launch = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(launch)
         print(f"linker (the cubins that load): {launch.linker_in_use()}")

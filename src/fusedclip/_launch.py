@@ -25,48 +25,13 @@ from typing import Any
 
 import numpy as np
 
+from .kernels import cuda as ck
+from .kernels.cudacore import core, linker_in_use  # noqa: F401  (re-exported)
+
 _lock = threading.Lock()
 _current: Any = None
 
 
-def core(name: str):
-    """A name from cuda.core (newer releases) or cuda.core.experimental."""
-    try:
-        import cuda.core as m
-
-        return getattr(m, name)
-    except (ImportError, AttributeError):
-        import cuda.core.experimental as m
-
-        return getattr(m, name)
-
-
-def linker_in_use() -> str:
-    """The linker ``kernels.cuda.link_cubin`` uses here (cuda.core's
-    Linker: nvJitLink where installed, else the driver's), with its version:
-    "nvJitLink 13.5" or "driver (CUDA 13.0)".  Needs no GPU, and nothing
-    compiled of fusedclip: ``benchmarks/gpu_check.sh``'s preflight loads this
-    file alone."""
-    Linker = core("Linker")
-    which = getattr(Linker, "which_backend", None)  # cuda.core >= 1.0
-    if which is not None:
-        name = str(getattr(which(), "value", which()))
-    else:  # older: a linker instance says which it chose
-        tiny = b".version 7.0\n.target sm_80\n.address_size 64\n.visible .entry k()\n{\n ret;\n}\n"
-        linker = Linker(core("ObjectCode").from_ptx(tiny), options=core("LinkerOptions")(arch="sm_80"))
-        name = str(linker.backend)
-        linker.close()
-    try:
-        if "nvjitlink" in name.lower():
-            from cuda.bindings import nvjitlink
-
-            return "nvJitLink %d.%d" % tuple(nvjitlink.version())
-        from cuda.bindings import driver
-
-        v = int(driver.cuDriverGetVersion()[1])
-        return f"driver (CUDA {v // 1000}.{v % 1000 // 10})"
-    except Exception:  # pragma: no cover - a version we cannot read
-        return name
 
 
 def launcher():
@@ -178,6 +143,12 @@ class _HostMemory:
             self.launch(name, grid, args, stream)
 
 
+def _view_of_current(addr: int, n: int, elem):
+    """The simulator's kernels read addresses through the current launcher
+    (tests swap launchers), which owns host memory there."""
+    return launcher().view(addr, n, elem)
+
+
 class SimLauncher(_HostMemory):
     """The Numba CUDA simulator: kernels run as Python on host memory.
 
@@ -191,6 +162,7 @@ class SimLauncher(_HostMemory):
 
     def __init__(self):
         super().__init__()
+        ck.set_host_view(_view_of_current)  # the kernels' reads of an address
         self.watched: list[np.ndarray] = []
 
     def watch(self, host_array: np.ndarray) -> None:
@@ -209,8 +181,6 @@ class SimLauncher(_HostMemory):
         return v
 
     def launch(self, name: str, grid: int, args: tuple, stream=None) -> None:
-        from .kernels import cuda as ck
-
         self.launches.append((name, grid, args))
         if grid > 0:
             ck.sim_kernel(name)[grid, ck.THREADS](*args)
@@ -307,8 +277,6 @@ class CoreLauncher:
     def kernel(self, name: str):
         k = self._kernels.get(name)
         if k is None:
-            from .kernels import cuda as ck
-
             data, entry = ck.cubin(name, self.cc)
             self._enter()  # a driver older than CUDA 12 loads modules into the current context
             k = self._core("ObjectCode").from_cubin(data).get_kernel(entry)
@@ -317,8 +285,6 @@ class CoreLauncher:
 
     def warm(self) -> None:
         """Load (compile or read from the disk cache) every kernel now."""
-        from .kernels import cuda as ck
-
         for name in ck.KERNELS:
             self.kernel(name)
 
@@ -374,8 +340,6 @@ class CoreLauncher:
         return s
 
     def _config(self, grid: int):
-        from .kernels import cuda as ck
-
         c = self._configs.get(grid)
         if c is None:
             c = self._LaunchConfig(grid=grid, block=ck.THREADS)

@@ -16,12 +16,8 @@ import numpy as np
 
 from .kernels import cpu
 
-POLICIES = ("error", "skip", "zero", "random", "propagate")
-#: the policies' codes (the CUDA finalize kernel reads them)
-POLICY_CODES = {name: i for i, name in enumerate(POLICIES)}
-#: what a step does to the buffers: the one table of actions, host and device
-#: (kernels/cuda.py's finalize writes A_NONE/A_SCALE/A_ZERO to its state)
-A_NONE, A_SCALE, A_ZERO, A_RAISE, A_RANDOM = 0, 1, 2, 3, 4
+# the policies, their codes and the actions: one table, host and device (kernels/codes.py)
+from .kernels.codes import A_NONE, A_RAISE, A_RANDOM, A_SCALE, A_ZERO, POLICIES, POLICY_CODES  # noqa: F401
 
 
 class ClipStats(NamedTuple):

@@ -8,9 +8,12 @@ import os
 import platform
 import sys
 
+from ._outputs import output_problem  # noqa: F401  (the CLI's and the demos' one rule)
+
 # argparse prints descriptions as they are: no reST markup in them.
 DESCRIPTION = ("fusedclip: build and run-time facts (info), the benchmark (bench) and the paper's "
                "experiments (demo).")
+
 
 
 def _gpu_state() -> str:
@@ -80,31 +83,6 @@ def _max_threads() -> int:
     from fusedclip.kernels import cpu
 
     return cpu.MAX_THREADS
-
-
-def output_problem(path: str) -> str | None:
-    """Why a file cannot be written at ``path``, or None.
-
-    The benchmark and the demos write their results last, so each of their
-    output files is checked with this before the run (a usage error then):
-    an empty path, a directory or a name ending in a separator, a parent
-    that does not exist or is not a directory, no permission to write."""
-    if not path:
-        return "is empty (a file name is needed)"
-    if path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)):
-        return "ends with a path separator, so it names a directory, not a file"
-    if os.path.isdir(path):
-        return "is a directory"
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        return (f"is in {parent}, which is not a directory" if os.path.exists(parent)
-                else f"is in {parent}, which does not exist")
-    if os.path.exists(path):
-        if not os.access(path, os.W_OK):
-            return "is not writable"
-    elif not os.access(parent, os.W_OK | os.X_OK):
-        return f"is in {parent}, which is not writable"
-    return None
 
 
 def _shown(path: str) -> str:

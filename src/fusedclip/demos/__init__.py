@@ -61,7 +61,7 @@ def outputs(args) -> list[str]:
 
 def check(args) -> str | None:
     """A usage error, or None (checked before anything runs)."""
-    from ..cli import output_problem
+    from .._outputs import output_problem
 
     if not os.path.isdir(args.out):
         return f"--out {args.out}: not a directory"

@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from . import cpu
+from .cudacore import core
 
 #: Threads per block; a power of two.
 THREADS = 256
@@ -72,8 +73,8 @@ F64, F32, BF16, F16 = cpu.F64, cpu.F32, cpu.BF16, cpu.F16
 DTYPE_NAMES = {F64: "float64", F32: "float32", BF16: "bfloat16", F16: "float16"}
 NORM_P, NORM_1, NORM_2, NORM_INF = cpu.NORM_P, cpu.NORM_1, cpu.NORM_2, cpu.NORM_INF
 HAS_NAN, HAS_INF = cpu.HAS_NAN, cpu.HAS_INF
-# non-finite policies and actions: one table, in _policy
-from .._policy import A_NONE, A_SCALE, A_ZERO, POLICY_CODES  # noqa: E402
+# non-finite policies and actions: one table, shared with the host (_policy)
+from .codes import A_NONE, A_SCALE, A_ZERO, POLICY_CODES  # noqa: E402
 
 _ZERO_POLICY, _PROPAGATE_POLICY = POLICY_CODES["zero"], POLICY_CODES["propagate"]
 #: the state vector, one per call (float64): the norm is big * t^(1/p)
@@ -314,6 +315,18 @@ _ELEM = {F64: "float64", F32: "float32", BF16: "uint16", F16: "uint16", "i64": "
          "i32": "int32"}
 
 
+#: how a kernel reads an address under the simulator, where device memory is
+#: host memory: set by the launcher layer, which owns that memory
+#: (``fusedclip._launch.SimLauncher``); a list, so that the simulator's copy
+#: of this module's globals sees the same hook
+_HOST_VIEW: list = [None]
+
+
+def set_host_view(view) -> None:
+    """``view(addr, n, elem) -> array``: the simulator's reads of an address."""
+    _HOST_VIEW[0] = view
+
+
 def _pointer(elem: str):
     """as_ptr(address, length) -> something indexable as elem[length].
 
@@ -323,10 +336,8 @@ def _pointer(elem: str):
     from numba import types
 
     if simulator():
-        from .._launch import launcher
-
         def as_ptr(addr, n):
-            return launcher().view(addr, n, elem)
+            return _HOST_VIEW[0](addr, n, elem)
 
         return cuda.jit(device=True)(as_ptr)
 
@@ -1174,8 +1185,6 @@ def link_cubin(ptx: str, cc: tuple[int, int], verbose: bool = False) -> tuple[by
     (registers, spills, stack); that cubin's code is the same, only the note
     recording the options differs (``tools/ptx_report.py`` checks the
     registers against the non-verbose cubin's own record)."""
-    from .._launch import core
-
     Linker, LinkerOptions, ObjectCode = core("Linker"), core("LinkerOptions"), core("ObjectCode")
     arch = f"sm_{cc[0]}{cc[1]}"
     opts = LinkerOptions(arch=arch, verbose=True) if verbose else LinkerOptions(arch=arch)
