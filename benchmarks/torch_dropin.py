@@ -20,7 +20,7 @@ import torch
 
 import fusedclip as fc
 import fusedclip.torch as fct
-from fusedclip.bench import DTYPES, gpt_like_shapes
+from fusedclip.bench import gpt_like_shapes
 
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
                 "float16": torch.float16}

@@ -30,7 +30,6 @@ import os
 import sys
 import tempfile
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp

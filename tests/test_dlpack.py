@@ -5,7 +5,6 @@ Every error names the buffer's index and leaves every buffer unmodified.
 """
 import ctypes
 import gc
-import math
 
 import ml_dtypes
 import numpy as np

@@ -394,7 +394,7 @@ def _cai(obj, **changes):
 
 def _cached_rows(cache):
     (_, _, b), = [v for v in cache.values()][-1:]
-    plan, g = b.cpu.plan, b.cuda.gpu
+    g = b.cuda.gpu
     return [(b.addr, b.n, b.code) for b in g.rows]
 
 
@@ -522,7 +522,6 @@ class FakeCore:
 
     def __init__(self, drv):
         self.drv = drv
-        core = self
 
         class Device:
             compute_capability = (9, 0)

@@ -20,7 +20,7 @@ def empty_cache():
 
 def test_the_same_memory_reuses_one_table():
     g = [np.ones(10, np.float32), np.ones(5)]
-    p1 = _engine.plan_buffers(g, writable=True, fn="f", cache=True).cpu.plan
+    _engine.plan_buffers(g, writable=True, fn="f", cache=True)  # plans and caches
     p2 = _engine.plan_buffers(list(g), writable=True, fn="f", cache=True).cpu.plan
     cached = next(iter(_buffers._cpu_cache.values()))[1].table
     assert len(_buffers._cpu_cache) == 1 and p2.table.chunks is cached.chunks  # the same chunk table,

@@ -376,7 +376,7 @@ class Buffers:
             return es[0].reduce(kind, p, nt)
         return _Combined([e.reduce(kind, p, nt) for e in es], kind, p)
 
-    def row_reduce(self, kind: int, p: float, nt: int | None, max_norm: float | None = None) -> tuple:
+    def row_reduce(self, kind: int, p: float, nt: int | None, max_norm: float | None = None) -> tuple[np.ndarray, ...]:
         """Per-caller (norms, flags[, scales]): every engine's rows, one array each."""
         if self.cuda is None:
             self.cpu.plan.refresh()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import ml_dtypes
 import numpy as np
@@ -327,7 +327,7 @@ def decide_rows(norms: np.ndarray, flags: np.ndarray, max_norm, policy: str,
     return actions, out, raise_rows, random_rows
 
 
-def combine_norms(parts: list[tuple[float, float]], kind: int, p: float, flags: int = 0) -> float:
+def combine_norms(parts: Sequence[tuple[float, float]], kind: int, p: float, flags: int = 0) -> float:
     """The norm of a list from the norms of its parts: ``parts`` holds
     ``(n_i, w_i)``, a part of norm n_i taken w_i times (engines of a mixed
     list: w = 1; a zero-stride view's core: w = its multiplicity k).  The

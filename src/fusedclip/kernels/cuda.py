@@ -366,7 +366,7 @@ def _pointers():
 
 def _per_dtype(code: int, threads: int):
     """The loops over one chunk of dtype ``code``: each thread's share."""
-    from numba import float64, int64
+    from numba import int64
 
     unroll = UNROLL
 
