@@ -20,7 +20,7 @@ from . import _policy
 from ._cache import PLAN_CACHE_SIZE, LRU  # noqa: F401  (PLAN_CACHE_SIZE: the bound, re-exported)
 from ._rows import CallerMap
 from ._overlap import overlap_clusters, partial_overlap
-from .kernels import cpu
+from .kernels import cpu, dtypes
 
 _F = cpu  # field and flag constants live with describe()
 
@@ -228,8 +228,8 @@ def _check(arrays: list, first: np.ndarray, writable: bool, fn: str, objs=None) 
     i = int(first[_F.S_BAD_DTYPE])
     if i >= 0:
         raise TypeError(
-            f"{fn}: buffer {i} has dtype {arrays[i].dtype}; fusedclip clips float16, "
-            "bfloat16, float32 and float64 gradients (cast with .astype(np.float32))"
+            f"{fn}: buffer {i} has dtype {arrays[i].dtype}; fusedclip clips {dtypes.SUPPORTED} "
+            "gradients (cast with .astype(np.float32))"
         )
     i = int(first[_F.S_NON_NATIVE])
     if i >= 0:

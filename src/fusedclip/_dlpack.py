@@ -20,8 +20,9 @@ from __future__ import annotations
 import ctypes
 from typing import Any
 
-import ml_dtypes
 import numpy as np
+
+from .kernels import dtypes
 
 #: DLPack device types whose memory the CPU can address (numpy accepts these)
 CPU_DEVICES = {1: "CPU", 3: "CUDA host", 11: "ROCm host", 13: "CUDA managed"}
@@ -107,7 +108,8 @@ def from_dlpack(obj: Any, i: int, fn: str) -> np.ndarray:
         return view
     raise TypeError(
         f"{fn}: buffer {i} ({name}) is a DLPack export that numpy cannot view in place "
-        f"({why}); pass a float16, bfloat16, float32 or float64 CPU array (nothing was modified)"
+        f"({why}); pass a CPU array of one of the dtypes fusedclip clips ({dtypes.SUPPORTED}; "
+        "nothing was modified)"
     )
 
 
@@ -161,7 +163,7 @@ def _bfloat16_view(obj: Any, i: int, fn: str):
                 f"{fn}: buffer {i} ({type(obj).__name__}) has DLPack dtype {kind}{dt.bits}"
                 + (" bits" if dt.code not in _CODE_NAMES else "")
                 + (f"x{dt.lanes}" if dt.lanes != 1 else "")
-                + "; fusedclip clips float16, bfloat16, float32 and float64 gradients "
+                + f"; fusedclip clips {dtypes.SUPPORTED} gradients "
                 "(nothing was modified)"
             )
         return None  # the capsule is dropped unconsumed: its destructor frees it
@@ -170,7 +172,7 @@ def _bfloat16_view(obj: Any, i: int, fn: str):
     shape = tuple(t.shape[k] for k in range(t.ndim))
     strides = None if not t.strides else tuple(2 * t.strides[k] for k in range(t.ndim))
     if 0 in shape:
-        return np.empty(shape, dtype=ml_dtypes.bfloat16)
+        return np.empty(shape, dtype=dtypes.NUMPY[dtypes.BF16])
     addr = (t.data or 0) + t.byte_offset
     interface = {"data": (addr, readonly), "shape": shape, "strides": strides,
                  "typestr": "<u2", "version": 3}
@@ -178,4 +180,4 @@ def _bfloat16_view(obj: Any, i: int, fn: str):
     if _SetName(cap, used) != 0:  # pragma: no cover
         owner._deleter = None
         return None
-    return np.asarray(owner).view(ml_dtypes.bfloat16)
+    return np.asarray(owner).view(dtypes.NUMPY[dtypes.BF16])

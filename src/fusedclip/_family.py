@@ -28,7 +28,7 @@ from ._cache import LRU
 from ._engine import Buffers, CudaRows, plan_buffers
 from ._overlap import extent_pairs, first_shared
 from ._policy import A_NONE, NonFiniteError
-from .kernels import cpu
+from .kernels import cpu, dtypes
 
 
 # ----------------------------------------------------------------- per-buffer norms
@@ -297,7 +297,7 @@ def _unitwise_gpu(W, G, wg, gg, c: float, e: float, policy: str, fn: str) -> Non
         for side in (0, 1):
             for w, g, k in pairs:
                 b = (w, g)[side]
-                per, item = b.n // k, cpu.DTYPES[b.code].itemsize
+                per, item = b.n // k, dtypes.ITEMSIZE[b.code]
                 units.extend(Buf(len(units), None, b.addr + j * per * item, per, b.code, b.device, b.lib)
                              for j in range(k))
         plan = GpuPlan(units, {}, gg.stream)
@@ -335,6 +335,6 @@ def _unit_table(arrays: list[np.ndarray], units: np.ndarray):
     per = size // units
     owner = np.repeat(np.arange(len(arrays)), units)
     k = np.arange(owner.size) - np.repeat(np.cumsum(units) - units, units)
-    item = np.array([cpu.DTYPES[i].itemsize for i in range(4)], np.int64)[np.maximum(code, 0)]
+    item = np.array(dtypes.ITEMSIZE, np.int64)[np.maximum(code, 0)]
     ptrs = ptr[owner] + k * per[owner] * item[owner]
     return cpu.Table(ptrs, per[owner], np.maximum(code, 0)[owner]), owner

@@ -41,24 +41,11 @@ from . import _launch
 from ._overlap import overlap_clusters, partial_overlap
 from ._policy import ClipStats
 from ._rows import CallerMap
-from .kernels import cpu
 from .kernels import cuda as ck
+from .kernels import dtypes
 
-_BF16 = cpu.DTYPES[ck.BF16]
-_CODES = {np.dtype(np.float64): ck.F64, np.dtype(np.float32): ck.F32, _BF16: ck.BF16,
-          np.dtype(np.float16): ck.F16}
-_ITEMSIZE = {c: cpu.DTYPES[c].itemsize for c in (ck.F64, ck.F32, ck.BF16, ck.F16)}
-_TORCH_CODES: dict = {}
+_ITEMSIZE = np.array(dtypes.ITEMSIZE, np.int64)  # code -> bytes, for the vectorised table
 _KDL_CUDA = 2  # DLPack's device type for CUDA memory
-
-
-def _torch_codes() -> dict:
-    if not _TORCH_CODES:
-        import torch
-
-        _TORCH_CODES.update({torch.float64: ck.F64, torch.float32: ck.F32, torch.bfloat16: ck.BF16,
-                             torch.float16: ck.F16})
-    return _TORCH_CODES
 
 
 def _module(obj) -> str:
@@ -122,7 +109,7 @@ class Buf:
 
     @property
     def hi(self) -> int:
-        return self.addr + self.n * _ITEMSIZE[self.code]
+        return self.addr + self.n * dtypes.ITEMSIZE[self.code]
 
 
 def shape_of(obj) -> tuple[int, ...]:
@@ -158,8 +145,8 @@ def c_ordered(obj) -> bool:
 
 def _bad_dtype(i: int, fn: str, dtype) -> TypeError:
     return TypeError(
-        f"{fn}: buffer {i} (a CUDA array) has dtype {dtype}; fusedclip clips float16, "
-        "bfloat16, float32 and float64 gradients"
+        f"{fn}: buffer {i} (a CUDA array) has dtype {dtype}; fusedclip clips {dtypes.SUPPORTED} "
+        "gradients"
     )
 
 
@@ -185,7 +172,7 @@ def _describe(obj, i: int, writable: bool, fn: str) -> Buf:
     readonly = False
     lib = None
     if mod.startswith("torch"):
-        code = _torch_codes().get(obj.dtype)
+        code = dtypes.code_of(obj.dtype)
         if code is None:
             raise _bad_dtype(i, fn, obj.dtype)
         n = int(obj.numel())
@@ -196,7 +183,7 @@ def _describe(obj, i: int, writable: bool, fn: str) -> Buf:
             pass
     elif mod.startswith("numba.cuda.simulator"):
         a = obj._ary
-        code = _CODES.get(a.dtype)
+        code = dtypes.code_of(a.dtype)
         if code is None:
             raise _bad_dtype(i, fn, a.dtype)
         n = int(a.size)
@@ -211,8 +198,8 @@ def _describe(obj, i: int, writable: bool, fn: str) -> Buf:
             dtype = None
         if dtype is not None and dtype.kind == "V" and dtype.itemsize == 2 and "bfloat16" in str(
                 getattr(obj, "dtype", "")):
-            dtype = _BF16  # bfloat16 exported as a 2-byte void type
-        code = _CODES.get(dtype)
+            dtype = dtypes.NUMPY[dtypes.BF16]  # bfloat16 exported as a 2-byte void type
+        code = dtypes.code_of(dtype)
         if code is None:
             raise _bad_dtype(i, fn, getattr(obj, "dtype", dtype))
         shape = tuple(cai["shape"])
@@ -231,7 +218,7 @@ def _describe(obj, i: int, writable: bool, fn: str) -> Buf:
             f"{fn}: buffer {i} (a CUDA array) is read-only and {fn} writes in place; pass a "
             "writable array (nothing was modified)"
         )
-    item = _ITEMSIZE[code]
+    item = dtypes.ITEMSIZE[code]
     if n and addr % item:
         raise _misaligned(i, fn, addr, item)
     if dev is not None and not isinstance(dev, bool) and int(dev) != _current_device():
@@ -268,7 +255,7 @@ def chunk_table(bufs: list[Buf]) -> np.ndarray:
     n = np.fromiter((b.n for b in bufs), np.int64, len(bufs))
     addr = np.fromiter((b.addr for b in bufs), np.int64, len(bufs))
     code = np.fromiter((b.code for b in bufs), np.int64, len(bufs))
-    item = np.array([_ITEMSIZE[c] for c in range(4)], np.int64)[code]
+    item = _ITEMSIZE[code]
     per = (n + ck.CHUNK - 1) // ck.CHUNK
     rows = np.repeat(np.arange(len(bufs), dtype=np.int64), per)
     first = np.repeat(np.cumsum(per) - per, per)
@@ -568,7 +555,7 @@ class GpuPlan:
         return [(b.n,) for b in self.rows]
 
     def dtypes(self) -> list[np.dtype]:
-        return [cpu.DTYPES[b.code] for b in self.rows]
+        return [dtypes.NUMPY[b.code] for b in self.rows]
 
 
 def _stream_getter(lib, stream, device):

@@ -15,6 +15,7 @@ import ml_dtypes
 import numpy as np
 
 from .kernels import cpu
+from .kernels import dtypes as _dtypes
 
 # the policies, their codes and the actions: one table, host and device (kernels/codes.py)
 from .kernels.codes import A_NONE, A_RAISE, A_RANDOM, A_SCALE, A_ZERO, POLICIES, POLICY_CODES  # noqa: F401
@@ -185,7 +186,7 @@ def random_step(shapes: list[tuple[int, ...]], dtypes: list, callers: list[int],
     return steps
 
 
-_BF16 = np.dtype(ml_dtypes.bfloat16)
+_BF16 = _dtypes.NUMPY[_dtypes.BF16]
 
 
 def round_once(z: np.ndarray, dt) -> np.ndarray:
@@ -213,7 +214,7 @@ def round_steps(draws: list[np.ndarray], dtypes: list) -> list[np.ndarray]:
 
 def table_of(arrays: list[np.ndarray]) -> "cpu.Table":
     """A chunk table over contiguous arrays of the supported dtypes."""
-    codes = [cpu.DTYPES.index(np.dtype(a.dtype)) for a in arrays]
+    codes = [_dtypes.BY_NUMPY[np.dtype(a.dtype)] for a in arrays]
     return cpu.Table([a.ctypes.data for a in arrays], [a.size for a in arrays], codes)
 
 

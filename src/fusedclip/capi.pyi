@@ -4,7 +4,6 @@ from typing import Any
 
 STATUS: dict
 VERSION: int
-_c: int
 _cpu: Any
 
 def status_message(*args: Any, **kwargs: Any) -> Any: ...

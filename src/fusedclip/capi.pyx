@@ -12,8 +12,9 @@ from libc.stdlib cimport malloc, free
 from libc.math cimport INFINITY, NAN
 
 from fusedclip.kernels.cpu cimport (
-    fc_chunk, fc_partial, FC_CHUNK, FC_NDTYPES, FC_HAS_NAN, FC_HAS_INF,
+    fc_chunk, fc_partial, FC_NDTYPES, FC_HAS_NAN, FC_HAS_INF,
     FC_NORM_P, FC_NORM_1, FC_NORM_2, FC_NORM_INF, fc_clip_scale,
+    fc_row_chunks, fc_cut_row, fc_itemsize,
     table_norm, table_scale, table_clamp, table_zero,
 )
 from fusedclip.kernels import cpu as _cpu
@@ -27,10 +28,6 @@ assert (FC_DTYPE_F64, FC_DTYPE_F32, FC_DTYPE_BF16, FC_DTYPE_F16) == (
     _cpu.F64, _cpu.F32, _cpu.BF16, _cpu.F16)
 assert (FC_FLAG_NAN, FC_FLAG_INF) == (_cpu.HAS_NAN, _cpu.HAS_INF)
 cdef int64_t _PARALLEL_MIN = _cpu.PARALLEL_MIN  # as Table: below it, the calling thread
-cdef int _ITEMSIZE[4]
-_ITEMSIZE[:] = [8, 4, 2, 2]
-for _c in range(FC_NDTYPES):
-    assert _ITEMSIZE[_c] == _cpu.DTYPES[_c].itemsize
 
 VERSION = FC_CAPI_VERSION
 #: name -> value of the status codes, for Python-side tests and messages
@@ -74,9 +71,9 @@ cdef struct _Table:
 
 cdef int _build(void **ptrs, const int64_t *sizes, const int32_t *dtypes, int64_t nbuf,
                 bint partials, _Table *t) noexcept nogil:
-    """Validate every row, then cut the buffers into FC_CHUNK chunks exactly as
-    ``cpu.Table`` does (rows with no elements get no chunk)."""
-    cdef int64_t r, k = 0, off, size, count = 0, total = 0
+    """Validate every row, then cut the buffers into chunks by simd.h's
+    ``fc_cut_row``, the builder ``cpu.Table`` uses."""
+    cdef int64_t r, k = 0, size, count = 0, total = 0
     cdef int code
     t.c = NULL
     t.p = NULL
@@ -97,9 +94,9 @@ cdef int _build(void **ptrs, const int64_t *sizes, const int32_t *dtypes, int64_
             return FC_EDTYPE
         if ptrs[r] == NULL:
             return FC_ENULL
-        if (<uintptr_t>ptrs[r]) % _ITEMSIZE[code]:
+        if (<uintptr_t>ptrs[r]) % fc_itemsize(code):
             return FC_EALIGN
-        count += (size + FC_CHUNK - 1) // FC_CHUNK
+        count += fc_row_chunks(size)
         total += size
     if count == 0:
         return FC_OK
@@ -110,17 +107,8 @@ cdef int _build(void **ptrs, const int64_t *sizes, const int32_t *dtypes, int64_
         _free(t)
         return FC_ENOMEM
     for r in range(nbuf):
-        size = sizes[r]
-        if size == 0:
-            continue
-        off = 0
-        while off < size:
-            t.c[k].ptr = <char *>ptrs[r] + off * _ITEMSIZE[dtypes[r]]
-            t.c[k].n = FC_CHUNK if size - off > FC_CHUNK else size - off
-            t.c[k].dtype = dtypes[r]
-            t.c[k].buf = <int32_t>r
-            off += FC_CHUNK
-            k += 1
+        if sizes[r] > 0:
+            k += fc_cut_row(t.c + k, <char *>ptrs[r], sizes[r], dtypes[r], <int32_t>r)
     t.n = count
     t.nelem = total
     return FC_OK

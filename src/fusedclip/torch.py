@@ -54,7 +54,6 @@ import types
 import warnings
 from typing import Any, Iterable, Union
 
-import ml_dtypes
 import numpy as np
 
 from . import _policy, _torchread
@@ -62,6 +61,7 @@ from ._api import Clipper as _ArrayClipper
 from ._cache import LRU
 from ._policy import NonFiniteError
 from .kernels import cpu
+from .kernels import dtypes as _dtypes
 
 __all__ = ["Clipper", "clip_grad_norm_", "clip_grad_value_", "get_total_norm", "clip_grads_with_norm_",
            "patch", "unpatch", "EPS"]
@@ -70,9 +70,9 @@ __all__ = ["Clipper", "clip_grad_norm_", "clip_grad_value_", "get_total_norm", "
 EPS = 1e-6
 _TensorOrTensors = Union[torch.Tensor, Iterable[torch.Tensor]]
 _NO_GRAD = np.zeros(0, np.float32)  # stands in for a None grad: indices stay the parameters'
-_BF16 = np.dtype(ml_dtypes.bfloat16)
-#: torch's dtypes in the kernels' code order (cpu.DTYPES): what read_tensors reports
-_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+_BF16 = _dtypes.NUMPY[_dtypes.BF16]
+#: torch's dtypes in the kernels' code order (kernels/dtypes.py): what read_tensors reports
+_DTYPES = _dtypes.torch_dtypes(torch)
 #: the tensor types whose memory read_tensors may take from their accessors
 #: (subclasses, DTensor among them, go the general way)
 _TYPES = (torch.Tensor, torch.nn.Parameter)
@@ -261,7 +261,8 @@ _clip_norm_tensor, _total_norm, _clip_with_norm = (_torchread.clip_norm_tensor, 
                                                    _torchread.clip_with_norm)
 _result = _torchread.result_tensor
 #: the returned norm's dtype for each set of gradient dtypes (a bit set of codes)
-_RESULT_DTYPE = {m: _promoted([_DTYPES[c] for c in range(4) if m >> c & 1]) for m in range(16)}
+_RESULT_DTYPE = {m: _promoted([_DTYPES[c] for c in range(_dtypes.NDTYPES) if m >> c & 1])
+                 for m in range(1 << _dtypes.NDTYPES)}
 _dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 0)
 _torchread.configure(_DTYPES, _TYPES, torch.scalar_tensor, torch._C._increment_version, _CPU, _RESULT_DTYPE,
                      _dispatch_modes)
@@ -430,7 +431,7 @@ class UnsupportedGradients(TypeError):
 def _unsupported(fn: str, what: str, g, why: str) -> UnsupportedGradients:
     return UnsupportedGradients(
         f"{fn}: {what} ({getattr(g, 'dtype', '?')}, {getattr(g, 'device', '?')}) cannot be clipped "
-        f"in place ({why}); fusedclip clips dense float16, bfloat16, float32 and float64 "
+        f"in place ({why}); fusedclip clips dense {_dtypes.SUPPORTED} "
         "gradients on the CPU or a CUDA device; use torch.nn.utils' function for others; "
         "nothing was modified")
 

@@ -29,6 +29,9 @@ cdef extern from "simd.h" nogil:
         FC_NORM_P, FC_NORM_1, FC_NORM_2, FC_NORM_INF
         FC_HAS_NAN, FC_HAS_INF
     int64_t FC_CHUNK
+    int64_t fc_row_chunks(int64_t size)
+    int64_t fc_cut_row(fc_chunk *out, char *ptr, int64_t size, int code, int32_t row)
+    int fc_itemsize(int code)
     const char *FC_SIMD_DISPATCH
     void fc_reduce_chunk(const fc_chunk *c, int kind, double p, fc_partial *out)
     double fc_combine(const fc_partial *part, int64_t n, int kind, double p, int *flags)

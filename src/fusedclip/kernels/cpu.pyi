@@ -40,7 +40,7 @@ S_READ_ONLY: int
 S_STAGE: int
 S_UNORDERED: int
 WRITEABLE: int
-ml_dtypes: Any
+_dtypes: Any
 np: Any
 operator: Any
 os: Any

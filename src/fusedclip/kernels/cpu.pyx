@@ -29,7 +29,8 @@ import operator
 import os
 
 import numpy as np
-import ml_dtypes
+
+from . import dtypes as _dtypes
 
 cnp.import_array()
 
@@ -123,8 +124,12 @@ PARTIAL_DTYPE = np.dtype([("s", np.float64), ("m", np.float64), ("flags", np.int
 assert CHUNK_DTYPE.itemsize == sizeof(fc_chunk)
 assert PARTIAL_DTYPE.itemsize == sizeof(fc_partial)
 
-#: dtype code -> numpy dtype; the codes are simd.h's FC_F64 .. FC_F16.
-DTYPES = (np.dtype(np.float64), np.dtype(np.float32), np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16))
+#: dtype code -> numpy dtype (kernels/dtypes.py's table, whose codes are
+#: simd.h's FC_F64 .. FC_F16 and whose item sizes are FC_OPS's: checked here)
+DTYPES = _dtypes.NUMPY
+assert (_dtypes.F64, _dtypes.F32, _dtypes.BF16, _dtypes.F16, _dtypes.NDTYPES) == (
+    FC_F64, FC_F32, FC_BF16, FC_F16, FC_NDTYPES)
+assert all(fc_itemsize(c) == _dtypes.ITEMSIZE[c] for c in range(FC_NDTYPES))
 cdef int _BF16_NUM = DTYPES[FC_BF16].num
 
 # describe() fields and flag bits
@@ -659,7 +664,7 @@ cdef class Table:
         cdef const int64_t[::1] S = np.ascontiguousarray(sizes, dtype=np.int64)
         cdef const int64_t[::1] C = np.ascontiguousarray(codes, dtype=np.int64)
         cdef Py_ssize_t rows = P.shape[0], r, k = 0
-        cdef int64_t off, total = 0, count = 0, size
+        cdef int64_t total = 0, count = 0
         if S.shape[0] != rows or C.shape[0] != rows:
             raise ValueError("ptrs, sizes and codes must have the same length")
         if rows >= 2**31:
@@ -667,7 +672,7 @@ cdef class Table:
         for r in range(rows):
             if S[r] < 0 or (S[r] > 0 and not (0 <= C[r] < FC_NDTYPES)):
                 raise ValueError(f"row {r}: bad size or dtype code")
-            count += (S[r] + FC_CHUNK - 1) // FC_CHUNK
+            count += fc_row_chunks(S[r])
             total += S[r]
         self.chunks = np.zeros(count, dtype=CHUNK_DTYPE)
         self.partials = np.zeros(count, dtype=PARTIAL_DTYPE)
@@ -679,25 +684,10 @@ cdef class Table:
         # row r's chunks are [row_start[r], row_start[r + 1]): rows are in order
         self.row_start = np.zeros(rows + 1, dtype=np.int64)
         self._rs = <int64_t *>cnp.PyArray_DATA(self.row_start)
-        cdef int itemsize
-        cdef int sizes_of[FC_NDTYPES]
-        for r in range(FC_NDTYPES):
-            sizes_of[r] = DTYPES[r].itemsize
         for r in range(rows):
-            size = S[r]
-            if size == 0:
-                continue
-            itemsize = sizes_of[C[r]]
-            off = 0
-            while off < size:
-                self._c[k].ptr = <char *><uintptr_t>P[r] + off * itemsize
-                self._c[k].n = min(FC_CHUNK, size - off)
-                self._c[k].dtype = <int32_t>C[r]
-                self._c[k].buf = <int32_t>r
-                off += FC_CHUNK
-                k += 1
-        for r in range(rows):
-            self._rs[r + 1] = self._rs[r] + (S[r] + FC_CHUNK - 1) // FC_CHUNK
+            if S[r] > 0:
+                k += fc_cut_row(self._c + k, <char *><uintptr_t>P[r], S[r], <int>C[r], <int32_t>r)
+            self._rs[r + 1] = k
 
     def fresh(self):
         """A table over the same chunks with partials of its own: what a

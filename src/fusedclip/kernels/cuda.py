@@ -55,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cpu
+from . import cpu, dtypes
 from .cudacore import core
 
 #: Threads per block; a power of two.
@@ -68,9 +68,8 @@ UNROLL = int(os.environ.get("FUSEDCLIP_GPU_UNROLL", "8"))
 #: How many calls' statistics (state and flags) a plan keeps on the device.
 RING = 8
 
-# The codes: dtypes and norm kinds come from simd.h through kernels.cpu.
-F64, F32, BF16, F16 = cpu.F64, cpu.F32, cpu.BF16, cpu.F16
-DTYPE_NAMES = {F64: "float64", F32: "float32", BF16: "bfloat16", F16: "float16"}
+# The codes: dtypes from kernels/dtypes.py's table, norm kinds from simd.h through kernels.cpu.
+F64, F32, BF16, F16 = dtypes.F64, dtypes.F32, dtypes.BF16, dtypes.F16
 NORM_P, NORM_1, NORM_2, NORM_INF = cpu.NORM_P, cpu.NORM_1, cpu.NORM_2, cpu.NORM_INF
 HAS_NAN, HAS_INF = cpu.HAS_NAN, cpu.HAS_INF
 # non-finite policies and actions: one table, shared with the host (_policy)
@@ -296,13 +295,17 @@ def _device_helpers():
             m = a if a > m else m
         return s, m, z
 
-    return {
-        "accum": accum,
+    # the per-dtype device functions, one row per dtype of kernels/dtypes.py
+    # (the counterpart of simd.h's FC_OPS): load to the compute type, the
+    # scaled store, the clamp
+    table = {
         F64: (load_f64, mul_f64, clamp_f64),
         F32: (load_f32, mul_f32, clamp_f32),
         BF16: (load_bf16, mul_bf16, clamp_bf16),
         F16: (load_f16, mul_f16, clamp_f16),
     }
+    assert sorted(table) == [d.code for d in dtypes.TABLE], "a dtype without its CUDA loads"
+    return {"accum": accum, **table}
 
 
 def _helpers():
@@ -311,8 +314,8 @@ def _helpers():
     return _kernels["helpers"]
 
 
-_ELEM = {F64: "float64", F32: "float32", BF16: "uint16", F16: "uint16", "i64": "int64",
-         "i32": "int32"}
+#: the element type each pointer kind reads: a dtype code's from the table, and the int words
+_ELEM = {**{d.code: d.cuda_elem for d in dtypes.TABLE}, "i64": "int64", "i32": "int32"}
 
 
 #: how a kernel reads an address under the simulator, where device memory is
@@ -504,7 +507,7 @@ def _per_dtype(code: int, threads: int):
             x[i] = clamp(x[i], v)
             i += threads
 
-    if code not in (BF16, F16):
+    if dtypes.ITEMSIZE[code] != 2:
         return thread_sum, thread_psum, thread_scale, thread_clamp, thread_classify
 
     # 16-bit data: one element per load leaves too few bytes in flight to
@@ -576,6 +579,35 @@ def _per_dtype(code: int, threads: int):
         thread_scale(addr + 8 * nw, n - 4 * nw, tid, action, s)
 
     return thread_sum16, thread_psum, thread_scale16, thread_clamp, thread_classify
+
+
+#: the operations on one chunk, in _per_dtype's order, and their arguments after the code
+_CHUNK_OPS = {"sum": 5, "psum": 5, "scale": 5, "clamp": 4, "classify": 3}
+
+
+def _switch(name: str, fns: list, arity: int):
+    """``name(code, *args)``: fns[code](*args), as one device function: the
+    if-chain over the dtype codes, written from the table instead of by hand
+    in every kernel.  The branch is block-uniform (a chunk has one dtype)."""
+    args = ", ".join(f"a{i}" for i in range(arity))
+    src = [f"def {name}(code, {args}):"]
+    for c in range(len(fns) - 1):
+        src += [f"    {'if' if c == 0 else 'elif'} code == {c}:", f"        return f{c}({args})"]
+    src += [f"    return f{len(fns) - 1}({args})"]
+    ns = {f"f{c}": f for c, f in enumerate(fns)}
+    exec("\n".join(src), ns)  # the source above, made of constants only
+    return cuda.jit(device=True)(ns[name])
+
+
+def _chunk_ops(threads: int) -> dict:
+    """Each chunk operation (``_CHUNK_OPS``) over every dtype: ``op(code,
+    addr, n, tid, ...)`` dispatching on the chunk's dtype code."""
+    key = ("chunk_ops", threads)
+    if key not in _kernels:
+        loops = [_per_dtype(d.code, threads) for d in dtypes.TABLE]
+        _kernels[key] = {op: _switch(f"{op}_by_dtype", [lp[j] for lp in loops], arity)
+                         for j, (op, arity) in enumerate(_CHUNK_OPS.items())}
+    return _kernels[key]
 
 
 # Kernel parameters: every pointer is an int64 address, so the four kernels
@@ -719,11 +751,8 @@ def _tree_max_or(threads: int):
 def _make_partials(threads: int):
     from numba import float64, int32
 
-    loops = [_per_dtype(c, threads) for c in (F64, F32, BF16, F16)]
-    sum64, psum64, cls64 = loops[F64][0], loops[F64][1], loops[F64][4]
-    sum32, psum32, cls32 = loops[F32][0], loops[F32][1], loops[F32][4]
-    sumbf, psumbf, clsbf = loops[BF16][0], loops[BF16][1], loops[BF16][4]
-    sumh, psumh, clsh = loops[F16][0], loops[F16][1], loops[F16][4]
+    ops = _chunk_ops(threads)
+    chunk_sum, chunk_psum, chunk_classify = ops["sum"], ops["psum"], ops["classify"]
     P = _pointers()
     p_i64, p_f64, p_i32 = P["i64"], P[F64], P["i32"]
     TINY = 2.0**-400  # float64 squares below 2**-1022 would lose precision
@@ -743,14 +772,7 @@ def _make_partials(threads: int):
         plain = kind == NORM_2 or kind == NORM_1
         # max |x| is needed by the other norms, and by float64 L2 (underflow)
         tm = not plain or (code == F64 and kind == NORM_2)
-        if code == F64:
-            s, m, z = sum64(addr, n, tid, kind, tm)
-        elif code == F32:
-            s, m, z = sum32(addr, n, tid, kind, tm)
-        elif code == BF16:
-            s, m, z = sumbf(addr, n, tid, kind, tm)
-        else:
-            s, m, z = sumh(addr, n, tid, kind, tm)
+        s, m, z = chunk_sum(code, addr, n, tid, kind, tm)
         sh_s[tid] = s
         sh_m[tid] = m
         sh_z[tid] = z
@@ -771,14 +793,7 @@ def _make_partials(threads: int):
         # block-uniform: a result that is not finite means inf/NaN values, or
         # float64 squares that overflowed: classify the chunk (rare)
         if (s == math.inf or s != s) if plain else z != 0.0:
-            if code == F64:
-                f, fm = cls64(addr, n, tid)
-            elif code == F32:
-                f, fm = cls32(addr, n, tid)
-            elif code == BF16:
-                f, fm = clsbf(addr, n, tid)
-            else:
-                f, fm = clsh(addr, n, tid)
+            f, fm = chunk_classify(code, addr, n, tid)
             cuda.syncthreads()  # every thread has read the first reduction
             sh_m[tid] = fm
             sh_f[tid] = f
@@ -793,14 +808,7 @@ def _make_partials(threads: int):
             scale = m
             rescaled = True
             pw = p if kind == NORM_P else (2.0 if kind == NORM_2 else 1.0)
-            if code == F64:
-                t = psum64(addr, n, tid, pw, scale)
-            elif code == F32:
-                t = psum32(addr, n, tid, pw, scale)
-            elif code == BF16:
-                t = psumbf(addr, n, tid, pw, scale)
-            else:
-                t = psumh(addr, n, tid, pw, scale)
+            t = chunk_psum(code, addr, n, tid, pw, scale)
             cuda.syncthreads()  # every thread has read sh_s[0]
             sh_s[tid] = t
             cuda.syncthreads()
@@ -918,22 +926,11 @@ def _scale_chunk(threads: int):
     key = ("scale_chunk", threads)
     if key in _kernels:
         return _kernels[key]
-    loops = [_per_dtype(c, threads) for c in (F64, F32, BF16, F16)]
-    sc64, sc32, scbf, sch = (loops[c][2] for c in (F64, F32, BF16, F16))
+    chunk_scale = _chunk_ops(threads)["scale"]
 
     @cuda.jit(device=True)
     def scale_chunk(tb, c, tid, action, s):
-        addr = tb[c * ROW]
-        n = tb[c * ROW + 1]
-        code = tb[c * ROW + 2]
-        if code == F64:
-            sc64(addr, n, tid, action, s)
-        elif code == F32:
-            sc32(addr, n, tid, action, s)
-        elif code == BF16:
-            scbf(addr, n, tid, action, s)
-        else:
-            sch(addr, n, tid, action, s)
+        chunk_scale(tb[c * ROW + 2], tb[c * ROW], tb[c * ROW + 1], tid, action, s)
 
     _kernels[key] = scale_chunk
     return scale_chunk
@@ -957,25 +954,14 @@ def _make_scale(threads: int):
 
 
 def _make_clamp(threads: int):
-    loops = [_per_dtype(c, threads) for c in (F64, F32, BF16, F16)]
-    cl64, cl32, clbf, clh = (loops[c][3] for c in (F64, F32, BF16, F16))
+    chunk_clamp = _chunk_ops(threads)["clamp"]
     p_i64 = _pointers()["i64"]
 
     def clamp(table, nchunks, v):
         c = cuda.blockIdx.x
         tid = cuda.threadIdx.x
         tb = p_i64(table, nchunks * ROW)
-        addr = tb[c * ROW]
-        n = tb[c * ROW + 1]
-        code = tb[c * ROW + 2]
-        if code == F64:
-            cl64(addr, n, tid, v)
-        elif code == F32:
-            cl32(addr, n, tid, v)
-        elif code == BF16:
-            clbf(addr, n, tid, v)
-        else:
-            clh(addr, n, tid, v)
+        chunk_clamp(tb[c * ROW + 2], tb[c * ROW], tb[c * ROW + 1], tid, v)
 
     return clamp
 

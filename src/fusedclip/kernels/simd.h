@@ -1028,6 +1028,30 @@ static const fc_ops FC_OPS[FC_NDTYPES] = {
       fc_scale_f16b, fc_clamp_f16b, 2, 0 },   /* float16: blocks of float, see above */
 };
 
+/* ------------------------------------------------- the chunk table */
+
+/* The one chunk-table builder of the CPU engines (kernels.cpu.Table and the
+ * C API): row `row`, `size` elements of dtype `code` at `ptr`, cut into
+ * chunks of at most FC_CHUNK elements, in order, written to `out` (which
+ * holds fc_row_chunks(size) entries; a row with no elements gets none).
+ * Returns the number written. */
+static inline int64_t fc_row_chunks(int64_t size) { return (size + FC_CHUNK - 1) / FC_CHUNK; }
+
+static inline int64_t fc_cut_row(fc_chunk *out, char *ptr, int64_t size, int code, int32_t row)
+{
+    const int64_t item = FC_OPS[code].itemsize;
+    int64_t k = 0;
+    for (int64_t off = 0; off < size; off += FC_CHUNK, k++) {
+        out[k].ptr = ptr + off * item;
+        out[k].n = size - off < FC_CHUNK ? size - off : FC_CHUNK;
+        out[k].dtype = (int32_t)code;
+        out[k].buf = row;
+    }
+    return k;
+}
+
+static inline int fc_itemsize(int code) { return FC_OPS[code].itemsize; }
+
 /* ------------------------------------------------- one chunk, one partial */
 
 /* Reduce one chunk for norm `kind` (p is used by FC_NORM_P).  The common
