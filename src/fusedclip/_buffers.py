@@ -229,7 +229,7 @@ def _check(arrays: list, first: np.ndarray, writable: bool, fn: str, objs=None) 
     if i >= 0:
         raise TypeError(
             f"{fn}: buffer {i} has dtype {arrays[i].dtype}; fusedclip clips {dtypes.SUPPORTED} "
-            "gradients (cast with .astype(np.float32))"
+            "gradients (cast with .astype(np.float32)); nothing was modified"
         )
     i = int(first[_F.S_NON_NATIVE])
     if i >= 0:

@@ -146,7 +146,7 @@ def c_ordered(obj) -> bool:
 def _bad_dtype(i: int, fn: str, dtype) -> TypeError:
     return TypeError(
         f"{fn}: buffer {i} (a CUDA array) has dtype {dtype}; fusedclip clips {dtypes.SUPPORTED} "
-        "gradients"
+        "gradients; nothing was modified"
     )
 
 

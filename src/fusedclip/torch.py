@@ -217,6 +217,7 @@ def _to_torch_message(e: BaseException) -> BaseException:
         msg = re.sub(r"\bbuffer (\d+)", r"parameter \1's grad", msg)
         msg = re.sub(r"\bbuffer\b", "gradient", msg)
         msg = re.sub(r"\barray\b", "tensor", msg)
+        msg = msg.replace(".astype(np.float32)", ".float()")
         e.args = (msg,) + e.args[1:]
     return e
 
