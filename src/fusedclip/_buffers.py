@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _policy
+from . import _launch, _policy
 from ._cache import PLAN_CACHE_SIZE, LRU  # noqa: F401  (PLAN_CACHE_SIZE: the bound, re-exported)
 from ._rows import CallerMap
 from ._overlap import overlap_clusters, partial_overlap
@@ -182,8 +182,8 @@ def is_buffer(x: Any) -> bool:
 def _is_array_like(x: Any) -> bool:
     return isinstance(x, np.ndarray) or any(
         hasattr(x, a)
-        for a in ("__array_interface__", "__cuda_array_interface__", "__dlpack__")
-    ) or type(x).__module__.startswith("numba.cuda.simulator")  # its device arrays
+        for a in ("__array_interface__", "__dlpack__")
+    ) or _launch.is_cuda_array(x)
 
 
 def _to_ndarray(obj: Any, i: int, fn: str) -> np.ndarray:

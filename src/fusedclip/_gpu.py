@@ -53,14 +53,13 @@ def _module(obj) -> str:
 
 
 def is_gpu(obj) -> bool:
-    """A CUDA array: a torch CUDA tensor, the simulator's, one with
-    __cuda_array_interface__, or one whose DLPack device is CUDA."""
+    """A CUDA array: a torch CUDA tensor, one with __cuda_array_interface__
+    (the simulator's included, through the launcher), or one whose DLPack
+    device is CUDA."""
     mod = _module(obj)
     if mod.startswith("torch"):
         return bool(getattr(obj, "is_cuda", False))
-    if mod.startswith("numba.cuda.simulator"):
-        return True
-    if hasattr(obj, "__cuda_array_interface__"):
+    if _launch.is_cuda_array(obj):
         return True
     dev = getattr(obj, "__dlpack_device__", None)
     if dev is not None and not hasattr(obj, "__array_interface__"):
@@ -73,7 +72,7 @@ def is_gpu(obj) -> bool:
 
 def _current_device() -> int:
     try:
-        if ck.simulator():
+        if _launch.simulated():
             return 0
         from cuda.bindings import runtime
 
@@ -114,11 +113,9 @@ class Buf:
 
 def shape_of(obj) -> tuple[int, ...]:
     """A CUDA array's shape (torch, CuPy, numba, __cuda_array_interface__)."""
-    if _module(obj).startswith("numba.cuda.simulator"):
-        return tuple(obj._ary.shape)
     sh = getattr(obj, "shape", None)
     if sh is None:
-        sh = obj.__cuda_array_interface__["shape"]
+        sh = _launch.array_interface(obj)["shape"]
     return tuple(int(n) for n in sh)
 
 
@@ -128,10 +125,8 @@ def c_ordered(obj) -> bool:
     shape = shape_of(obj)
     if mod.startswith("torch"):
         strides, item = tuple(obj.stride()), 1
-    elif mod.startswith("numba.cuda.simulator"):
-        strides, item = obj._ary.strides, obj._ary.itemsize
     else:
-        cai = obj.__cuda_array_interface__
+        cai = _launch.array_interface(obj)
         strides, item = cai.get("strides"), np.dtype(cai["typestr"]).itemsize
         if strides is None:
             return True
@@ -181,17 +176,8 @@ def _describe(obj, i: int, writable: bool, fn: str) -> Buf:
         addr, dev, lib = int(obj.data_ptr()), obj.device.index, "torch"
         if n > 1:  # data_ptr is the first element's; a negative-free dense view starts there
             pass
-    elif mod.startswith("numba.cuda.simulator"):
-        a = obj._ary
-        code = dtypes.code_of(a.dtype)
-        if code is None:
-            raise _bad_dtype(i, fn, a.dtype)
-        n = int(a.size)
-        if n > 1 and not _dense(a.shape, a.strides, a.itemsize):
-            raise _not_dense(i, fn)
-        addr, dev = int(a.__array_interface__["data"][0]), None
-    elif hasattr(obj, "__cuda_array_interface__"):
-        cai = obj.__cuda_array_interface__
+    elif _launch.is_cuda_array(obj):
+        cai = _launch.array_interface(obj)
         try:
             dtype = np.dtype(cai["typestr"])
         except TypeError:
@@ -585,7 +571,7 @@ def gpu_state() -> str:
         from numba import cuda
     except ImportError:
         return "unavailable: numba-cuda is not installed (pip install 'fusedclip[cuda]')"
-    if ck.simulator():
+    if _launch.simulated():
         return "numba-cuda simulator (NUMBA_ENABLE_CUDASIM=1): kernels run in Python"
     try:
         if cuda.is_available():
@@ -606,7 +592,7 @@ def _require_cuda(i: int, fn: str) -> None:
             f"{fn}: buffer {i} is a CUDA array, and the GPU backend needs numba-cuda: "
             "pip install 'fusedclip[cuda]'; nothing was modified"
         ) from None
-    if not ck.simulator() and not cuda.is_available():
+    if not _launch.simulated() and not cuda.is_available():
         raise RuntimeError(
             f"{fn}: buffer {i} is a CUDA array, but no CUDA driver or GPU is available here; "
             "nothing was modified"
@@ -673,14 +659,9 @@ def layout_key(objs: list):
             return tuple([o.data_ptr() for o in objs]) if all(o.is_cuda for o in objs) else None
         if all(m.startswith("cupy") for m in mods):  # the same record, from cheap attributes
             return tuple([(o.data.ptr, o.dtype, o.shape, o.strides) for o in objs])
-        sim = any(m.startswith("numba.cuda.simulator") for m in mods)
         out = []
         for o in objs:
-            if sim and _module(o).startswith("numba.cuda.simulator"):
-                a = o._ary
-                out.append((a.dtype, a.shape, a.strides, a.__array_interface__["data"]))
-                continue
-            cai = o.__cuda_array_interface__
+            cai = _launch.array_interface(o)
             st = cai.get("strides")
             rec = (cai["typestr"], tuple(cai["shape"]), st if st is None else tuple(st), tuple(cai["data"]))
             if "V" in rec[0]:  # bfloat16 exported as void: _describe reads the object's dtype

@@ -34,14 +34,37 @@ _current: Any = None
 
 
 
+def simulated() -> bool:
+    """The launcher choice: the Numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1)."""
+    return os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+
+
 def launcher():
     """The process's launcher: the simulator's or the GPU's, made on first use."""
     global _current
     if _current is None:
         with _lock:
             if _current is None:
-                _current = SimLauncher() if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else CoreLauncher()
+                _current = SimLauncher() if simulated() else CoreLauncher()
     return _current
+
+
+def is_cuda_array(obj: Any) -> bool:
+    """Whether ``obj`` speaks the CUDA array interface (under the simulator,
+    its device arrays count: ``SimLauncher.interface`` speaks for them)."""
+    return hasattr(obj, "__cuda_array_interface__") or (simulated() and SimLauncher.owns(obj))
+
+
+def array_interface(obj: Any) -> dict:
+    """``obj.__cuda_array_interface__``, or the simulator's reading of its
+    device arrays, which have none: the engine reads every non-torch CUDA
+    array through this one record, so it holds no simulator branch."""
+    cai = getattr(obj, "__cuda_array_interface__", None)
+    if cai is None and simulated() and SimLauncher.owns(obj):
+        cai = SimLauncher.interface(obj)
+    if cai is None:
+        raise TypeError(f"{type(obj).__name__} has no __cuda_array_interface__")
+    return cai
 
 
 def use_launcher(new):
@@ -167,6 +190,20 @@ class SimLauncher(_HostMemory):
 
     def watch(self, host_array: np.ndarray) -> None:
         self.watched.append(host_array)
+
+    @staticmethod
+    def owns(obj: Any) -> bool:
+        """A device array of the simulator's."""
+        return (type(obj).__module__ or "").startswith("numba.cuda.simulator")
+
+    @staticmethod
+    def interface(obj: Any) -> dict:
+        """A simulator device array's CUDA array interface: its host array's
+        layout and address (writable: ``watch`` guards read-only memory
+        where the kernels run)."""
+        a = obj._ary
+        return {"shape": a.shape, "strides": a.strides, "typestr": a.dtype.str,
+                "data": (int(a.__array_interface__["data"][0]), False), "version": 3}
 
     def view(self, addr: int, n: int, dtype) -> np.ndarray:
         import ctypes
