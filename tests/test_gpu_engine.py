@@ -1,5 +1,5 @@
 """The CUDA engine's host side, without a GPU and without the simulator: a
-recording launcher (``_launch.RecordingLauncher``) takes the launches and
+recording launcher (``tests/launchers.py``) takes the launches and
 runs nothing, so launch counts and the host's per-call work can be measured
 for 10 and for 10,000 buffers in the normal test process."""
 import sys
@@ -11,6 +11,7 @@ import fusedclip as fc
 
 pytest.importorskip("numba_cuda", reason="numba-cuda not installed: pip install '.[cuda]'")
 from fusedclip import _launch  # noqa: E402
+from launchers import RecordingLauncher  # noqa: E402
 
 
 class FakeCuda:
@@ -24,7 +25,7 @@ class FakeCuda:
 
 @pytest.fixture
 def recorder():
-    rec = _launch.RecordingLauncher()
+    rec = RecordingLauncher()
     old = _launch.use_launcher(rec)
     yield rec
     _launch.use_launcher(old)

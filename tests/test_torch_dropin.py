@@ -34,6 +34,7 @@ import fusedclip as fc  # noqa: E402
 import fusedclip.torch as fct  # noqa: E402
 from conftest import ref_norm, scaled  # noqa: E402
 from torch_fakes import FakeCudaTensor, fake_params, patch_torch_cuda  # noqa: E402
+from launchers import RecordingLauncher  # noqa: E402
 
 TCLIP = torch.nn.utils.clip_grad_norm_
 HERE = Path(__file__).parent
@@ -331,7 +332,7 @@ def test_the_cuda_finalize_kernel_reads_eps(monkeypatch):
     from fusedclip import _launch
     from fusedclip.kernels import cuda as ck
 
-    rec = _launch.RecordingLauncher()
+    rec = RecordingLauncher()
     old = _launch.use_launcher(rec)
     try:
         patch_torch_cuda(monkeypatch)
@@ -657,7 +658,7 @@ def recorder(monkeypatch):
     pytest.importorskip("numba_cuda")
     from fusedclip import _launch
 
-    rec = _launch.RecordingLauncher()
+    rec = RecordingLauncher()
     old = _launch.use_launcher(rec)
     patch_torch_cuda(monkeypatch)
     fct._general.clear()  # plans made with another launcher hold its memory

@@ -9,13 +9,13 @@ GPU engine (``_gpu.py``) talks to nothing else, so the same engine code runs
   ``cuda.core`` (~5 µs of host time per launch), CUDA graphs for plans;
 * under the Numba CUDA simulator, through ``SimLauncher``: host memory and
   the simulator's kernels (the kernels' logic, tested without a GPU);
-* in tests, through ``RecordingLauncher``: host memory and no kernel at all,
-  only a record of what would have been launched (launch counts and host
-  cost for 10 or 10,000 buffers, without a GPU and without the simulator's
-  slowness).
+* any other object with the same methods, installed by ``use_launcher``:
+  the tests' ``RecordingLauncher`` (tests/launchers.py) records what would
+  have been launched over host memory (``HostMemory``), for launch counts
+  and host cost without a GPU and without the simulator's slowness.
 
-``launcher()`` picks the first two automatically; ``use_launcher`` is the
-one test hook.
+``launcher()`` picks one of the first two by ``simulated()``, the launcher
+choice; nothing else in the package knows about the simulator.
 """
 from __future__ import annotations
 
@@ -118,8 +118,9 @@ class DeviceArray:
 
 
 # ------------------------------------------------------------------ host memory
-class _HostMemory:
-    """Device memory simulated by host arrays (simulator and recorder)."""
+class HostMemory:
+    """Device memory simulated by host arrays (the simulator's, and the tests'
+    recording launcher's)."""
 
     def __init__(self):
         self._live: dict[int, np.ndarray] = {}
@@ -172,7 +173,7 @@ def _view_of_current(addr: int, n: int, elem):
     return launcher().view(addr, n, elem)
 
 
-class SimLauncher(_HostMemory):
+class SimLauncher(HostMemory):
     """The Numba CUDA simulator: kernels run as Python on host memory.
 
     ``view`` is how the kernels' ``as_ptr`` reads an address here.  Host
@@ -221,47 +222,6 @@ class SimLauncher(_HostMemory):
         self.launches.append((name, grid, args))
         if grid > 0:
             ck.sim_kernel(name)[grid, ck.THREADS](*args)
-
-
-class RecordingLauncher(_HostMemory):
-    """Records launches and runs nothing: for launch counts and host cost."""
-
-    kind = "recording"
-    graphs = True
-    needs_cuda = False  # runs nothing: numba-cuda and a driver are not required
-
-    def __init__(self):
-        super().__init__()
-        self.replays = 0
-        self.streams: list = []  # the stream of each recorded launch
-        self.download_streams: list = []  # ... and of each device-to-host copy
-        self.copies: list = []  # (dst, src, nbytes, stream) of each device-to-device copy
-        self.allocs = 0  # device allocations: one per plan built
-        self.syncs = 0   # synchronisations (a download is a wait too: download_streams)
-
-    def alloc(self, nbytes: int) -> DeviceArray:
-        self.allocs += 1
-        return super().alloc(nbytes)
-
-    def synchronize(self, stream=None) -> None:
-        self.syncs += 1
-
-    def launch(self, name: str, grid: int, args: tuple, stream=None) -> None:
-        self.launches.append((name, grid, args))
-        self.streams.append(stream)
-
-    def download(self, host: np.ndarray, src, stream=None) -> np.ndarray:
-        self.download_streams.append(stream)
-        return super().download(host, src, stream)
-
-    def copy(self, dst: int, src: int, nbytes: int, stream=None) -> None:
-        self.copies.append((int(dst), int(src), nbytes, stream))
-        super().copy(dst, src, nbytes, stream)
-
-    def replay(self, graph, stream=None) -> None:
-        self.replays += 1
-        self.launches.extend(graph)
-        self.streams.extend([stream] * len(graph))
 
 
 # ------------------------------------------------------------------ the GPU
