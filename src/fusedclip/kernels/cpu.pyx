@@ -130,7 +130,10 @@ DTYPES = _dtypes.NUMPY
 assert (_dtypes.F64, _dtypes.F32, _dtypes.BF16, _dtypes.F16, _dtypes.NDTYPES) == (
     FC_F64, FC_F32, FC_BF16, FC_F16, FC_NDTYPES)
 assert all(fc_itemsize(c) == _dtypes.ITEMSIZE[c] for c in range(FC_NDTYPES))
-cdef int _BF16_NUM = DTYPES[FC_BF16].num
+#: code -> numpy's type number (bfloat16's is ml_dtypes' registered one): describe() reads it
+cdef int _TYPE_NUM[FC_NDTYPES]
+for _c in range(FC_NDTYPES):
+    _TYPE_NUM[_c] = DTYPES[_c].num
 
 # describe() fields and flag bits
 cdef enum:
@@ -308,16 +311,11 @@ cdef inline void _describe_one(object o, int64_t *f) noexcept:
         return
     a = <cnp.ndarray>o
     tn = cnp.PyArray_TYPE(a)
-    if tn == cnp.NPY_DOUBLE:
-        code = FC_F64
-    elif tn == cnp.NPY_FLOAT:
-        code = FC_F32
-    elif tn == cnp.NPY_FLOAT16:
-        code = FC_F16
-    elif tn == _BF16_NUM:
-        code = FC_BF16
-    else:
-        code = _BAD_DTYPE
+    code = _BAD_DTYPE
+    for j in range(FC_NDTYPES):  # the dtype table's order
+        if tn == _TYPE_NUM[j]:
+            code = j
+            break
     fl = cnp.PyArray_FLAGS(a)
     flg = 0
     if fl & cnp.NPY_ARRAY_WRITEABLE:
