@@ -8,7 +8,7 @@ Element-wise clipping (``clip_grad_value_``) is Mikolov's earlier variant
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Union
+from typing import TYPE_CHECKING, Any, Iterable, Union
 
 
 from . import _policy, _reduce
@@ -17,6 +17,9 @@ from ._history import History
 from ._policy import ClipStats, NonFiniteError
 from ._reduce import HostReduction
 from .thresholds import Fixed, Threshold
+
+if TYPE_CHECKING:
+    from ._gpu import DeviceClipStats
 
 Buffers = Union[Any, Iterable[Any]]
 _INF = float("inf")
@@ -78,7 +81,7 @@ class Clipper:
         reduce: Any = None,
         replicated: Any = None,
     ) -> None:
-        self._history = History(history)
+        self._history: History | None = History(history)
         # cache="cpu": a numpy list planned before (by a call or another
         # Clipper) is not planned again
         self._setup(buffers, max_norm, norm_type, nonfinite, num_threads, rng, "Clipper", cache="cpu",
@@ -219,7 +222,7 @@ class Clipper:
         hist = self._history if self._history is not None else History(0)
         new_hist = None if state["history"] is None else hist.check_state(state["history"])
         new_thr = None if thr is None else thr._parse_state(saved)
-        if isinstance(thr, Fixed) and self._nonfinite_policy == "random":
+        if isinstance(new_thr, Fixed) and self._nonfinite_policy == "random":
             _random_needs_fixed(new_thr.v, new_thr)
         # ... then restore (a bound ZScore's upload comes first: if it fails, nothing changed)
         if thr is not None:
@@ -237,7 +240,7 @@ class Clipper:
             self._max_norm = thr.v
         return thr.step(norm)
 
-    def __call__(self) -> ClipStats:
+    def __call__(self) -> ClipStats | DeviceClipStats:
         b = self._bufs
         b.check()  # RuntimeError if an array was resized since planning
         if b.device_only and self._reduced is None:
@@ -288,7 +291,7 @@ class Clipper:
                                         p, self._rng, nt)
         b.write(steps)
 
-    def _call_device(self) -> ClipStats:
+    def _call_device(self) -> ClipStats | DeviceClipStats:
         """Device-only lists: the device decides; no host wait unless the
         policy needs the outcome on the host ("error" raises, "random" draws)."""
         from ._gpu import DeviceClipStats, stats_from_state

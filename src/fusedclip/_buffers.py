@@ -288,7 +288,7 @@ class _Layout:
         self.nested = all(dims[j][0] >= dims[j - 1][0] * dims[j - 1][1] for j in range(1, len(dims)))
         self.k, self.dims, self.item = k, tuple(dims), itemsize
         self.key = (code, lo, k, self.dims)
-        self._offs = None
+        self._offs: np.ndarray | None = None
 
     @classmethod
     def of(cls, a: np.ndarray, d: np.ndarray, i: int) -> "_Layout":
@@ -506,7 +506,7 @@ def cpu_cached(objs: list, writable: bool, fn: str, hold: bool = False):
     if hit is not None:
         rows = hit[1].rows  # empty arrays and duplicates have no row
         bound = cpu.bind(objs, hit[0], hold, None if len(rows) == len(objs) else rows)
-    if bound is not None:
+    if hit is not None and bound is not None:
         _cpu_cache.lookup(key)
         return hit[1].bound(*bound)
     d, first = cpu.describe(objs)

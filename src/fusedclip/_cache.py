@@ -17,7 +17,7 @@ from typing import Any, Hashable
 PLAN_CACHE_SIZE = 16
 
 
-class LRU(OrderedDict):  # type: ignore[type-arg]
+class LRU(OrderedDict):
     """An ``OrderedDict`` bounded to ``size`` entries, least recently used first."""
 
     def __init__(self, size: int = PLAN_CACHE_SIZE) -> None:

@@ -144,7 +144,7 @@ def _bfloat16_view(obj: Any, i: int, fn: str):
     if _IsValid(cap, b"dltensor_versioned"):
         cname, used = b"dltensor_versioned", b"used_dltensor_versioned"
         mptr = _GetPointer(cap, cname)
-        mt = _DLManagedTensorVersioned.from_address(mptr)
+        mt: Any = _DLManagedTensorVersioned.from_address(mptr)
         if mt.major != 1:  # an ABI this reader does not know: touch nothing else
             return None
         t, readonly = mt.dl_tensor, bool(mt.flags & _READ_ONLY)

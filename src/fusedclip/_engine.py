@@ -242,7 +242,8 @@ class CudaRows:
     __slots__ = ("gpu", "call", "_rows")
 
     def __init__(self, gpu: Any, call: int) -> None:
-        self.gpu, self.call, self._rows = gpu, call, None
+        self.gpu, self.call = gpu, call
+        self._rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self._rows is None:
@@ -314,18 +315,17 @@ class _Combined:
         self._norm: float | None = None
         self._flags = 0
 
-    def _read(self) -> None:
+    def _read(self) -> float:
         flags = 0
         for r in self.parts:
             flags |= r.flags
         self._flags = flags
-        self._norm = _policy.combine_norms([(r.norm, 1.0) for r in self.parts], self._kind, self._p, flags)
+        self._norm = n = _policy.combine_norms([(r.norm, 1.0) for r in self.parts], self._kind, self._p, flags)
+        return n
 
     @property
     def norm(self) -> float:
-        if self._norm is None:
-            self._read()
-        return self._norm  # type: ignore[return-value]
+        return self._read() if self._norm is None else self._norm
 
     @property
     def flags(self) -> int:
@@ -365,6 +365,13 @@ class Buffers:
         self.device_only = gpu is not None and not cpu_work
         es: list = [self.cpu] if cpu_work or gpu is None else []
         self.engines = es + ([self.cuda] if self.cuda is not None else [])
+
+    @property
+    def device(self) -> CudaEngine:
+        """The CUDA engine of a ``device_only`` list (the device decides)."""
+        if self.cuda is None:
+            raise RuntimeError("a list with no CUDA buffer has no device engine")
+        return self.cuda
 
     def check(self) -> None:
         """RuntimeError where a kept plan's memory moved (``Plan.check``)."""

@@ -46,7 +46,7 @@ def buffer_norms(buffers: Any, norm_type: float = 2.0, *, num_threads: int | Non
     nt = _policy.check_threads(num_threads)
     b = plan_buffers(buffers, writable=False, fn="buffer_norms", cache=True, stream=stream)
     if b.device_only:
-        return DeviceNorms(b.cuda.row_reduce(kind, p), b.n_inputs)
+        return DeviceNorms(b.device.row_reduce(kind, p), b.n_inputs)
     return b.row_reduce(kind, p, nt)[0]
 
 
@@ -106,7 +106,7 @@ def clip_by_norm_(buffers: Any, max_norm: float, norm_type: float = 2.0, *,
         rng = _policy.make_rng(rng)
     b = plan_buffers(buffers, writable=True, fn=fn, cache=True, stream=stream)
     if b.device_only:  # the device decides
-        cu = b.cuda
+        cu = b.device
         res = DeviceNorms(cu.row_clip(kind, p, v, policy), b.n_inputs)
         if policy in ("error", "random"):
             gn, gf, _ = res.rows()
@@ -195,7 +195,7 @@ def clip_unitwise_(params: Any, grads: Any, clipping: float = 0.01, eps: float =
         if not (wb.device_only and gb.device_only):
             raise TypeError(f"{fn}: params and grads must all be CPU arrays or all CUDA arrays "
                             "(nothing was modified)")
-        _unitwise_gpu(W, G, wb.cuda.gpu, gb.cuda.gpu, c, e, policy, fn)
+        _unitwise_gpu(W, G, wb.device.gpu, gb.device.gpu, c, e, policy, fn)
         return
     wplan, gplan = wb.cpu.plan, gb.cpu.plan
     wa, ga = _caller_arrays(wplan, W), _caller_arrays(gplan, G)
@@ -264,7 +264,7 @@ def _unitwise_gpu(W, G, wg, gg, c: float, e: float, policy: str, fn: str) -> Non
 
     wb = {b.caller: b for b in wg.rows}
     gb = {b.caller: b for b in gg.rows}
-    pairs = []  # (weight buffer, gradient buffer, units), non-empty ones
+    pairs: list[tuple[Buf, Buf, int]] = []  # (weight buffer, gradient buffer, units), non-empty ones
     for i in range(len(G)):
         ws, gs = shape_of(W[i]), shape_of(G[i])
         if ws != gs:
@@ -286,7 +286,7 @@ def _unitwise_gpu(W, G, wg, gg, c: float, e: float, policy: str, fn: str) -> Non
     if plan is None:  # (a cached plan's key holds the addresses: they passed this check)
         # the params are never written: no grad may lie in a param's memory.
         # CUDA arrays here are dense, so a shared byte range is a shared element
-        ext = [b for side in (0, 1) for b in (p[side] for p in pairs)]
+        ext = [p[0] for p in pairs] + [p[1] for p in pairs]
         lo = np.fromiter((b.lo for b in ext), np.int64, len(ext))
         hi = np.fromiter((b.hi for b in ext), np.int64, len(ext))
         met = extent_pairs(lo, hi, np.lexsort((np.arange(len(ext)), lo)), len(pairs))

@@ -123,6 +123,7 @@ def c_ordered(obj) -> bool:
     """Whether a CUDA array's elements are in C order (rows contiguous)."""
     mod = _module(obj)
     shape = shape_of(obj)
+    strides: Any
     if mod.startswith("torch"):
         strides, item = tuple(obj.stride()), 1
     else:
@@ -267,6 +268,20 @@ class _Sub:
 class GpuPlan:
     """Validated CUDA buffers as one device chunk table, with partials, a state
     ring and the captured graphs."""
+
+    #: the regions of the plan's one device allocation (``layout`` below)
+    table: _Sub
+    s: _Sub
+    m: _Sub
+    f: _Sub
+    state: _Sub
+    params: _Sub
+    ctr: _Sub
+    override: _Sub
+    one: _Sub
+    rstart: _Sub
+    rows_out: _Sub
+    rows_in: _Sub
 
     def __init__(self, bufs: list[Buf], dups: dict[int, list[int]], stream: Any = None):
         L = self.launcher = _launch.launcher()
@@ -663,7 +678,8 @@ def layout_key(objs: list):
         for o in objs:
             cai = _launch.array_interface(o)
             st = cai.get("strides")
-            rec = (cai["typestr"], tuple(cai["shape"]), st if st is None else tuple(st), tuple(cai["data"]))
+            rec: tuple = (cai["typestr"], tuple(cai["shape"]), st if st is None else tuple(st),
+                          tuple(cai["data"]))
             if "V" in rec[0]:  # bfloat16 exported as void: _describe reads the object's dtype
                 rec += (str(getattr(o, "dtype", "")),)
             out.append(rec)

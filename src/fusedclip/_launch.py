@@ -100,6 +100,11 @@ def stream_handle(stream) -> int:
 
 
 
+def _address(x: Any) -> int:
+    """The address of device memory: an int, or anything with ``addr``."""
+    return int(getattr(x, "addr", x))
+
+
 class DeviceArray:
     """Device memory owned by a plan: ``addr`` is its address; freed with it."""
 
@@ -133,12 +138,12 @@ class HostMemory:
         return DeviceArray(addr, nbytes, self._live.pop)
 
     def upload(self, dst: DeviceArray | int, host: np.ndarray, stream=None) -> None:
-        addr = int(getattr(dst, "addr", dst))
+        addr = _address(dst)
         host = np.ascontiguousarray(host)
         np.copyto(self._view(addr, host.nbytes), host.view(np.uint8).reshape(-1))
 
     def download(self, host: np.ndarray, src: DeviceArray | int, stream=None) -> np.ndarray:
-        addr = int(getattr(src, "addr", src))
+        addr = _address(src)
         host.view(np.uint8).reshape(-1)[...] = self._view(addr, host.nbytes)
         return host
 
@@ -150,7 +155,10 @@ class HostMemory:
     def _view(addr: int, nbytes: int) -> np.ndarray:
         import ctypes
 
-        return np.frombuffer((ctypes.c_char * nbytes).from_address(addr), np.uint8)
+        return np.frombuffer((ctypes.c_char * nbytes).from_address(addr), np.uint8)  # type: ignore[call-overload]
+
+    def launch(self, name: str, grid: int, args: tuple, stream=None) -> None:
+        raise NotImplementedError
 
     def stream_of(self, handle: int | None):
         return handle
@@ -235,7 +243,9 @@ class CoreLauncher:
         """``driver``: cuda.bindings' driver module, ``api``: a function from a
         cuda.core name to the object (``core``); the tests pass fakes."""
         if driver is None:
-            from cuda.bindings import driver
+            from cuda.bindings import driver as _driver
+
+            driver = _driver
         self._drv = driver
         self._core = api or core
         self.device = self._core("Device")()
@@ -296,7 +306,7 @@ class CoreLauncher:
         self._drv.cuMemFree(addr)
 
     def upload(self, dst, host: np.ndarray, stream=None) -> None:
-        addr = int(getattr(dst, "addr", dst))
+        addr = _address(dst)
         host = np.ascontiguousarray(host)
         self._enter()
         # ordered on the stream, and no wait: from pageable memory the driver
@@ -304,7 +314,7 @@ class CoreLauncher:
         self._check(self._drv.cuMemcpyHtoDAsync(addr, host.ctypes.data, host.nbytes, self._handle(stream)))
 
     def download(self, host: np.ndarray, src, stream=None) -> np.ndarray:
-        addr = int(getattr(src, "addr", src))
+        addr = _address(src)
         self._enter()
         self._check(self._drv.cuMemcpyDtoHAsync(host.ctypes.data, addr, host.nbytes, self._handle(stream)))
         self._check(self._drv.cuStreamSynchronize(self._handle(stream)))

@@ -56,6 +56,11 @@ class Part(NamedTuple):
     replicated: bool
 
 
+def _clip_scale_of(t: Any, kind: int, p: float) -> Callable[[float], float]:
+    """``v -> v / norm`` of a table's own norm, overflow-safe (``Table.clip_scale``)."""
+    return lambda v: t.clip_scale(kind, p, v)
+
+
 class Global(NamedTuple):
     """The global norm and flags (the same on every rank) and ``v -> v / norm``."""
 
@@ -178,7 +183,9 @@ def combine(parts: list[Part], kind: int, p: float, reduce: Reducer) -> Global:
         norm = _flag_norm(g) if g else float(y[0])
         return Global(norm, g, lambda v: v / norm)
     pw = pw_of(kind, p)
-    s_sh, s_rep, fb = [], [], 0.0
+    s_sh: list[float] = []
+    s_rep: list[float] = []
+    fb = 0.0
     for q in live:
         if q.norm == 0.0:
             continue
@@ -203,15 +210,15 @@ def combine(parts: list[Part], kind: int, p: float, reduce: Reducer) -> Global:
 
 def _exact(live: list[Part], pw: float, ranks: float, reduce: Reducer) -> Global:
     """Rounds B: every norm relative to the exact largest, M·2**E."""
-    pairs = [(_pair(q), q.replicated) for q in live]
-    pairs = [(mp, r) for mp, r in pairs if mp is not None]
+    pairs = [(mp, q.replicated) for q in live if (mp := _pair(q)) is not None]
     E = float(reduce([max((mp[1] for mp, _ in pairs), default=-math.inf)], "max")[0])
     if E == -math.inf:  # every norm is zero (cannot happen after round A; kept exact)
         return Global(0.0, 0, lambda v: math.inf)
     if E == math.inf:  # a local norm beyond 2**2000 (quasi-norms only)
         return Global(math.inf, 0, lambda v: 0.0)
     M = float(reduce([max((mp[0] for mp, _ in pairs if mp[1] == E), default=0.0)], "max")[0])
-    t_sh, t_rep = [], []
+    t_sh: list[float] = []
+    t_rep: list[float] = []
     for (m, e), rep in pairs:
         (t_rep if rep else t_sh).append(_power(math.ldexp(m / M, int(e - E)), pw))
     y = reduce([math.fsum(t_sh), math.fsum(t_rep)], "sum")
@@ -332,7 +339,7 @@ class Reduced:
                 continue
             t = sub[0]
             n, f = t.norm(kind, p, nt)
-            out.append(Part(n, f, lambda v, t=t: t.clip_scale(kind, p, v), rep))
+            out.append(Part(n, f, _clip_scale_of(t, kind, p), rep))
         return out
 
     def norm(self, kind: int, p: float, nt):
@@ -408,14 +415,15 @@ class Reduced:
     def _norm_of(self, arrays: list[np.ndarray], rep: list[bool], kind: int, p: float, nt):
         """Global (norm, flags) of host arrays, replicated ones counted once, and
         the local indices of the arrays holding inf/NaN."""
-        parts, bad = [], []
+        parts: list[Part] = []
+        bad: list[int] = []
         for want in (False, True):
             idx = [i for i, r in enumerate(rep) if r == want]
             if want and not idx:
                 continue
             t = _policy.table_of([np.ascontiguousarray(arrays[i]).reshape(-1) for i in idx])
             n, f = t.norm(kind, p, nt)
-            parts.append(Part(n, f, lambda v, t=t: t.clip_scale(kind, p, v), want))
+            parts.append(Part(n, f, _clip_scale_of(t, kind, p), want))
             if f:
                 bad.extend(idx[int(r)] for r in t.flagged_rows())
         res = combine(parts, kind, p, self.reduce)

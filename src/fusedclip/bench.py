@@ -225,7 +225,7 @@ def _timed_rounds(impls, warmers, times, names, reps) -> None:
             # (_SETTLE_S), then read the data with this implementation's own
             # threads: each timed call finds its data just read, as a clip
             # finds the gradient backward has just written
-            time.sleep(_SETTLE_S.get(prev, 0.002))
+            time.sleep(_SETTLE_S.get(prev or "", 0.002))
             warmers[name]()
             times[name].append(_time(impls[name]))
             prev = name

@@ -522,7 +522,7 @@ class _Plan:
         except NonFiniteError as e:
             raise _nonfinite(e.norm, p, e.buffers) from None
         if self.gpu_only:  # the norm stays on the device: a device-to-device copy, no wait
-            g = c.buffers.cuda.gpu
+            g = c.buffers.device.gpu
             out = _device_empty(self.device)
             g.copy_norm(g.calls, out.data_ptr())
             _bump(live)  # the device may have written
@@ -910,7 +910,7 @@ class Patch:
             self.calls[ours] += 1
             return out
 
-        wrapper.__fusedclip_patch__ = self
+        setattr(wrapper, "__fusedclip_patch__", self)  # noqa: B010  (how unpatch() finds it)
         return wrapper
 
     def _install(self) -> None:

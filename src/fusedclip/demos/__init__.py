@@ -20,6 +20,7 @@ docs/EXPERIMENTS.md sets the findings beside the paper's.
 from __future__ import annotations
 
 import math
+from typing import Any
 import os
 import sys
 
@@ -113,7 +114,7 @@ def main(args) -> int:
     elif args.name == "temporal-order":
         from . import temporal
 
-        cfg = dict(temporal.FULL if args.full else temporal.DEFAULT)
+        cfg: dict[str, Any] = dict(temporal.FULL if args.full else temporal.DEFAULT)
         if args.lengths:
             cfg["lengths"] = tuple(int(x) for x in args.lengths.split(","))
         if args.seeds:

@@ -54,6 +54,7 @@ def run(out_prefix: str, lr: float = 2.0, steps: int = 1500, fixed: float = 1.0,
                 if not math.isfinite(loss) or (len(recent) == 20 and sum(recent) / 20 > math.log(V) + 1):
                     diverged = k + 1
                     break
+        assert c.history is not None  # made with history=
         h = c.history.as_dict()
         tail = losses[-50:] if diverged is None else []
         runs.append({"threshold": name, "losses": losses, "diverged_at": diverged,

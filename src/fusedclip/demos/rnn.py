@@ -15,6 +15,8 @@ The gradients live in five arrays allocated once (``grads``), so that one
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 import fusedclip as fc
@@ -24,7 +26,7 @@ def _sigmoid(x):
     return 0.5 * (np.tanh(0.5 * x) + 1.0)  # no overflow warnings, same values
 
 
-ACT = {
+ACT: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]] = {
     "sigmoid": (_sigmoid, lambda h: h * (1.0 - h)),   # f, and f' as a function of f(x)
     "tanh": (np.tanh, lambda h: 1.0 - h * h),
 }

@@ -15,6 +15,8 @@ mild selection; a fresh batch per check would cost a forward pass more.)
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ._out import pyplot, save
@@ -56,7 +58,7 @@ def train(T: int, seed: int, steps: int, clip: float | None, lr: float = 0.5, ba
     mask[-1] = True
     test_rng = np.random.default_rng(10_000 + seed)
     Ut, _, ct = batch(T, test_size, test_rng)
-    out = {"T": T, "seed": seed, "clip": clip, "solved": False, "solved_at": None,
+    out: dict[str, Any] = {"T": T, "seed": seed, "clip": clip, "solved": False, "solved_at": None,
            "max_grad_norm": 0.0, "clipped_steps": 0}
     loss = float("nan")
     for k in range(1, steps + 1):

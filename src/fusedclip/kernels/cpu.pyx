@@ -134,6 +134,7 @@ assert all(fc_itemsize(c) == _dtypes.ITEMSIZE[c] for c in range(FC_NDTYPES))
 cdef int _TYPE_NUM[FC_NDTYPES]
 for _c in range(FC_NDTYPES):
     _TYPE_NUM[_c] = DTYPES[_c].num
+del _c
 
 # describe() fields and flag bits
 cdef enum:

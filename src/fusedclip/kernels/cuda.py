@@ -51,6 +51,7 @@ import hashlib
 import math
 import os
 import re
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,7 @@ ROW = 4
 
 #: numba.cuda, imported on first use.  A module global on purpose: the
 #: simulator swaps module globals that are numba.cuda for its fake module.
-cuda = None
+cuda: Any = None
 
 
 def _numba_cuda():
@@ -315,7 +316,7 @@ def _helpers():
 
 
 #: the element type each pointer kind reads: a dtype code's from the table, and the int words
-_ELEM = {**{d.code: d.cuda_elem for d in dtypes.TABLE}, "i64": "int64", "i32": "int32"}
+_ELEM: dict[int | str, str] = {**{d.code: d.cuda_elem for d in dtypes.TABLE}, "i64": "int64", "i32": "int32"}
 
 
 #: how a kernel reads an address under the simulator, where device memory is
@@ -339,10 +340,10 @@ def _pointer(elem: str):
     from numba import types
 
     if simulator():
-        def as_ptr(addr, n):
+        def host_ptr(addr, n):
             return _HOST_VIEW[0](addr, n, elem)
 
-        return cuda.jit(device=True)(as_ptr)
+        return cuda.jit(device=True)(host_ptr)
 
     from numba.cuda.extending import intrinsic
 
@@ -1140,7 +1141,10 @@ def compile_all_ptx(cc: tuple[int, int]) -> dict[str, str]:
 
 
 def entry_name(ptx: str) -> str:
-    return re.search(r"\.entry\s+([\w$]+)", ptx).group(1)
+    m = re.search(r"\.entry\s+([\w$]+)", ptx)
+    if m is None:
+        raise ValueError("PTX without an .entry")
+    return m.group(1)
 
 
 #: Where cubins are cached: one file per kernel, geometry and compute
