@@ -9,9 +9,9 @@ import gc
 import ml_dtypes
 import numpy as np
 import pytest
+from conftest import CHUNK, DLPackOnly, assert_untouched, clamped, ref_norm, rel, scaled, snapshot
 
 import fusedclip as fc
-from conftest import assert_untouched, ref_norm, rel, scaled, snapshot
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 WRITERS = {
@@ -364,3 +364,34 @@ def test_jax_arrays_are_read_not_written():
     np.testing.assert_array_equal(np.asarray(x), snap[0])
     np.testing.assert_array_equal(np.asarray(b), snap[1])
     np.testing.assert_array_equal(good, snap[2])
+
+
+# ---------------------------------------------------------------- DLPack objects read and written in place
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16], ids=["f64", "f32", "f16"])
+def test_dlpack_objects_are_read_and_written_in_place(dtype, rng):
+    a = (rng.standard_normal(CHUNK + 7) * 10).astype(dtype)
+    b = (rng.standard_normal((7, 9)) * 10).astype(dtype)
+    objs = [DLPackOnly(a), DLPackOnly(b)]
+    assert not hasattr(objs[0], "__array_interface__") and not hasattr(objs[0], "__array__")
+    orig = [a.copy(), b.copy()]
+    assert rel(fc.global_norm(objs), ref_norm(orig)) <= 1e-13
+    assert_untouched([a, b], snapshot(orig))  # reading wrote nothing
+    norm = fc.clip_grad_norm_(objs, 1.0)
+    assert rel(norm, ref_norm(orig)) <= 1e-13
+    np.testing.assert_array_equal(a, scaled(orig[0], 1.0 / norm))  # written in place
+    np.testing.assert_array_equal(b, scaled(orig[1], 1.0 / norm))
+    scaled_a = a.copy()
+    fc.clip_grad_value_(objs, 0.01)
+    np.testing.assert_array_equal(a, clamped(scaled_a, 0.01))
+
+
+def test_dlpack_of_read_only_array_is_rejected_for_writers():
+    a = np.ones(5)
+    a.flags.writeable = False
+    try:
+        np.from_dlpack(DLPackOnly(a))
+    except BufferError:
+        pytest.skip("this numpy refuses to export read-only arrays through DLPack")
+    with pytest.raises(ValueError, match="buffer 0"):
+        fc.clip_grad_norm_([DLPackOnly(a)], 1e-3)
+    assert (a == 1).all()

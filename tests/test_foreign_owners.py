@@ -172,7 +172,7 @@ def test_the_buffer_protocol_cannot_move_while_a_clipper_views_it():
 
 def test_plain_numpy_clippers_do_no_foreign_work():
     """The numpy fast path records no foreign owner, and its check stays one
-    C call (test_buffers_hardening measures it)."""
+    C call (test_plan_cache measures it)."""
     bufs = [np.ones(4, np.float32) for _ in range(100)]
     assert fc.Clipper(bufs, 1.0)._plan._foreign == []
     t = torch.ones(4)

@@ -326,7 +326,7 @@ def test_a_bound_zscore_refuses_an_impossible_state_and_its_device_state_stays(r
     assert thr.state_dict()["mean"] == 2.5
 
 
-# ---------------------------------------------------------------- alignment (Hardening II, 8)
+# ---------------------------------------------------------------- alignment
 @pytest.mark.parametrize("typestr,offset", [("<f4", 2), ("<f8", 4), ("<f2", 1), ("<f8", 2)])
 def test_a_pointer_not_aligned_to_its_element_is_refused_before_any_launch(recorder, typestr, offset):
     """A hand-made __cuda_array_interface__ whose address is not a multiple of

@@ -2,10 +2,14 @@
 a hit needs the same describe() record (memory, dtype, flags, extents), holds
 no array, and never skips a check that the changed list would fail."""
 import gc
+import math
 import weakref
 
 import numpy as np
 import pytest
+from conftest import assert_untouched, ref_norm, snapshot
+from helpers import calls_during
+from numpy.lib.stride_tricks import as_strided
 
 import fusedclip as fc
 from fusedclip import _buffers, _engine
@@ -80,7 +84,6 @@ def test_the_cache_is_bounded():
 def test_concurrent_calls_over_the_same_memory_do_not_share_partials():
     """Two threads, the same cached plan, different norms: each call has
     partials of its own (Table.fresh)."""
-    import math
     import threading
 
     rng = np.random.default_rng(0)
@@ -250,3 +253,55 @@ def test_a_list_with_an_empty_array_is_served_from_the_cache_and_a_change_there_
     assert fc.global_norm([a, np.full(3, 3.0), b]) == pytest.approx(np.sqrt(47))
     c = fc.Clipper([a, e, b], 1.0)
     assert c().norm == pytest.approx(np.sqrt(20)) and fc.global_norm([a, b]) == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- arrays resized after planning
+def _resize_cases():
+    def own(a):
+        return a
+
+    return {
+        "array": own,
+        "strided_view": lambda a: a[::2],
+        "reshaped_view": lambda a: a.reshape(10, 100),
+        "as_strided_view": lambda a: as_strided(a, (100,), (16,)),
+    }
+
+
+@pytest.mark.parametrize("new_size", [4000, 10], ids=["grown", "shrunk"])
+@pytest.mark.parametrize("case", list(_resize_cases()))
+def test_resized_array_is_detected_before_anything_is_read_or_written(case, new_size):
+    a = np.full(1000, 10.0)
+    other = np.full(50, 10.0)
+    clipper = fc.Clipper([other, np.zeros(3), _resize_cases()[case](a)], 1.0)
+    a.resize(new_size, refcheck=False)
+    snap = snapshot([other, a])
+    with pytest.raises(RuntimeError) as e:
+        clipper()
+    assert "buffer 2" in str(e.value) and "new Clipper" in str(e.value)
+    assert_untouched([other, a], snap)
+    # a fresh plan over the resized array works
+    want = ref_norm([other, a])
+    assert fc.Clipper([other, a], 1.0)().norm == pytest.approx(want, rel=1e-14)
+
+
+def test_unchanged_plans_keep_working_with_staged_buffers(rng):
+    a = rng.standard_normal((30, 40)) * 10
+    b = rng.standard_normal(100) * 10
+    views = [a[::2, ::3], b[::-1]]
+    clipper = fc.Clipper(views, 1.0)
+    for _ in range(3):
+        a *= 5  # new values between calls: the plan reads the memory each time
+        b *= 5
+        want = ref_norm(views)
+        stats = clipper()
+        assert stats.clipped and stats.norm == pytest.approx(want, rel=1e-14)
+
+
+def test_the_resize_check_has_no_python_work_per_buffer():
+    bufs = [np.ones(4, np.float32) for _ in range(10_000)]
+    plan = fc.Clipper(bufs, 1e9)._plan
+    assert calls_during(plan.check) < 10
+    bufs[7777].resize(8, refcheck=False)
+    with pytest.raises(RuntimeError, match="buffer 7777"):
+        plan.check()

@@ -111,7 +111,7 @@ def test_thread_count_never_changes_a_bit(case, p):
     table = c._plan.table
     # Table._parallel: nt > 1 and nelem >= PARALLEL_MIN and nchunks > 1.  That
     # these sizes really start OpenMP threads is proven by
-    # test_behaviour.py::test_parallel_path_starts_threads.
+    # test_threads.py::test_parallel_path_starts_threads.
     assert table.nelem >= cpu.PARALLEL_MIN and table.nchunks > 1
     norms = set()
     for t in (1, 2, 3, 5):  # 1 is serial by construction: the others must match it

@@ -8,7 +8,7 @@ to float32 for the 16-bit types) are checked lane by lane; a lane they cannot
 prove (near a midpoint of the type, or out of range) takes the exact path
 (products rounded to odd: kernels/simd.h).  Before, the recipe was the
 answer: 16-bit data were scaled by s rounded to float32, so a scale below
-float32's range zeroed finite bfloat16 gradients (Hardening II, defect 2),
+float32's range zeroed finite bfloat16 gradients,
 and double roundings left ~3 % of the elements 1 ulp off for decimal scales.
 """
 import ml_dtypes

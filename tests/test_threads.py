@@ -1,15 +1,21 @@
-"""Bitwise determinism for every thread count, and the thread controls."""
+"""Bitwise determinism for every thread count, and the thread controls: the bound
+on num_threads, the parallel path really starting threads, forks after a
+parallel call, and concurrent calls from Python threads."""
 import math
 import os
 import subprocess
 import sys
+import textwrap
+import threading
 
 import numpy as np
 import pytest
+from conftest import DTYPE_IDS, DTYPES, assert_untouched, ref_norm, rel, scaled, snapshot
+from helpers import grads
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import fusedclip as fc
-from conftest import DTYPE_IDS, DTYPES, scaled
+from fusedclip.kernels import cpu
 
 THREADS = [1, 2, 3, 4, 7, 16]
 
@@ -97,3 +103,266 @@ def test_the_stealing_loop_visits_every_chunk_once_under_oversubscription():
     assert all((not b.any()) == (i % 2 == 0) for i, b in enumerate(bufs))
     t.zero(5)
     assert not any(b.any() for b in bufs)
+
+
+TOO_MANY = [1025, 20000, 100000, 2**31, 2**63]  # cpu.MAX_THREADS is 1024
+
+
+def run_probe(code: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    """Run a Python snippet in a fresh interpreter; a crash or hang fails, not kills, the test."""
+    try:
+        return subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"the probe hung for {timeout} s (stderr: {e.stderr!r})")
+
+
+# ---------------------------------------------------------------- num_threads: bounded before OpenMP sees it
+def test_max_threads_is_a_documented_bound():
+    assert cpu.MAX_THREADS == 1024
+    assert fc._policy.MAX_THREADS == cpu.MAX_THREADS
+
+
+@pytest.mark.parametrize("n", TOO_MANY, ids=str)
+def test_too_many_threads_is_a_value_error_and_the_interpreter_survives(n):
+    """Every entry point, in a subprocess: libgomp aborted (20000), segfaulted
+    (100000) or raised an OverflowError without the argument's name (>= 2**31)."""
+    r = run_probe(f"""
+        import numpy as np, fusedclip as fc
+        from fusedclip.kernels import cpu
+        n = {n}
+        a = np.linspace(-3, 3, 4 * cpu.PARALLEL_MIN).astype(np.float32)
+        snap = a.tobytes()
+        calls = [
+            lambda: fc.clip_grad_norm_([a], 1e-3, num_threads=n),
+            lambda: fc.global_norm([a], num_threads=n),
+            lambda: fc.clip_grad_value_([a], 1e-3, num_threads=n),
+            lambda: fc.Clipper([a], 1e-3, num_threads=n),
+        ]
+        c = fc.Clipper([a], 1e-3)
+        def assign():
+            c.num_threads = n
+        calls.append(assign)
+        t = cpu.Table([a.ctypes.data], [a.size], [1])
+        calls += [lambda: t.norm(cpu.NORM_2, 2.0, n), lambda: t.scale(0.5, n),
+                  lambda: t.clamp(1e-3, n), lambda: t.zero(n),
+                  lambda: cpu.floor_read(a, n), lambda: cpu.floor_rw(a, n)]
+        for k, call in enumerate(calls):
+            try:
+                call()
+            except ValueError as e:
+                assert "num_threads" in str(e) and str(cpu.MAX_THREADS) in str(e), (k, e)
+            else:
+                raise AssertionError(f"call {{k}} accepted num_threads={{n}}")
+        assert a.tobytes() == snap, "modified"
+        assert c.num_threads is None
+        print("survived")
+    """)
+    assert r.returncode == 0 and "survived" in r.stdout, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("n", TOO_MANY, ids=str)
+def test_too_many_threads_names_the_argument_and_writes_nothing(n):
+    g = grads()
+    snap = snapshot(g)
+    for call in (lambda: fc.clip_grad_norm_(g, 1e-3, num_threads=n),
+                 lambda: fc.global_norm(g, num_threads=n),
+                 lambda: fc.clip_grad_value_(g, 1e-3, num_threads=n),
+                 lambda: fc.Clipper(g, 1e-3, num_threads=n)):
+        with pytest.raises(ValueError, match="num_threads"):
+            call()
+    assert_untouched(g, snap)
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 1.0, "2"], ids=repr)
+def test_table_rejects_bad_thread_counts_without_overflow_error(bad):
+    a = np.ones(10, np.float64)
+    t = cpu.Table([a.ctypes.data], [a.size], [0])
+    exc = ValueError if isinstance(bad, int) and not isinstance(bad, bool) else TypeError
+    with pytest.raises(exc, match="num_threads"):
+        t.norm(cpu.NORM_2, 2.0, bad)
+    with pytest.raises(exc, match="num_threads"):
+        t.scale(0.5, bad)
+    assert (a == 1.0).all()
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 1024])
+def test_thread_counts_up_to_the_bound_give_the_exact_norm(n):
+    """More threads than chunks are accepted (the team is capped at the chunk count)."""
+    g = [np.linspace(-2, 2, 3 * cpu.CHUNK + 5), np.arange(4 * cpu.PARALLEL_MIN, dtype=np.float32) % 5]
+    want = ref_norm(g)
+    got = fc.global_norm(g, num_threads=n)
+    assert rel(got, want) <= 1e-12
+    assert got == fc.global_norm(g, num_threads=1)  # bitwise, any thread count
+
+
+# ---------------------------------------------------------------- a process forked after a parallel call
+FORK_PROBE = """
+    import os, signal, sys
+    import multiprocessing as mp
+    import numpy as np, fusedclip as fc
+    from fusedclip.kernels import cpu
+
+    a = (np.arange(4 * cpu.PARALLEL_MIN, dtype=np.float64) % 7) - 3
+    assert a.size >= cpu.PARALLEL_MIN and a.size > 2 * cpu.CHUNK  # the parallel path
+    parent = fc.global_norm([a], num_threads=2)  # the OpenMP team now exists
+
+    def child_norms(_=None):
+        signal.alarm(40)  # a hung child ends itself
+        b = a.copy()
+        norms = [fc.global_norm([a], num_threads=2), fc.global_norm([a])]
+        fc.clip_grad_norm_([b], 1.0, num_threads=2)
+        return norms + [fc.global_norm([b], num_threads=2), float(cpu.forked())]
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(w, repr(child_norms()).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    raw = os.read(r, 4096).decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0 and raw, status
+    with mp.get_context("fork").Pool(2) as pool:
+        pooled = pool.map(child_norms, range(2))
+    assert not cpu.forked()
+    print(repr([parent, eval(raw)] + pooled))
+"""
+
+
+def test_a_process_forked_after_a_parallel_call_works():
+    r = run_probe(FORK_PROBE, timeout=90)
+    assert r.returncode == 0, r.stderr[-2000:]
+    parent, *children = eval(r.stdout.strip().splitlines()[-1])
+    a = (np.arange(4 * cpu.PARALLEL_MIN, dtype=np.float64) % 7) - 3
+    want = ref_norm([a])
+    assert rel(parent, want) <= 1e-12
+    assert len(children) == 3
+    for two, default, clipped, forked in children:
+        assert two == parent and default == parent  # bitwise: serial gives the same bits
+        assert rel(clipped, 1.0) <= 1e-12
+        assert forked == 1.0
+
+
+def test_the_parent_keeps_its_threads_after_forking():
+    r = run_probe("""
+        import os, numpy as np, fusedclip as fc
+        from fusedclip.kernels import cpu
+        a = np.ones(8 * cpu.PARALLEL_MIN)  # 2**20 ones: the norm is 2**10
+        fc.global_norm([a], num_threads=2)
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if cpu.forked() else 1)
+        _, st = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(st) == 0 and not cpu.forked()
+        assert fc.global_norm([a], num_threads=2) == 2.0 ** 10
+        print("ok")
+    """)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- the parallel path really starts threads
+THREADS_PROBE = textwrap.dedent(
+    """
+    import os, numpy as np
+    from fusedclip.kernels import cpu
+    import fusedclip as fc
+
+    def nthreads():
+        return len(os.listdir("/proc/self/task"))
+
+    # the documented threshold (DESIGN.md: 131,072 elements), not the module's
+    # constant, so that moving the threshold is caught too
+    big = np.ones(131072, np.float32)                     # the threshold, 4 chunks
+    small = np.ones(131071, np.float32)                   # one element short
+    out = {}
+    def step(name, f):
+        before = nthreads()
+        f()
+        out[name] = nthreads() - before
+
+    t_small = cpu.Table([small.ctypes.data], [small.size], [1])
+    t_big = cpu.Table([big.ctypes.data], [big.size], [1])
+    step("serial-norm", lambda: t_small.norm(cpu.NORM_2, 2.0, 8))
+    step("serial-scale", lambda: t_small.scale(1.0, 8))
+    step("serial-clamp", lambda: t_small.clamp(np.inf, 8))
+    step("serial-zero", lambda: t_small.zero(8))
+    step("serial-1thread", lambda: t_big.norm(cpu.NORM_2, 2.0, 1))
+    # libgomp keeps its pool and grows it for a larger team: each op asks for
+    # one thread more than the last, so each must add a thread
+    step("norm", lambda: t_big.norm(cpu.NORM_2, 2.0, 2))
+    # a team is never larger than the chunk count: 16 chunks for the rest
+    many = np.ones(1 << 19, np.float32)
+    t_many = cpu.Table([many.ctypes.data], [many.size], [1])
+    step("scale", lambda: t_many.scale(1.0, 3))
+    step("clamp", lambda: t_many.clamp(np.inf, 4))
+    step("zero", lambda: t_many.zero(5))
+    step("api", lambda: fc.global_norm([many, np.ones(3)], num_threads=6))
+    print(out)
+    """
+)
+
+
+def test_documented_chunk_and_threshold():
+    assert cpu.CHUNK == 32768 and cpu.PARALLEL_MIN == 131072
+
+
+def test_parallel_path_starts_threads():
+    """The sizes the thread tests use really run on several OS threads, and
+    sizes below PARALLEL_MIN (or num_threads=1) really run on one: counted in
+    /proc/self/task of a fresh process (OpenMP workers are invisible to
+    threading and threadpoolctl)."""
+    env = dict(os.environ, OMP_DYNAMIC="false")
+    env.pop("OMP_NUM_THREADS", None)
+    r = subprocess.run([sys.executable, "-c", THREADS_PROBE], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    grew = eval(r.stdout.strip())
+    for k in ("serial-norm", "serial-scale", "serial-clamp", "serial-zero", "serial-1thread"):
+        assert grew[k] == 0, (k, grew)
+    assert grew["norm"] >= 1, grew  # a team of 2: one worker beside the caller
+    for k in ("scale", "clamp", "zero", "api"):
+        assert grew[k] >= 1, (k, grew)
+
+
+# ---------------------------------------------------------------- concurrent calls from Python threads
+def test_concurrent_calls_on_disjoint_buffers():
+    """The kernels release the GIL: several Python threads clipping their own
+    buffers at once must each get the exact norm and the scale rule."""
+    nthreads, rounds = 4, 6
+    barrier = threading.Barrier(nthreads)
+    errors = []
+
+    def work(k):
+        try:
+            rng = np.random.default_rng(100 + k)
+            dt = DTYPES[k % len(DTYPES)]
+            # big enough for the OpenMP path in each Python thread
+            sizes = (cpu.PARALLEL_MIN + 17 * k, 1000 + k, 3)
+            for r in range(rounds):
+                bufs = [(rng.standard_normal(n) * 10).astype(dt) for n in sizes]
+                orig = [b.copy() for b in bufs]
+                barrier.wait()
+                stats = fc.Clipper(bufs, 1.0, num_threads=2)()
+                if p_ok := rel(stats.norm, ref_norm(orig)) > 1e-13:
+                    errors.append((k, r, "norm", p_ok))
+                for b, o in zip(bufs, orig):
+                    if not np.array_equal(b, scaled(o, 1.0 / stats.norm)):
+                        errors.append((k, r, "scale"))
+                v = fc.global_norm(orig, 1.0)
+                if rel(v, ref_norm(orig, 1.0)) > 1e-13:
+                    errors.append((k, r, "l1"))
+                fc.clip_grad_value_(orig, 0.5)
+                if max(float(np.abs(o.astype(np.float64)).max()) for o in orig) > 0.5:
+                    errors.append((k, r, "clamp"))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append((k, repr(e)))
+            barrier.abort()
+
+    ts = [threading.Thread(target=work, args=(k,)) for k in range(nthreads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors, errors
