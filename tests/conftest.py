@@ -208,6 +208,34 @@ def rng():
     return np.random.default_rng(12345)
 
 
+#: the engines the contract suites run on (tests/engines.py).  One process
+#: runs one: the simulator where NUMBA_ENABLE_CUDASIM=1, a real GPU where
+#: FUSEDCLIP_TEST_ENGINE=gpu (tests/test_gpu.py starts both), else the CPU.
+ENGINES = ("cpu", "simulator", "gpu")
+
+
+def engine_here() -> str:
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        return "simulator"
+    name = os.environ.get("FUSEDCLIP_TEST_ENGINE", "cpu")
+    assert name in ENGINES, f"FUSEDCLIP_TEST_ENGINE={name!r}: one of {ENGINES}"
+    return name
+
+
+def pytest_generate_tests(metafunc):
+    """A test that takes ``engine`` runs on this process's engine (its id says which)."""
+    if "engine" in metafunc.fixturenames:
+        metafunc.parametrize("engine", [engine_here()], indirect=True)
+
+
+@pytest.fixture
+def engine(request):
+    """The engine under test (tests/engines.py), parametrised by engine name."""
+    from engines import make
+
+    return make(request.param)
+
+
 def pytest_collection_modifyitems(config, items):
     """``FUSEDCLIP_TEST_SHARD=i/n``: run every n-th collected test from the
     i-th (test_gpu runs the simulator suite as n such processes at once)."""

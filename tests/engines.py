@@ -1,13 +1,18 @@
-"""The engines the contract suite (tests/contract_policies.py) runs against.
+"""The engines the contract suites (tests/contract_policies.py and
+tests/contract_family.py, run by tests/test_contract.py) run against.
 
 An engine turns host arrays into the buffers it clips (``put``: the same
 host array twice gives the same buffer, so duplicates stay duplicates),
 reads them back (``get``) and overwrites one (``write``).  The contract is
 written once against this and run:
 
-* on the CPU engine, in the normal test process (tests/test_contract_cpu.py);
-* on the CUDA engine under the Numba CUDA simulator (tests/gpu/sim_suite.py);
-* on the CUDA engine on a real GPU, where one exists (tests/gpu/real_suite.py).
+* on the CPU engine, in the normal test process;
+* on the CUDA engine under the Numba CUDA simulator, in a process of its own
+  (NUMBA_ENABLE_CUDASIM=1; tests/test_gpu.py starts it);
+* on the CUDA engine on a real GPU, where one exists, in a process of its
+  own (FUSEDCLIP_TEST_ENGINE=gpu; tests/test_gpu.py starts it).
+
+``make(name)`` builds one; conftest's ``engine`` fixture calls it.
 """
 import numpy as np
 
@@ -46,3 +51,20 @@ class NumbaEngine:
 
     def write(self, b, host):
         b.copy_to_device(np.ascontiguousarray(host))
+
+
+def make(name: str):
+    """The engine called ``name`` (conftest.ENGINES)."""
+    if name == "cpu":
+        return CpuEngine()
+    if name == "simulator":
+        from fusedclip.kernels import cuda as ck
+
+        if (ck.THREADS, ck.CHUNK) != (16, 48):  # the simulator suites' small geometry
+            ck.configure(threads=16, chunk=48)
+        return NumbaEngine("simulator")
+    if name == "gpu":
+        e = NumbaEngine("cuda")
+        e.big = 200_000  # several 65,536-element chunks
+        return e
+    raise ValueError(f"no engine {name!r}")

@@ -28,20 +28,22 @@ HAVE_NUMBA_CUDA = importlib.util.find_spec("numba") is not None and importlib.ut
 needs_numba = pytest.mark.skipif(not HAVE_NUMBA_CUDA, reason="numba-cuda not installed: pip install '.[cuda]'")
 
 
-def run_suite(path: Path, simulator: bool, shards: int = 1) -> None:
+def run_suite(paths: list[Path], simulator: bool, shards: int = 1, engine: str | None = None) -> None:
     """Run a suite in its own process; ``shards`` processes at once, each
     taking every shards-th test (conftest: FUSEDCLIP_TEST_SHARD), where the
     machine has the cores (the simulator runs each CUDA thread as a Python
     thread, on one core)."""
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_ENABLE_CUDASIM", "FUSEDCLIP_TEST_ENGINE")}
     if simulator:
         env["NUMBA_ENABLE_CUDASIM"] = "1"
+    if engine is not None:  # the engine contract's engine (conftest.engine_here)
+        env["FUSEDCLIP_TEST_ENGINE"] = engine
     shards = max(1, min(shards, len(os.sched_getaffinity(0))))
     procs = []
     for i in range(shards):
         e = dict(env, FUSEDCLIP_TEST_SHARD=f"{i}/{shards}") if shards > 1 else env
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(path)],
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *map(str, paths)],
             cwd=HERE.parent, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     for i, p in enumerate(procs):
         out = p.communicate()[0]
@@ -53,12 +55,14 @@ def run_suite(path: Path, simulator: bool, shards: int = 1) -> None:
 
 @needs_numba
 def test_simulator_suite():
-    run_suite(HERE / "gpu" / "sim_suite.py", simulator=True, shards=2)
+    """The kernels and dispatch (sim_suite.py) and the engine contract
+    (test_contract.py) on the CUDA engine under the simulator."""
+    run_suite([HERE / "gpu" / "sim_suite.py", HERE / "test_contract.py"], simulator=True, shards=2)
 
 
 @needs_numba
 def test_real_compile_suite():
-    run_suite(HERE / "gpu" / "ptx_suite.py", simulator=False)
+    run_suite([HERE / "gpu" / "ptx_suite.py"], simulator=False)
 
 
 # ---------------------------------------------------------------- on a real GPU
@@ -75,8 +79,9 @@ needs_gpu = pytest.mark.skipif(not gpu_available(), reason="no CUDA GPU here")
 
 @needs_gpu
 def test_real_gpu_suite():
-    """The CUDA engine on the real GPU (tests/gpu/real_suite.py)."""
-    run_suite(HERE / "gpu" / "real_suite.py", simulator=False)
+    """The CUDA engine on the real GPU (tests/gpu/real_suite.py) and the
+    engine contract on it (tests/test_contract.py)."""
+    run_suite([HERE / "gpu" / "real_suite.py", HERE / "test_contract.py"], simulator=False, engine="gpu")
 
 
 @needs_gpu

@@ -235,7 +235,7 @@ def test_gpu_host_wait_path_under_the_simulator():
     pytest.importorskip("numba_cuda", reason="numba-cuda not installed: pip install '.[cuda]'")
     from test_gpu import HERE, run_suite
 
-    run_suite(HERE / "gpu" / "sim_reduce_suite.py", simulator=True)
+    run_suite([HERE / "gpu" / "sim_reduce_suite.py"], simulator=True)
 
 
 def test_a_rank_with_no_buffers_takes_part():

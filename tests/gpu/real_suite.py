@@ -22,23 +22,14 @@ import fusedclip as fc  # noqa: E402
 from fusedclip import _engine, _launch  # noqa: E402
 from fusedclip.kernels import cuda as ck  # noqa: E402
 from conftest import ref_norm, rel, scaled  # noqa: E402
-# the engine contract (tests/contract_policies.py), on the real GPU
-from contract_policies import *  # noqa: E402,F401,F403
-from contract_family import *  # noqa: E402,F401,F403  (the clipping family)
-from engines import NumbaEngine  # noqa: E402
+# the engine contract (tests/test_contract.py) runs in this suite's process
+# (tests/test_gpu.py), with FUSEDCLIP_TEST_ENGINE=gpu
 
 import ml_dtypes  # noqa: E402
 
 TDT = {"f64": torch.float64, "f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 NDT = {"f64": np.float64, "f32": np.float32, "bf16": ml_dtypes.bfloat16, "f16": np.float16}
 SIZES = (3, 256, 70_000, 1_000_003)
-
-
-@pytest.fixture
-def engine():
-    e = NumbaEngine("cuda")
-    e.big = 200_000  # several 65,536-element chunks
-    return e
 
 
 def host(t):

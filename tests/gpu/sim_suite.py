@@ -287,18 +287,9 @@ def test_chunk_table_offsets_are_64_bit():
     assert (t[:, 2] == ck.F32).all() and (t[:, 3] == 0).all()
 
 
-# ---------------------------------------------------------------- policies
-
-# The policies: the engine contract (tests/contract_policies.py), run here on
-# the CUDA engine under the simulator, as on the CPU engine and the real GPU.
-from contract_policies import *  # noqa: E402,F401,F403
-from contract_family import *  # noqa: E402,F401,F403  (the clipping family)
-from engines import NumbaEngine  # noqa: E402
-
-
-@pytest.fixture
-def engine():
-    return NumbaEngine("simulator")
+# The policies and the family: the engine contract (tests/test_contract.py),
+# which tests/test_gpu.py runs in this suite's process (conftest's engine
+# fixture is then the simulator's).
 
 
 # ---------------------------------------------------------------- validation
