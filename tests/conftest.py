@@ -6,6 +6,13 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+    # the simulator runs each CUDA thread as a Python thread: small blocks and
+    # chunks (read by fusedclip.kernels.cuda at import), so that several
+    # chunks and blocks are exercised on small data
+    os.environ.setdefault("FUSEDCLIP_GPU_THREADS", "16")
+    os.environ.setdefault("FUSEDCLIP_GPU_CHUNK", "48")
+
 DTYPES = [np.float64, np.float32, ml_dtypes.bfloat16, np.float16]
 DTYPE_IDS = ["f64", "f32", "bf16", "f16"]
 CHUNK = 32768

@@ -57,11 +57,7 @@ def make(name: str):
     """The engine called ``name`` (conftest.ENGINES)."""
     if name == "cpu":
         return CpuEngine()
-    if name == "simulator":
-        from fusedclip.kernels import cuda as ck
-
-        if (ck.THREADS, ck.CHUNK) != (16, 48):  # the simulator suites' small geometry
-            ck.configure(threads=16, chunk=48)
+    if name == "simulator":  # (conftest sets the simulator's small geometry)
         return NumbaEngine("simulator")
     if name == "gpu":
         e = NumbaEngine("cuda")

@@ -2,6 +2,7 @@
 recording launcher (``tests/launchers.py``) takes the launches and
 runs nothing, so launch counts and the host's per-call work can be measured
 for 10 and for 10,000 buffers in the normal test process."""
+import os
 import sys
 
 import numpy as np
@@ -705,3 +706,25 @@ def test_a_cupy_array_moved_or_reshaped_in_place_is_planned_again(recorder, fres
     fc.clip_grad_norm_(bufs, 1e30, nonfinite="skip")
     assert recorder.allocs == a0 + 1
     assert _cached_rows(fresh_cache)[1][:2] == ((1 << 37) + (1 << 20), 128)
+
+
+# ---------------------------------------------------------------- launch geometry
+@pytest.mark.parametrize("name,value", [("FUSEDCLIP_GPU_THREADS", "3"), ("FUSEDCLIP_GPU_THREADS", "x"),
+                                        ("FUSEDCLIP_GPU_THREADS", "1"), ("FUSEDCLIP_GPU_CHUNK", "0")])
+def test_a_bad_launch_geometry_is_refused_at_import(name, value):
+    import subprocess
+
+    env = dict(os.environ, **{name: value})
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    r = subprocess.run([sys.executable, "-c", "import fusedclip.kernels.cuda"], env=env,
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and f"{name}={value!r}: must be" in r.stderr, r.stderr
+
+
+def test_the_launch_geometry_comes_from_the_environment():
+    import subprocess
+
+    env = dict(os.environ, FUSEDCLIP_GPU_THREADS="32", FUSEDCLIP_GPU_CHUNK="1000")
+    code = "from fusedclip.kernels import cuda as ck; print(ck.THREADS, ck.CHUNK)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["32", "1000"]

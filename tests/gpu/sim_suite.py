@@ -5,8 +5,9 @@ Run by tests/test_gpu.py in its own process with NUMBA_ENABLE_CUDASIM=1
 
     NUMBA_ENABLE_CUDASIM=1 pytest tests/gpu/sim_suite.py
 
-Small blocks (32 threads), small chunks (64 elements) and K=4 buffers per
-launch, so that chunking and grouping are exercised on small data.
+Small blocks (16 threads) and small chunks (48 elements; conftest sets them
+through FUSEDCLIP_GPU_THREADS and FUSEDCLIP_GPU_CHUNK), so that chunking
+and grouping are exercised on small data.
 """
 import math
 import os
@@ -25,7 +26,7 @@ from fusedclip import _engine, _gpu, _launch  # noqa: E402
 from fusedclip.kernels import cuda as ck  # noqa: E402
 from conftest import DTYPE_IDS, DTYPES, ref_norm, rel, scaled  # noqa: E402
 
-ck.configure(threads=16, chunk=48)
+assert (ck.THREADS, ck.CHUNK) == (16, 48), "conftest sets the simulator's small geometry"
 LAUNCHER = _launch.launcher()
 P = [1.0, 2.0, math.inf, 3.0]
 # the simulator runs kernels as numpy scalars: an overflow (rescued) or an
@@ -372,17 +373,15 @@ def test_mixed_list_whose_total_overflows_takes_its_scale_from_both_engines(p):
 
 # ---------------------------------------------------------------- conversions
 @pytest.mark.parametrize("dt", [np.float16, ml_dtypes.bfloat16], ids=["f16", "bf16"])
-def test_16_bit_conversions_match_the_cpu(dt):
+def test_16_bit_conversions_match_the_cpu(dt, monkeypatch):
     x = np.arange(0, 65536, 7, dtype=np.uint32).astype(np.uint16).view(dt)
     for s in (0.7, 3.0):
         d = cuda.to_device(x.copy())
         want = x.copy()
-        ck.configure(threads=16, chunk=4096)
-        try:
+        with monkeypatch.context() as m:
+            m.setattr(ck, "CHUNK", 4096)  # the host's chunk table only: larger chunks, fewer blocks
             g = _gpu.make_gpu_plan([d], [0], True, "t")
             g.apply(ck.A_SCALE, s)
-        finally:
-            ck.configure(threads=16, chunk=48)
         fc.kernels.cpu.Table([want.ctypes.data], [want.size], [3 if dt == np.float16 else 2]).scale(s)
         got = host(d)
         with np.errstate(invalid="ignore"):

@@ -24,7 +24,7 @@ from fusedclip.kernels import cuda as ck  # noqa: E402
 from conftest import ref_norm, scaled  # noqa: E402
 from torch_fakes import NP_OF, fake_params, patch_torch_cuda  # noqa: E402
 
-ck.configure(threads=16, chunk=48)
+assert (ck.THREADS, ck.CHUNK) == (16, 48), "conftest sets the simulator's small geometry"
 LAUNCHER = _launch.launcher()
 pytestmark = [pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning"),
               pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")]

@@ -59,10 +59,29 @@ import numpy as np
 from . import cpu, dtypes
 from .cudacore import core
 
-#: Threads per block; a power of two.
-THREADS = 256
-#: Elements per chunk (one block's work in the partials and scale kernels).
-CHUNK = 1 << 16
+
+def _env_int(name: str, default: int, ok, what: str) -> int:
+    """A launch-geometry setting from the environment, read once at import."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    v: int | None
+    try:
+        v = int(raw)
+    except ValueError:
+        v = None
+    if v is None or not ok(v):
+        raise ValueError(f"{name}={raw!r}: must be {what}")
+    return v
+
+
+#: Threads per block; a power of two.  FUSEDCLIP_GPU_THREADS sets it (the
+#: simulator suites use 16: the simulator runs each thread as a Python thread).
+THREADS = _env_int("FUSEDCLIP_GPU_THREADS", 256, lambda v: v >= 2 and not v & (v - 1),
+                   "a power of two >= 2")
+#: Elements per chunk (one block's work in the partials and scale kernels);
+#: FUSEDCLIP_GPU_CHUNK sets it (the simulator suites use 48).
+CHUNK = _env_int("FUSEDCLIP_GPU_CHUNK", 1 << 16, lambda v: v >= 1, "a positive integer")
 #: Loads in flight per thread in the partials and scale loops (4 or 8):
 #: enough bytes must be outstanding to cover HBM latency (docs/GPU.md).
 UNROLL = int(os.environ.get("FUSEDCLIP_GPU_UNROLL", "8"))
@@ -102,18 +121,6 @@ _kernels: dict = {}
 
 def simulator() -> bool:
     return os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
-
-
-def configure(threads: int | None = None, chunk: int | None = None) -> None:
-    """Change the launch geometry (the simulator tests use small blocks)."""
-    global THREADS, CHUNK
-    if threads is not None:
-        if threads < 2 or threads & (threads - 1):
-            raise ValueError("threads must be a power of two >= 2")
-        THREADS = threads
-    if chunk is not None:
-        CHUNK = int(chunk)
-    _kernels.clear()
 
 
 # --------------------------------------------------------------------------- device code
