@@ -10,7 +10,9 @@ import pytest
 import fusedclip as fc
 from fusedclip import _cache, _engine, _policy
 from fusedclip._rows import CallerMap
-from fusedclip.kernels import cpu
+from fusedclip.kernels import cpu, dtypes
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from conftest import ref_norm, rel
 
 
@@ -67,3 +69,40 @@ def test_one_path_clips_and_names_the_nonfinite_callers_through_the_map():
     assert (a == 3.0).all()  # skip: nothing written
     stats = fc.Clipper([a, np.zeros(0), a], 1.0)()
     assert stats.clipped and rel(stats.norm, 6.0) <= 1e-15 and rel(float(a[0]), 0.5) <= 1e-15
+
+
+# ---------------------------------------------------------------- the chunk table builder
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(0, 300), max_size=12), chunk=st.integers(1, 70),
+       seed=st.integers(0, 2**32 - 1))
+def test_chunk_rows_cut_every_row_in_order(sizes, chunk, seed):
+    """kernels.cpu.chunk_rows (the CUDA engine's table) against the rule
+    written out: chunk k of a row starts k * chunk elements in and holds
+    min(chunk, rest) of them; empty rows get no chunk."""
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, dtypes.NDTYPES, len(sizes)).tolist()
+    ptrs = (rng.integers(1, 2**40, len(sizes)) * 8).tolist()
+    want = [(p + k * chunk * dtypes.ITEMSIZE[c], min(chunk, n - k * chunk), c, r)
+            for r, (p, n, c) in enumerate(zip(ptrs, sizes, codes)) for k in range(-(-n // chunk))]
+    got = cpu.chunk_rows(ptrs, sizes, codes, chunk)
+    assert got.dtype == np.int64 and got.shape == (len(want), 4)
+    assert [tuple(row) for row in got.tolist()] == want
+
+
+def test_chunk_rows_and_the_cpu_table_are_one_builder(rng):
+    arrays = [rng.standard_normal(n).astype(dt) for n, dt in
+              [(5, np.float32), (cpu.CHUNK * 2 + 3, np.float64), (0, np.float16), (70_000, np.float16)]]
+    ptrs, sizes = [a.ctypes.data for a in arrays], [a.size for a in arrays]
+    codes = [dtypes.code_of(a.dtype) for a in arrays]
+    t = cpu.Table(ptrs, sizes, codes)
+    rows = cpu.chunk_rows(ptrs, sizes, codes, cpu.CHUNK)
+    c = t.chunks
+    assert (rows[:, 0] == c["ptr"].astype(np.int64)).all() and (rows[:, 1] == c["n"]).all()
+    assert (rows[:, 2] == c["dtype"]).all() and (rows[:, 3] == c["buf"]).all()
+
+
+@pytest.mark.parametrize("bad", [dict(sizes=[-1]), dict(codes=[7]), dict(chunk=0)])
+def test_chunk_rows_refuses_bad_rows(bad):
+    args = dict(ptrs=[64], sizes=[3], codes=[0], chunk=4) | bad
+    with pytest.raises(ValueError):
+        cpu.chunk_rows(args["ptrs"], args["sizes"], args["codes"], args["chunk"])

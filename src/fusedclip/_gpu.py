@@ -41,10 +41,9 @@ from . import _launch
 from ._overlap import overlap_clusters, partial_overlap
 from ._policy import ClipStats
 from ._rows import CallerMap
+from .kernels import cpu, dtypes
 from .kernels import cuda as ck
-from .kernels import dtypes
 
-_ITEMSIZE = np.array(dtypes.ITEMSIZE, np.int64)  # code -> bytes, for the vectorised table
 _KDL_CUDA = 2  # DLPack's device type for CUDA memory
 
 
@@ -236,24 +235,14 @@ def _from_dlpack(obj, i: int, fn: str):
 
 # ------------------------------------------------------------------ the plan
 def chunk_table(bufs: list[Buf]) -> np.ndarray:
-    """(nchunks, 4) int64 rows: address, length, dtype code, row; vectorised."""
+    """(nchunks, 4) int64 rows: address, length, dtype code, row; cut by the
+    CPU tables' builder (``kernels.cpu.chunk_rows``) with the device's chunk."""
     if not bufs:
         return np.zeros((0, ck.ROW), np.int64)
-    n = np.fromiter((b.n for b in bufs), np.int64, len(bufs))
-    addr = np.fromiter((b.addr for b in bufs), np.int64, len(bufs))
-    code = np.fromiter((b.code for b in bufs), np.int64, len(bufs))
-    item = _ITEMSIZE[code]
-    per = (n + ck.CHUNK - 1) // ck.CHUNK
-    rows = np.repeat(np.arange(len(bufs), dtype=np.int64), per)
-    first = np.repeat(np.cumsum(per) - per, per)
-    k = np.arange(rows.size, dtype=np.int64) - first  # chunk index within its buffer
-    t = np.empty((rows.size, ck.ROW), np.int64)
-    start = k * ck.CHUNK
-    t[:, 0] = addr[rows] + start * item[rows]
-    t[:, 1] = np.minimum(ck.CHUNK, n[rows] - start)
-    t[:, 2] = code[rows]
-    t[:, 3] = rows
-    return t
+    k = len(bufs)
+    return cpu.chunk_rows(np.fromiter((b.addr for b in bufs), np.int64, k),
+                          np.fromiter((b.n for b in bufs), np.int64, k),
+                          np.fromiter((b.code for b in bufs), np.int64, k), ck.CHUNK)
 
 
 class _Sub:

@@ -30,6 +30,8 @@ cdef extern from "simd.h" nogil:
         FC_HAS_NAN, FC_HAS_INF
     int64_t FC_CHUNK
     int64_t fc_row_chunks(int64_t size)
+    int64_t fc_row_chunks_of(int64_t size, int64_t chunk)
+    int64_t fc_cut_row_by(fc_chunk *out, char *ptr, int64_t size, int code, int32_t row, int64_t chunk)
     int64_t fc_cut_row(fc_chunk *out, char *ptr, int64_t size, int code, int32_t row)
     int fc_itemsize(int code)
     const char *FC_SIMD_DISPATCH

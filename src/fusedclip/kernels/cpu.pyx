@@ -641,6 +641,40 @@ def disjoint(extents):
     return bool(extents_disjoint(<int64_t *>cnp.PyArray_DATA(e), e.shape[0]))
 
 
+def chunk_rows(ptrs, sizes, codes, int64_t chunk):
+    """The CUDA engine's chunk table: rows (pointer, size, dtype code) cut
+    into chunks of at most ``chunk`` elements by ``fc_cut_row_by``, the
+    builder of every CPU table, as ``(nchunks, 4)`` int64 rows (address,
+    length, dtype code, row).  Rows with no elements get no chunk."""
+    cdef const int64_t[::1] P = np.ascontiguousarray(ptrs, dtype=np.int64)
+    cdef const int64_t[::1] S = np.ascontiguousarray(sizes, dtype=np.int64)
+    cdef const int64_t[::1] C = np.ascontiguousarray(codes, dtype=np.int64)
+    cdef Py_ssize_t rows = P.shape[0], r
+    cdef int64_t count = 0, k = 0
+    if S.shape[0] != rows or C.shape[0] != rows:
+        raise ValueError("ptrs, sizes and codes must have the same length")
+    if rows >= 2**31:
+        raise ValueError("too many buffers for one table (2**31 at most)")
+    if chunk < 1:
+        raise ValueError("chunk must be >= 1")
+    for r in range(rows):
+        if S[r] < 0 or (S[r] > 0 and not (0 <= C[r] < FC_NDTYPES)):
+            raise ValueError(f"row {r}: bad size or dtype code")
+        count += fc_row_chunks_of(S[r], chunk)
+    cdef cnp.ndarray cuts = np.empty(count, dtype=CHUNK_DTYPE)
+    cdef fc_chunk *c = <fc_chunk *>cnp.PyArray_DATA(cuts)
+    with nogil:
+        for r in range(rows):
+            if S[r] > 0:
+                k += fc_cut_row_by(c + k, <char *><uintptr_t>P[r], S[r], <int>C[r], <int32_t>r, chunk)
+    out = np.empty((count, 4), np.int64)
+    out[:, 0] = cuts["ptr"]
+    out[:, 1] = cuts["n"]
+    out[:, 2] = cuts["dtype"]
+    out[:, 3] = cuts["buf"]
+    return out
+
+
 cdef class Table:
     """A chunk table over contiguous buffers, with its partials.
 

@@ -1030,24 +1030,33 @@ static const fc_ops FC_OPS[FC_NDTYPES] = {
 
 /* ------------------------------------------------- the chunk table */
 
-/* The one chunk-table builder of the CPU engines (kernels.cpu.Table and the
- * C API): row `row`, `size` elements of dtype `code` at `ptr`, cut into
- * chunks of at most FC_CHUNK elements, in order, written to `out` (which
- * holds fc_row_chunks(size) entries; a row with no elements gets none).
- * Returns the number written. */
-static inline int64_t fc_row_chunks(int64_t size) { return (size + FC_CHUNK - 1) / FC_CHUNK; }
+/* The one chunk-table builder (kernels.cpu.Table, the C API, and through
+ * kernels.cpu.chunk_rows the CUDA engine's table): row `row`, `size`
+ * elements of dtype `code` at `ptr`, cut into chunks of at most `chunk`
+ * elements, in order, written to `out` (which holds
+ * fc_row_chunks_of(size, chunk) entries; a row with no elements gets none).
+ * Returns the number written.  The CPU tables use FC_CHUNK. */
+static inline int64_t fc_row_chunks_of(int64_t size, int64_t chunk) { return (size + chunk - 1) / chunk; }
 
-static inline int64_t fc_cut_row(fc_chunk *out, char *ptr, int64_t size, int code, int32_t row)
+static inline int64_t fc_cut_row_by(fc_chunk *out, char *ptr, int64_t size, int code, int32_t row,
+                                    int64_t chunk)
 {
     const int64_t item = FC_OPS[code].itemsize;
     int64_t k = 0;
-    for (int64_t off = 0; off < size; off += FC_CHUNK, k++) {
+    for (int64_t off = 0; off < size; off += chunk, k++) {
         out[k].ptr = ptr + off * item;
-        out[k].n = size - off < FC_CHUNK ? size - off : FC_CHUNK;
+        out[k].n = size - off < chunk ? size - off : chunk;
         out[k].dtype = (int32_t)code;
         out[k].buf = row;
     }
     return k;
+}
+
+static inline int64_t fc_row_chunks(int64_t size) { return fc_row_chunks_of(size, FC_CHUNK); }
+
+static inline int64_t fc_cut_row(fc_chunk *out, char *ptr, int64_t size, int code, int32_t row)
+{
+    return fc_cut_row_by(out, ptr, size, code, row, FC_CHUNK);
 }
 
 static inline int fc_itemsize(int code) { return FC_OPS[code].itemsize; }
