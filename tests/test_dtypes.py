@@ -63,7 +63,7 @@ def test_every_layer_refuses_other_dtypes_with_the_one_sentence(entry):
         with pytest.raises(TypeError) as e:
             fusedclip.clip_grad_norm_([Export(t)], 1.0)
     elif entry == "torch":
-        with pytest.raises(TypeError, match=r"tensor 1|parameter 1's grad") as e:
+        with pytest.raises(TypeError, match=r"get_total_norm: tensor 1 has dtype int32") as e:
             fct.get_total_norm([torch.ones(2), torch.arange(3, dtype=torch.int32)])
     else:
         with pytest.raises(TypeError) as e:

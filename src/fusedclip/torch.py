@@ -209,12 +209,17 @@ def _bump(grads: list, _increment=torch._C._increment_version) -> None:
     _increment(grads)
 
 
-def _to_torch_message(e: BaseException) -> BaseException:
+def _to_torch_message(e: BaseException, grads: bool = True) -> BaseException:
     """The planner's messages say "buffer i" (the array API's word); here
-    the index is a parameter's (a tensor's, for get_total_norm)."""
+    the index is a parameter's, or a tensor's where the inputs are tensors
+    (get_total_norm, clip_grads_with_norm_)."""
     if e.args and isinstance(e.args[0], str):
-        msg = re.sub(r"\bbuffers (\d+) and (\d+)", r"the grads of parameters \1 and \2", e.args[0])
-        msg = re.sub(r"\bbuffer (\d+)", r"parameter \1's grad", msg)
+        if grads:
+            msg = re.sub(r"\bbuffers (\d+) and (\d+)", r"the grads of parameters \1 and \2", e.args[0])
+            msg = re.sub(r"\bbuffer (\d+)", r"parameter \1's grad", msg)
+        else:
+            msg = re.sub(r"\bbuffers (\d+) and (\d+)", r"tensors \1 and \2", e.args[0])
+            msg = re.sub(r"\bbuffer (\d+)", r"tensor \1", msg)
         msg = re.sub(r"\bbuffer\b", "gradient", msg)
         msg = re.sub(r"\barray\b", "tensor", msg)
         msg = msg.replace(".astype(np.float32)", ".float()")
@@ -502,7 +507,7 @@ class _Plan:
         try:  # every check (dtypes, overlap, devices) runs here, before anything is written
             c = _ArrayClipper.over(bufs, fn, writable=writable, eps=EPS)
         except (TypeError, ValueError, RuntimeError, MemoryError) as e:
-            raise _to_torch_message(e) from None
+            raise _to_torch_message(e, grads) from None
         self.clipper = c
         self.dtype = _promoted(dtypes)
         self.device = device
