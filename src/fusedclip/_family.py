@@ -33,7 +33,7 @@ from .kernels import cpu, dtypes
 
 # ----------------------------------------------------------------- per-buffer norms
 def buffer_norms(buffers: Any, norm_type: float = 2.0, *, num_threads: int | None = None,
-                 stream: Any = None):
+                 stream: Any = None) -> np.ndarray | DeviceNorms:
     """Each buffer's own ``norm_type`` norm, from one fused pass over all of them.
 
     Returns a float64 numpy array, one norm per buffer in the caller's order
@@ -56,11 +56,11 @@ class DeviceNorms:
     A plan keeps its last RING calls' results on the device; reading an older
     one raises RuntimeError."""
 
-    def __init__(self, rows: CudaRows, n_inputs: int):
+    def __init__(self, rows: CudaRows, n_inputs: int) -> None:
         self._rows, self._n = rows, n_inputs
         self._host: np.ndarray | None = None
 
-    def rows(self):
+    def rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self._rows.rows()
 
     def get(self) -> np.ndarray:
@@ -84,7 +84,7 @@ class DeviceNorms:
 # ----------------------------------------------------------------- local clipping
 def clip_by_norm_(buffers: Any, max_norm: float, norm_type: float = 2.0, *,
                   nonfinite: str = "error", num_threads: int | None = None, rng: Any = None,
-                  stream: Any = None):
+                  stream: Any = None) -> np.ndarray | DeviceNorms:
     """Clip each buffer by its own ``norm_type`` norm, in place ("local" clipping).
 
     A buffer whose norm exceeds ``max_norm`` is multiplied by

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import ml_dtypes
 import numpy as np
@@ -47,7 +47,7 @@ class NonFiniteError(FloatingPointError, RuntimeError):
     the buffers that hold the non-finite values.  Nothing was modified.
     """
 
-    def __init__(self, norm: float, buffers: tuple[int, ...]):
+    def __init__(self, norm: float, buffers: tuple[int, ...]) -> None:
         self.norm = norm
         self.buffers = buffers
         shown = ", ".join(map(str, buffers[:10])) + (", ..." if len(buffers) > 10 else "")
@@ -138,7 +138,7 @@ def make_rng(rng: Any) -> np.random.Generator:
 
 
 def random_direction(shapes: list[tuple[int, ...]], max_norm: float, kind: int, p: float,
-                     rng: np.random.Generator, nt) -> list[np.ndarray]:
+                     rng: np.random.Generator, nt: int | None) -> list[np.ndarray]:
     """One random direction of norm ``max_norm`` over buffers of these shapes.
 
     Gaussian draws in float64, one array per shape, normalised jointly with the
@@ -155,7 +155,7 @@ def random_direction(shapes: list[tuple[int, ...]], max_norm: float, kind: int, 
 
 
 def random_step(shapes: list[tuple[int, ...]], dtypes: list, callers: list[int], max_norm: float,
-                kind: int, p: float, rng: np.random.Generator, nt) -> list[np.ndarray]:
+                kind: int, p: float, rng: np.random.Generator, nt: int | None) -> list[np.ndarray]:
     """The "random" policy's step, already rounded to each buffer's dtype.
 
     Draws one direction (``random_direction``), converts every buffer's part
@@ -189,7 +189,7 @@ def random_step(shapes: list[tuple[int, ...]], dtypes: list, callers: list[int],
 _BF16 = _dtypes.NUMPY[_dtypes.BF16]
 
 
-def round_once(z: np.ndarray, dt) -> np.ndarray:
+def round_once(z: np.ndarray, dt: Any) -> np.ndarray:
     """float64 values rounded once, to nearest even, to ``dt``.  numpy's
     float64 -> float32/float16 conversions do that; older ml_dtypes convert
     float64 -> bfloat16 through float32 (two roundings), so bfloat16 goes
@@ -237,7 +237,7 @@ def step_norm_ok(got: float, max_norm: float, u: float) -> bool:
     return abs(got - max_norm) <= (4.0 * u + 1e-8) * max_norm
 
 
-def step_unfit(max_norm: float, caller, dtype) -> ValueError:
+def step_unfit(max_norm: float, caller: int | None, dtype: Any) -> ValueError:
     """The random step would write inf into buffer ``caller`` (None: another rank's)."""
     where = ("a buffer on another rank" if caller is None else
              f"buffer {caller} ({np.dtype(dtype).name}, largest value "
@@ -247,7 +247,7 @@ def step_unfit(max_norm: float, caller, dtype) -> ValueError:
         "it would write inf; nothing was modified. Use a smaller max_norm, or nonfinite='zero'")
 
 
-def step_off(max_norm: float, got: float, caller, dtype) -> ValueError:
+def step_off(max_norm: float, got: float, caller: int | None, dtype: Any) -> ValueError:
     """The rounded random step's norm is not max_norm (values flushed to zero)."""
     where = ("a buffer on another rank" if caller is None else
              f"buffer {caller} is {np.dtype(dtype).name}, smallest value "
@@ -264,7 +264,8 @@ class Decision(NamedTuple):
     clipped: bool
 
 
-def decide(norm: float, flags: int, max_norm: float, policy: str, overflow_scale=None,
+def decide(norm: float, flags: int, max_norm: float, policy: str,
+           overflow_scale: Callable[[], float] | None = None,
            eps: float = 0.0) -> Decision:
     """The clipping rule, with the non-finite policies, for every engine.
 
@@ -300,7 +301,7 @@ def _ieee_div(a: float, b: float) -> float:
         return math.nan if a == 0.0 or a != a else math.copysign(math.inf, a) * math.copysign(1.0, b)
 
 
-def decide_rows(norms: np.ndarray, flags: np.ndarray, max_norm, policy: str,
+def decide_rows(norms: np.ndarray, flags: np.ndarray, max_norm: float | np.ndarray, policy: str,
                 scales: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[int], list[int]]:
     """``decide`` for many independent rows at once (per-buffer and per-unit
     clipping): ``(actions, scales, raise_rows, random_rows)``.

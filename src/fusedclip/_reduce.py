@@ -141,7 +141,7 @@ class Reducer:
                             f"(e.g. fusedclip.distributed.torch_reducer()), got {type(f).__name__}")
         self._f, self.fn = f, fn
 
-    def __call__(self, x, op: str) -> np.ndarray:
+    def __call__(self, x: Any, op: str) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float64)
         y = self._f(x.copy(), op)
         try:
@@ -342,7 +342,7 @@ class Reduced:
             out.append(Part(n, f, _clip_scale_of(t, kind, p), rep))
         return out
 
-    def norm(self, kind: int, p: float, nt):
+    def norm(self, kind: int, p: float, nt: int | None) -> HostReduction:
         """The global reduction: ``norm``, ``flags`` and ``scale_of`` the same
         on every rank; ``callers()`` this rank's flagged buffers."""
         self.plan.refresh()
@@ -373,7 +373,8 @@ class Reduced:
         return plan.map.callers(sorted(rows))
 
     # ------------------------------------------------------------ nonfinite="random"
-    def random_step(self, max_norm: float, kind: int, p: float, rng, nt) -> list[np.ndarray]:
+    def random_step(self, max_norm: float, kind: int, p: float, rng: np.random.Generator,
+                    nt: int | None) -> list[np.ndarray]:
         """The joint random step over every rank, rounded to each buffer's dtype,
         as ``_policy.random_step`` but with global norms and one decision.
 

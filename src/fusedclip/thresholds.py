@@ -36,7 +36,7 @@ import copy
 import heapq
 import math
 from collections import deque
-from typing import Any
+from typing import Any, Sequence
 
 from . import _policy, _state
 
@@ -313,7 +313,8 @@ class ZScore(Threshold):
         return f"ZScore(alpha={self.alpha}, z={self.z}, warmup={self.warmup})"
 
 
-def zscore_step(vec, g: float, alpha: float, z: float, warmup: int):
+def zscore_step(vec: Sequence[float], g: float, alpha: float, z: float,
+                warmup: int) -> tuple[float, list[float]]:
     """One ZScore step on the state vector (n, mean, m2, var): returns
     (threshold, new vector).  The reference for the device kernel."""
     n, mean, m2, var = vec

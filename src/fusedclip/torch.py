@@ -801,7 +801,7 @@ class Clipper(_torchread.ClipCall):
                              0 if self._num_threads is None else self._num_threads, ONE_THREAD_BYTES)
 
     @property
-    def stats(self):
+    def stats(self) -> Any:
         """The last call's ``ClipStats`` (``DeviceClipStats`` on a GPU), or None."""
         if self._fast_last:  # the fast path's result: finite, written iff the scale is not 1
             s = self._last_scale
@@ -883,7 +883,7 @@ class Patch:
     DTensor, other devices).  ``unpatch()`` (or leaving the ``with`` block)
     restores torch's functions exactly."""
 
-    def __init__(self, fallback: bool):
+    def __init__(self, fallback: bool) -> None:
         import torch.nn.utils as nu
         import torch.nn.utils.clip_grad as cg
 
