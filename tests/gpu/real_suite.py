@@ -277,7 +277,7 @@ def test_family_on_torch_cuda_tensors():
     assert not np.array_equal(after[3], before[0][3]) and np.array_equal(after[4], before[0][4])
 
 
-# ---------------------------------------------------------------- Hardening II, 8: before the first run
+# ---------------------------------------------------------------- loaded kernels, before the first run
 def _attr(kernel, name):
     v = getattr(kernel.attributes, name)
     return v() if callable(v) else v  # a method in older cuda.core, a property in newer

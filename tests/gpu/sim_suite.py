@@ -135,7 +135,7 @@ def test_huge_float64_values_give_a_finite_norm():
 @pytest.mark.parametrize("layout", ["chunks", "buffers"])
 def test_only_the_total_overflows(layout):
     # 48-element chunks: 48 squares of 1e153 are finite, 130 of them are not
-    # (issue 7: the finalize added plain partials with no rescue and zeroed x)
+    # (a finalize that added plain partials with no rescue zeroed x)
     hs = [np.full(130, 1e153)] if layout == "chunks" else [np.full(40, 1e153) for _ in range(4)]
     ds = [cuda.to_device(h) for h in hs]
     want = ref_norm(hs)
@@ -453,7 +453,7 @@ def test_mixed_unitwise_is_refused():
     assert (g == 1).all()
 
 
-# ---------------------------------------------------------------- Hardening II, 8
+# ---------------------------------------------------------------- 16-bit views at element offsets
 @pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float16], ids=["bf16", "f16"])
 @pytest.mark.parametrize("offset", [1, 3, 4])
 def test_a_16_bit_view_at_an_element_offset(dtype, offset):
