@@ -6,6 +6,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
+from conftest import DLPackOnly
 
 import fusedclip
 import fusedclip.torch as fct
@@ -50,18 +51,9 @@ def test_every_layer_refuses_other_dtypes_with_the_one_sentence(entry):
         with pytest.raises(TypeError, match="buffer 1 has dtype int32") as e:
             fusedclip.clip_grad_norm_([np.ones(3, np.float32), a], 1.0)
     elif entry == "dlpack":
-        class Export:  # a DLPack-only CPU export of a complex64 tensor
-            def __init__(self, x):
-                self.x = x
-
-            def __dlpack__(self, **kw):
-                return self.x.__dlpack__(**kw)
-
-            def __dlpack_device__(self):
-                return self.x.__dlpack_device__()
-        t = torch.zeros(3, dtype=torch.complex64)
+        t = torch.zeros(3, dtype=torch.complex64)  # a DLPack-only CPU export of a complex64 tensor
         with pytest.raises(TypeError) as e:
-            fusedclip.clip_grad_norm_([Export(t)], 1.0)
+            fusedclip.clip_grad_norm_([DLPackOnly(t)], 1.0)
     elif entry == "torch":
         with pytest.raises(TypeError, match=r"get_total_norm: tensor 1 has dtype int32") as e:
             fct.get_total_norm([torch.ones(2), torch.arange(3, dtype=torch.int32)])

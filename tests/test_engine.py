@@ -101,8 +101,13 @@ def test_chunk_rows_and_the_cpu_table_are_one_builder(rng):
     assert (rows[:, 2] == c["dtype"]).all() and (rows[:, 3] == c["buf"]).all()
 
 
-@pytest.mark.parametrize("bad", [dict(sizes=[-1]), dict(codes=[7]), dict(chunk=0)])
-def test_chunk_rows_refuses_bad_rows(bad):
+@pytest.mark.parametrize("bad,match", [(dict(sizes=[-1]), "row 0: bad size"), (dict(codes=[7]), "row 0: bad size"),
+                                       (dict(sizes=[3, 4]), "same length"), (dict(chunk=0), "chunk must be")])
+def test_chunk_rows_and_the_cpu_table_refuse_bad_rows(bad, match):
+    """One check for both builders (kernels/cpu.pyx _rows_chunks)."""
     args = dict(ptrs=[64], sizes=[3], codes=[0], chunk=4) | bad
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=match):
         cpu.chunk_rows(args["ptrs"], args["sizes"], args["codes"], args["chunk"])
+    if "chunk" not in bad:
+        with pytest.raises(ValueError, match=match):
+            cpu.Table(args["ptrs"], args["sizes"], args["codes"])

@@ -19,7 +19,6 @@ choice; nothing else in the package knows about the simulator.
 """
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any
 
@@ -35,8 +34,9 @@ _current: Any = None
 
 
 def simulated() -> bool:
-    """The launcher choice: the Numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1)."""
-    return os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+    """The launcher choice: the Numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1,
+    read where the kernels read it)."""
+    return ck.simulator()
 
 
 def launcher():

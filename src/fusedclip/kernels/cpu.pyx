@@ -641,6 +641,23 @@ def disjoint(extents):
     return bool(extents_disjoint(<int64_t *>cnp.PyArray_DATA(e), e.shape[0]))
 
 
+cdef int64_t _rows_chunks(const int64_t[::1] P, const int64_t[::1] S, const int64_t[::1] C,
+                         int64_t chunk) except -1:
+    """Check a table's rows (pointer, size, dtype code) and count their chunks
+    of ``chunk`` elements: the one check of cpu.Table and chunk_rows."""
+    cdef Py_ssize_t rows = P.shape[0], r
+    cdef int64_t count = 0
+    if S.shape[0] != rows or C.shape[0] != rows:
+        raise ValueError("ptrs, sizes and codes must have the same length")
+    if rows >= 2**31:
+        raise ValueError("too many buffers for one table (2**31 at most)")
+    for r in range(rows):
+        if S[r] < 0 or (S[r] > 0 and not (0 <= C[r] < FC_NDTYPES)):
+            raise ValueError(f"row {r}: bad size or dtype code")
+        count += fc_row_chunks_of(S[r], chunk)
+    return count
+
+
 def chunk_rows(ptrs, sizes, codes, int64_t chunk):
     """The CUDA engine's chunk table: rows (pointer, size, dtype code) cut
     into chunks of at most ``chunk`` elements by ``fc_cut_row_by``, the
@@ -650,17 +667,10 @@ def chunk_rows(ptrs, sizes, codes, int64_t chunk):
     cdef const int64_t[::1] S = np.ascontiguousarray(sizes, dtype=np.int64)
     cdef const int64_t[::1] C = np.ascontiguousarray(codes, dtype=np.int64)
     cdef Py_ssize_t rows = P.shape[0], r
-    cdef int64_t count = 0, k = 0
-    if S.shape[0] != rows or C.shape[0] != rows:
-        raise ValueError("ptrs, sizes and codes must have the same length")
-    if rows >= 2**31:
-        raise ValueError("too many buffers for one table (2**31 at most)")
+    cdef int64_t count, k = 0
     if chunk < 1:
         raise ValueError("chunk must be >= 1")
-    for r in range(rows):
-        if S[r] < 0 or (S[r] > 0 and not (0 <= C[r] < FC_NDTYPES)):
-            raise ValueError(f"row {r}: bad size or dtype code")
-        count += fc_row_chunks_of(S[r], chunk)
+    count = _rows_chunks(P, S, C, chunk)
     cdef cnp.ndarray cuts = np.empty(count, dtype=CHUNK_DTYPE)
     cdef fc_chunk *c = <fc_chunk *>cnp.PyArray_DATA(cuts)
     with nogil:
@@ -697,15 +707,8 @@ cdef class Table:
         cdef const int64_t[::1] S = np.ascontiguousarray(sizes, dtype=np.int64)
         cdef const int64_t[::1] C = np.ascontiguousarray(codes, dtype=np.int64)
         cdef Py_ssize_t rows = P.shape[0], r, k = 0
-        cdef int64_t total = 0, count = 0
-        if S.shape[0] != rows or C.shape[0] != rows:
-            raise ValueError("ptrs, sizes and codes must have the same length")
-        if rows >= 2**31:
-            raise ValueError("too many buffers for one table (2**31 at most)")
+        cdef int64_t total = 0, count = _rows_chunks(P, S, C, FC_CHUNK)
         for r in range(rows):
-            if S[r] < 0 or (S[r] > 0 and not (0 <= C[r] < FC_NDTYPES)):
-                raise ValueError(f"row {r}: bad size or dtype code")
-            count += fc_row_chunks(S[r])
             total += S[r]
         self.chunks = np.zeros(count, dtype=CHUNK_DTYPE)
         self.partials = np.zeros(count, dtype=PARTIAL_DTYPE)
