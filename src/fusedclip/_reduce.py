@@ -48,12 +48,15 @@ _SEED_RANGE = 2 ** 53  # shared seeds travel as float64: integers below this are
 class Part(NamedTuple):
     """One local contribution: a norm, its flags, ``v -> v / norm`` that stays
     right where finite data have a norm beyond float64, and whether its
-    buffers are replicated (the same values on every rank: counted once)."""
+    buffers are replicated (the same values on every rank: counted once).
+    ``copies``: how many ranks of the group hold these same elements (a
+    DTensor's replicas, known locally: its power is divided by it)."""
 
     norm: float
     flags: int
     scale_of: Callable[[float], float]
     replicated: bool
+    copies: float = 1.0
 
 
 def _clip_scale_of(t: Any, kind: int, p: float) -> Callable[[float], float]:
@@ -62,11 +65,13 @@ def _clip_scale_of(t: Any, kind: int, p: float) -> Callable[[float], float]:
 
 
 class Global(NamedTuple):
-    """The global norm and flags (the same on every rank) and ``v -> v / norm``."""
+    """The global norm and flags (the same on every rank) and ``v -> v / norm``;
+    ``extra``: the caller's extra elements of the first round, reduced."""
 
     norm: float
     flags: int
     scale_of: Callable[[float], float]
+    extra: tuple[float, ...] = ()
 
 
 def pw_of(kind: int, p: float) -> float:
@@ -168,9 +173,15 @@ class _Local:
 LOCAL: Any = _Local()
 
 
-def combine(parts: list[Part], kind: int, p: float, reduce: Reducer) -> Global:
+def combine(parts: list[Part], kind: int, p: float, reduce: Reducer,
+            extra: tuple[float, ...] = ()) -> Global:
     """The global norm of every rank's parts; the same result, and the same
-    sequence of ``reduce`` calls, on every rank (see the module docstring)."""
+    sequence of ``reduce`` calls, on every rank (see the module docstring).
+
+    ``extra``: flags (0.0 or 1.0) that ride at the end of the first round's
+    vector (summed, or maxed for p = inf); where any rank set one, no other
+    round runs and the result's norm is NaN: ``Global.extra`` says which
+    (fusedclip.torch's refusals: every rank learns that one refused)."""
     flags = 0
     for q in parts:
         flags |= q.flags
@@ -178,7 +189,9 @@ def combine(parts: list[Part], kind: int, p: float, reduce: Reducer) -> Global:
     live = [q for q in parts if not q.flags]
     if kind == cpu.NORM_INF:
         m = max((q.norm for q in live), default=0.0)
-        y = reduce([m, nan, inf], "max")
+        y = reduce([m, nan, inf, *extra], "max")
+        if any(y[3:]):
+            return _refused(y[3:])
         g = _flags(y[1], y[2])
         norm = _flag_norm(g) if g else float(y[0])
         return Global(norm, g, lambda v: v / norm)
@@ -193,8 +206,10 @@ def combine(parts: list[Part], kind: int, p: float, reduce: Reducer) -> Global:
         if not _MIN_NORMAL <= t < math.inf:
             fb = 1.0  # this power over- or underflows: every rank takes the exact rounds
             t = 0.0
-        (s_rep if q.replicated else s_sh).append(t)
-    y = reduce([_fsum(s_sh), _fsum(s_rep), 1.0, nan, inf, fb], "sum")
+        (s_rep if q.replicated else s_sh).append(t / q.copies)
+    y = reduce([_fsum(s_sh), _fsum(s_rep), 1.0, nan, inf, fb, *extra], "sum")
+    if any(y[6:]):
+        return _refused(y[6:])
     ranks = _ranks(y[2], reduce.fn)
     g = _flags(y[3], y[4])
     if g:
@@ -210,7 +225,7 @@ def combine(parts: list[Part], kind: int, p: float, reduce: Reducer) -> Global:
 
 def _exact(live: list[Part], pw: float, ranks: float, reduce: Reducer) -> Global:
     """Rounds B: every norm relative to the exact largest, M·2**E."""
-    pairs = [(mp, q.replicated) for q in live if (mp := _pair(q)) is not None]
+    pairs = [(mp, q) for q in live if (mp := _pair(q)) is not None]
     E = float(reduce([max((mp[1] for mp, _ in pairs), default=-math.inf)], "max")[0])
     if E == -math.inf:  # every norm is zero (cannot happen after round A; kept exact)
         return Global(0.0, 0, lambda v: math.inf)
@@ -219,10 +234,10 @@ def _exact(live: list[Part], pw: float, ranks: float, reduce: Reducer) -> Global
     M = float(reduce([max((mp[0] for mp, _ in pairs if mp[1] == E), default=0.0)], "max")[0])
     t_sh: list[float] = []
     t_rep: list[float] = []
-    for (m, e), rep in pairs:
-        (t_rep if rep else t_sh).append(_power(math.ldexp(m / M, int(e - E)), pw))
+    for (m, e), q in pairs:
+        (t_rep if q.replicated else t_sh).append(_power(math.ldexp(m / M, int(e - E)), pw) / q.copies)
     y = reduce([math.fsum(t_sh), math.fsum(t_rep)], "sum")
-    t = y[0] + y[1] / ranks  # in [1, n]: the largest part adds 1
+    t = y[0] + y[1] / ranks  # in [1/copies, n]: the largest part adds 1 / its copies
     r = root(t, pw)
     try:
         norm = math.ldexp(M * r, int(E))
@@ -236,6 +251,10 @@ def _exact(live: list[Part], pw: float, ranks: float, reduce: Reducer) -> Global
             return math.inf
 
     return Global(norm, 0, scale_of)
+
+
+def _refused(extra: np.ndarray) -> Global:
+    return Global(math.nan, 0, lambda v: math.nan, tuple(float(x) for x in extra))
 
 
 def _flags(nan: float, inf: float) -> int:

@@ -56,7 +56,7 @@ from typing import Any, Iterable, Union
 
 import numpy as np
 
-from . import _policy, _torchread
+from . import _policy, _reduce, _sharded, _torchread
 from ._api import Clipper as _ArrayClipper
 from ._cache import LRU
 from ._policy import NonFiniteError
@@ -245,11 +245,12 @@ def _nonfinite(norm: float, p: float, bad: tuple, what: str = "parameters") -> N
     """torch's error_if_nonfinite error, torch's words first (code matching on
     them keeps working), then which parameters hold the inf/NaN."""
     e = NonFiniteError(norm, bad)
+    where = f"{what} {list(bad)} hold" if bad else f"another rank's {what} hold"  # (DTensor gradients)
     e.args = (
         f"The total norm of order {float(p)} for gradients from `parameters` is non-finite, so it "
         "cannot be clipped. To disable this error and scale the gradients by the non-finite norm "
-        f"anyway, set `error_if_nonfinite=False` (fusedclip: the norm is {norm}; {what} "
-        f"{list(bad)} hold inf or NaN; nothing was modified)",)
+        f"anyway, set `error_if_nonfinite=False` (fusedclip: the norm is {norm}; {where} "
+        "inf or NaN; nothing was modified)",)
     return e
 
 
@@ -490,6 +491,10 @@ class _Plan:
             if not (hasattr(g, "dtype") and hasattr(g, "data_ptr")):
                 raise TypeError(f"{fn}: {what} is a {type(g).__name__}, not a tensor (nothing was modified)")
             if isinstance(g, torch.Tensor) and type(g) not in _TYPES:
+                if _sharded.dtensor_type() is type(g):
+                    raise TypeError(f"{fn}: {what} is a DTensor, while the first gradient is a plain "
+                                    "tensor: clip DTensor and plain gradients in separate calls (or make "
+                                    "them DTensors); nothing was modified")
                 raise _unsupported(fn, what, g, f"it is a {type(g).__name__}, a tensor subclass")
             if g.layout is not torch.strided:
                 raise _unsupported(fn, what, g, f"it is a {g.layout} tensor")
@@ -594,6 +599,107 @@ def _live(tensors: list) -> list:
     return [g for g in tensors if g is not None]
 
 
+# ---------------------------------------------------------------- DTensor gradients
+# FSDP2, tensor parallel, several meshes: _sharded reads the specs; the local
+# shards go through the paths above; one round of _reduce.combine makes the
+# global norm (docs/DISTRIBUTED.md §6).
+def _read_sharded(tensors: list, fn: str, grads: bool, partial_ok: bool = False) -> _sharded.Sharded:
+    return _sharded.read(tensors, fn, functools.partial(_noun, grads),
+                         lambda what, g, why: _unsupported(fn, what, g, why), partial_ok)
+
+
+def _as_tensor_message(e: BaseException) -> BaseException:
+    """get_total_norm's inputs are tensors: its shards' messages say "tensor i"."""
+    if e.args and isinstance(e.args[0], str):
+        e.args = (re.sub(r"\bparameter (\d+)'s grad", r"tensor \1", e.args[0]),) + e.args[1:]
+    return e
+
+
+def _local_norm(items: list, kind: int, p: float, nt, fn: str, writable: bool):
+    """(norm, flags, v -> v / norm, flagged inputs) of the shards in ``items``
+    (``_sharded.Local``s): CPU shards on the fast path, else a general plan
+    (CUDA shards: the host reads the device's norm)."""
+    r = _fast(items, True, _OP_NORM, 1.0, p, nt)
+    if r is not None and (r[0] < _INF or r[1]):
+        n = r[0]
+        return n, r[1], (lambda v: v / n), tuple(r[5])
+    plan, _ = _general_plan(items, True, fn, writable)
+    red = plan.clipper.buffers.reduce(kind, p, nt)
+    return red.norm, red.flags, red.scale_of, red.callers()
+
+
+def _sharded_norm(sh: _sharded.Sharded, kind: int, p: float, nt, fn: str, grads: bool,
+                  writable: bool) -> tuple[_reduce.Global, tuple]:
+    """The global norm of DTensor gradients (the same bits on every rank) and
+    this rank's flagged inputs.  One all-reduce in the common case; this
+    rank's refusal rides in it, so every rank raises alike."""
+    parts: list = []
+    bad: list = []
+    own = sh.refusal
+    if own is None:
+        try:
+            for copies, idx in sh.classes.items():
+                items = [_sharded.NO_GRAD] * len(sh.items)
+                for i in idx:
+                    items[i] = sh.items[i]
+                n, f, scale_of, b = _local_norm(items, kind, p, nt, fn, writable)
+                parts.append(_reduce.Part(n, f, scale_of, False, copies))
+                bad.extend(b)
+        except (TypeError, ValueError, RuntimeError, MemoryError) as e:
+            own, parts = (e if grads else _as_tensor_message(e)), []
+    g = _reduce.combine(parts, kind, p, _reduce.Reducer(_sharded.reducer(sh), fn),
+                        _sharded.refusal_flags(own, UnsupportedGradients))
+    if any(g.extra):
+        raise _sharded.refusal_error(g.extra, own, fn, UnsupportedGradients)
+    return g, tuple(sorted(bad))
+
+
+def _sharded_result(sh: _sharded.Sharded, x: float) -> torch.Tensor:
+    shards = [it.grad for it in sh.items if it.grad is not None]
+    local = _norm_tensor(x, _promoted({t.dtype for t in shards}) or torch.float32,
+                         shards[0].device if shards else _CPU)
+    return _sharded.result(sh, local)
+
+
+def _sharded_write(sh: _sharded.Sharded, op: int, a: float, nt, fn: str) -> None:
+    """Scale (_OP_SCALE) or clamp (_OP_CLAMP) every local shard by ``a``."""
+    r = _fast(sh.items, True, op, a, 2.0, nt)
+    if r is not None:
+        _bump(r[3])
+    else:
+        plan, tensors = _general_plan(sh.items, True, fn, True)
+        live = _live(tensors)
+        if op == _OP_CLAMP:
+            plan.clamp(live, a, nt)
+        else:
+            plan.scale(_policy.Decision(_policy.A_SCALE, a, True), live, nt)
+    _bump(sh.dtensors)
+
+
+def _sharded_clip(tensors: list, v: float, kind: int, p: float, policy: str, nt,
+                  fn: str) -> tuple[torch.Tensor, _policy.ClipStats]:
+    """clip_grad_norm_ over DTensor gradients: (norm, stats)."""
+    sh = _read_sharded(tensors, fn, True)
+    g, bad = _sharded_norm(sh, kind, p, nt, fn, True, True)
+    d = _policy.decide(g.norm, g.flags, v, policy, lambda: g.scale_of(v), EPS)
+    if d.action == _policy.A_RAISE:
+        raise _nonfinite(g.norm, p, bad)
+    if d.action == _policy.A_SCALE:
+        _sharded_write(sh, _OP_SCALE, d.scale, nt, fn)
+    return _sharded_result(sh, g.norm), _policy.ClipStats(g.norm, d.scale, d.clipped, not g.flags, v, bad)
+
+
+def _sharded_local(tensors: list, fn: str, op: int, a: float | None, partial_ok: bool) -> None:
+    """clip_grads_with_norm_ / clip_grad_value_ over DTensor gradients: each
+    shard on its own, no collective (so a refusal is this rank's only);
+    ``a`` None: check only (nothing to write)."""
+    sh = _read_sharded(tensors, fn, True, partial_ok)
+    if sh.refusal is not None:
+        raise sh.refusal
+    if a is not None:
+        _sharded_write(sh, op, a, None, fn)
+
+
 # ---------------------------------------------------------------- torch's API
 def _policy_for(error_if_nonfinite: bool) -> str:
     return "error" if error_if_nonfinite else "propagate"
@@ -659,6 +765,9 @@ def _clip_grad_norm(params: Any, original: Any, max_norm: Any, norm_type: Any,
         elif r[2] != 1.0:
             _bump(r[3])
         return _norm_tensor(r[0], _RESULT_DTYPE[r[4]], _CPU)
+    tensors = _grads(params, fn)
+    if _sharded.first_is_dtensor(tensors):
+        return _sharded_clip(tensors, v, kind, p, _policy_for(error_if_nonfinite), None, fn)[0]
     plan, tensors = _general_plan(params, True, fn, True)
     live = _live(tensors)
     if not live:
@@ -683,6 +792,8 @@ def clip_grad_value_(
         if r[3]:
             _bump(r[3])
         return None
+    if _sharded.first_is_dtensor(_grads(params, fn)):
+        return _sharded_local(_grads(params, fn), fn, _OP_CLAMP, v, False)
     plan, tensors = _general_plan(params, True, fn, True)
     live = _live(tensors)
     if live:
@@ -717,6 +828,12 @@ def get_total_norm(
         if error_if_nonfinite and r[1]:
             raise _nonfinite(r[0], p, r[5], "tensors")
         return _norm_tensor(r[0], _RESULT_DTYPE[r[4]], _CPU)
+    if _sharded.first_is_dtensor(items):
+        sh = _read_sharded(items, fn, False)
+        g, bad = _sharded_norm(sh, kind, p, None, fn, False, False)
+        if error_if_nonfinite and g.flags:
+            raise _nonfinite(g.norm, p, bad, "tensors")
+        return _sharded_result(sh, g.norm)
     plan, _ = _general_plan(items, False, fn, False)
     return plan.norm(kind, p, error_if_nonfinite, None)
 
@@ -742,7 +859,7 @@ def clip_grads_with_norm_(
     fn = "fusedclip.torch.clip_grads_with_norm_"
     params = _param_list(parameters if r is None else r, fn, warn_empty_generator=False)
     v = _policy.check_max_norm(_number("max_norm", max_norm))
-    tn = _number("total_norm", total_norm)
+    tn = _number("total_norm", _sharded.total_norm_value(total_norm))
     if tn < 0.0:
         raise ValueError(f"{fn}: total_norm must be >= 0 (a norm), got {tn}; nothing was modified")
     flags = cpu.HAS_NAN if tn != tn else cpu.HAS_INF if tn == _INF else 0
@@ -752,6 +869,9 @@ def clip_grads_with_norm_(
         if r[2] != 1.0:
             _bump(r[3])
         return None
+    if _sharded.first_is_dtensor(_grads(params, fn)):
+        return _sharded_local(_grads(params, fn), fn, _OP_SCALE,
+                              d.scale if d.action == _policy.A_SCALE else None, True)
     plan, tensors = _general_plan(params, True, fn, True)
     live = _live(tensors)
     if live:
@@ -852,6 +972,11 @@ class Clipper(_torchread.ClipCall):
                 _bump(live)
             self._stats = _policy.ClipStats(norm, scale, bool(flags) or scale != 1.0, not flags, v, bad)
             return _norm_tensor(norm, _RESULT_DTYPE[mask], _CPU)
+        tensors = _grads(self._params, self._fn)
+        if _sharded.first_is_dtensor(tensors):
+            norm, self._stats = _sharded_clip(tensors, v, self._kind, p, _policy_for(self.error_if_nonfinite),
+                                              nt, self._fn)
+            return norm
         last = self._plan
         plan, tensors = _general_plan(self._params, True, self._fn, True, last)
         if plan is not last:

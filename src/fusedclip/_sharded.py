@@ -1,0 +1,281 @@
+"""DTensor gradients (FSDP2, tensor parallel, several meshes) for fusedclip.torch.
+
+A ``DTensor`` gradient is a local shard (``_local_tensor``, a plain tensor
+that the engines read and write in place as any other) and a spec: a
+device mesh and one placement per mesh dimension.  This module reads the
+specs; ``fusedclip.torch`` does the rest with its usual paths:
+
+* every local shard goes through the fused kernels, grouped by **copies**:
+  how many ranks of the group hold the same elements.  A ``Replicate``
+  mesh dimension multiplies it by its size; a ``Shard`` (or
+  ``_StridedShard``) one does not (the shards are disjoint).  A mesh that
+  is a slice of a larger one (``mesh["dp"]`` of a (dp, tp) mesh: FSDP over
+  the parameters that tensor parallelism left whole) has a sibling slice on
+  every other coordinate of the dimensions sliced away; the siblings that
+  take part in the call hold the same parameter, so they multiply it too;
+* the global norm is ``_reduce.combine`` over those parts: **one**
+  all-reduce of a small float64 vector in the common case, over a group
+  that covers every mesh involved (the default group when they cover the
+  world), with the inf/NaN flags and this module's refusal flags in it;
+* every rank reads the same reduced bits, so the norm, the coefficient and
+  the decision are the same everywhere.
+
+A gradient this module refuses (a non-DTensor among DTensors, a mesh
+without this process, mixed devices, a ``Partial`` placement) is still a
+member of the round: the refusal rides in the vector, so every rank raises
+and none waits in a collective (docs/DISTRIBUTED.md §6).
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, NamedTuple
+
+#: refusal kinds, one flag each in the round's vector: UnsupportedGradients
+#: (patch() hands the call to torch on every rank alike), any other error
+REFUSED_UNSUPPORTED, REFUSED_ERROR = 0, 1
+
+
+class Local:
+    """A stand-in parameter whose ``.grad`` is a local shard: the torch
+    paths read it as a parameter, so their messages keep the caller's index."""
+
+    __slots__ = ("grad",)
+
+    def __init__(self, grad: Any) -> None:
+        self.grad = grad
+
+
+NO_GRAD = Local(None)
+
+
+class Sharded(NamedTuple):
+    """One call's DTensor gradients, read.
+
+    ``items``: one ``Local`` per input (``NO_GRAD`` for a None grad);
+    ``classes``: copies -> the inputs with that many copies; ``dtensors``:
+    the DTensors (their version counters are bumped with their shards');
+    ``mesh``: the one mesh, or None for several; ``group``/``device``:
+    where the round runs; ``refusal``: this rank's refusal, raised after the
+    round (None: accepted)."""
+
+    items: list
+    classes: dict
+    dtensors: list
+    mesh: Any
+    group: Any
+    device: Any
+    refusal: BaseException | None
+
+
+def dtensor_type() -> Any:
+    """The DTensor class where torch.distributed.tensor is imported (no DTensor
+    can exist otherwise), else None: the check costs nothing without it."""
+    m = sys.modules.get("torch.distributed.tensor")
+    return None if m is None else getattr(m, "DTensor", None)
+
+
+def first_is_dtensor(tensors: list) -> bool:
+    """Is the first non-None tensor a DTensor?  (The DTensor path's door;
+    a DTensor after a plain tensor is refused by the general path.)"""
+    DT = dtensor_type()
+    if DT is None:
+        return False
+    for g in tensors:
+        if g is not None:
+            return isinstance(g, DT)
+    return False
+
+
+# ---------------------------------------------------------------- meshes
+_MESH_RANKS: dict = {}
+
+
+def _ranks(mesh: Any) -> tuple[int, ...]:
+    try:
+        return _MESH_RANKS[mesh]
+    except (KeyError, TypeError):
+        r = tuple(int(x) for x in mesh.mesh.flatten().tolist())
+        try:
+            _MESH_RANKS[mesh] = r
+        except TypeError:
+            pass
+        return r
+
+
+def _root_ranks(mesh: Any) -> tuple[int, ...]:
+    get = getattr(mesh, "_get_root_mesh", None)
+    root = get() if get is not None else None
+    return _ranks(mesh) if root is None or root is mesh else _ranks(root)
+
+
+def _shard_like(pl: Any) -> bool:
+    if pl.is_shard():
+        return True
+    from torch.distributed.tensor import placement_types as pt
+
+    strided = getattr(pt, "_StridedShard", None)
+    return strided is not None and isinstance(pl, strided)
+
+
+_GROUPS: dict = {}
+
+
+def _group_of(ranks: tuple[int, ...], meshes: list) -> Any:
+    """The process group over ``ranks``: the default group where they are
+    the world, a 1-D mesh's own group where one matches, else a new group
+    made once (by its members only: ``use_local_synchronization``)."""
+    import torch.distributed as dist
+
+    if ranks == tuple(range(dist.get_world_size())):
+        return None
+    for m in meshes:
+        if m.ndim == 1 and _ranks(m) == ranks:
+            return m.get_group()
+    g = _GROUPS.get(ranks)
+    if g is None:
+        g = _GROUPS[ranks] = dist.new_group(list(ranks), use_local_synchronization=True)
+    return g
+
+
+# ---------------------------------------------------------------- reading the specs
+def read(tensors: list, fn: str, noun: Callable[[int], str],
+         unsupported: Callable[[str, Any, str], BaseException], partial_ok: bool = False) -> Sharded:
+    """The DTensor gradients' shards, copies, mesh and group.  A refusal is
+    kept in ``Sharded.refusal`` (the first one; raise it after the round,
+    or at once where no round follows); a process in none of the meshes
+    raises at once (it has no group to tell)."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    me = dist.get_rank()
+    items: list = []
+    dtensors: list = []
+    meshes: list = []
+    per: list = []  # (input index, local shard, mesh, copies within the mesh)
+    refusal: BaseException | None = None
+    kind = None  # the first shard's device type
+
+    def refuse(e: BaseException) -> None:
+        nonlocal refusal
+        if refusal is None:
+            refusal = e
+
+    for i, g in enumerate(tensors):
+        if g is None:
+            items.append(NO_GRAD)
+            continue
+        what = noun(i)
+        if not isinstance(g, DTensor):
+            items.append(NO_GRAD)
+            refuse(TypeError(
+                f"{fn}: {what} is a {type(g).__name__}, not a DTensor, while the first gradient is a "
+                "DTensor: a plain tensor's elements would count once per rank; clip DTensor and "
+                "plain gradients in separate calls (or make them DTensors); nothing was modified"))
+            continue
+        spec = g._spec
+        mesh = spec.mesh
+        if mesh not in meshes:
+            meshes.append(mesh)
+        dtensors.append(g)
+        local = g._local_tensor
+        items.append(Local(local))
+        if me not in _ranks(mesh):
+            refuse(TypeError(
+                f"{fn}: {what} is a DTensor on {mesh}, which does not contain this process (rank "
+                f"{me}): this rank holds no shard of it; pass each rank the parameters of the meshes "
+                "it belongs to; nothing was modified"))
+            continue
+        if kind is None:
+            kind = local.device.type
+        elif local.device.type != kind:
+            refuse(TypeError(
+                f"{fn}: {what} is on {local.device}, the first DTensor gradient on {kind}: one call "
+                "clips the gradients of one device type; clip them in separate calls; nothing was "
+                "modified"))
+            continue
+        copies = 1
+        for d, pl in enumerate(spec.placements):
+            if pl.is_replicate():
+                copies *= mesh.size(d)
+            elif pl.is_partial() and not partial_ok:
+                refuse(unsupported(what, g, f"its placement on mesh dimension {d} is Partial ({pl}): its shards "
+                                            "are unreduced terms of a sum, whose norm is not theirs; "
+                                            "redistribute it to Replicate() or Shard() first"))
+                break
+            elif not (pl.is_partial() or _shard_like(pl)):
+                refuse(unsupported(what, g, f"its placement {pl} on mesh dimension {d} is not one "
+                                            "fusedclip knows (Shard, _StridedShard, Replicate)"))
+                break
+        else:
+            per.append((i, mesh, copies))
+
+    if not meshes:  # only plain tensors and Nones (first_is_dtensor said otherwise: a race)
+        raise RuntimeError(f"{fn}: the gradients changed during the call; nothing was modified")
+    union = sorted({r for m in meshes for r in _ranks(m)})
+    if me not in union:
+        raise refusal if refusal is not None else RuntimeError(fn)
+    group_ranks = tuple(union)
+    inside = set(union)
+    classes: dict = {}
+    for i, mesh, copies in per:
+        own = _ranks(mesh)
+        siblings = len(inside.intersection(_root_ranks(mesh))) // len(own)
+        classes.setdefault(float(copies * max(siblings, 1)), []).append(i)
+    device = None
+    if kind == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    return Sharded(items, classes, dtensors, meshes[0] if len(meshes) == 1 else None,
+                   _group_of(group_ranks, meshes), device, refusal)
+
+
+def reducer(sh: Sharded) -> Any:
+    """The round's all-reduce (``fusedclip.distributed.torch_reducer`` on
+    the group; on a CUDA mesh the vector goes through the device: NCCL)."""
+    from .distributed import torch_reducer
+
+    return torch_reducer(sh.group, sh.device)
+
+
+def refusal_error(extra: tuple[float, ...], own: BaseException | None, fn: str,
+                  unsupported: type) -> BaseException:
+    """What a rank raises when the round says some rank refused: its own
+    refusal, else "another rank refused".  UnsupportedGradients only where
+    every refusal was one (``patch()`` then hands the call to torch on
+    every rank alike; a rank falling back alone would wait in torch's
+    collectives for the others)."""
+    hard = extra[REFUSED_ERROR] > 0
+    if own is not None:
+        if hard and isinstance(own, unsupported):
+            return RuntimeError(f"{own} (another rank refused its gradients with an error too)")
+        return own
+    why = (f"{fn}: another rank of the group refused its gradients (its error says which and why); "
+           "nothing was modified on any rank")
+    return RuntimeError(why) if hard else unsupported(why)
+
+
+def refusal_flags(own: BaseException | None, unsupported: type) -> tuple[float, float]:
+    """This rank's two refusal flags for the round (REFUSED_UNSUPPORTED, REFUSED_ERROR)."""
+    if own is None:
+        return 0.0, 0.0
+    return (1.0, 0.0) if isinstance(own, unsupported) else (0.0, 1.0)
+
+
+def result(sh: Sharded, local: Any) -> Any:
+    """The norm as torch returns it: a DTensor replicated on the one mesh;
+    a plain tensor where the gradients are on several meshes (torch fails)."""
+    if sh.mesh is None:
+        return local
+    from torch.distributed.tensor import DTensor, Replicate
+
+    return DTensor.from_local(local, sh.mesh, [Replicate()] * sh.mesh.ndim, run_check=False)
+
+
+def total_norm_value(x: Any) -> Any:
+    """A DTensor ``total_norm`` as a plain tensor (its full value; a
+    collective only where it is Partial); anything else unchanged."""
+    DT = dtensor_type()
+    if DT is not None and isinstance(x, DT):
+        return x.full_tensor()
+    return x
+
