@@ -261,3 +261,50 @@ def test_an_exception_from_the_reducer_propagates_with_nothing_written():
         with pytest.raises(Down, match="connection lost"):
             fc.Clipper(g, 1.0, nonfinite=policy, reduce=broken)()
         assert_untouched(g, snap)
+
+
+# ---------------------------------------------------------------- copies and extra flags (DTensor gradients)
+def _part(n: float, copies: float = 1.0, flags: int = 0):
+    from fusedclip import _reduce
+
+    return _reduce.Part(n, flags, lambda v, n=n: v / n, False, copies)
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.0])
+@pytest.mark.parametrize("scale", [1.0, 1e200, 1e-200])
+def test_copies_divide_each_parts_power_in_every_round(p, scale):
+    """Three ranks; rank r holds a shard (norm r + 1) and one copy of a part
+    replicated on all three (norm 2): the global norm counts the copy once,
+    also where the powers leave float64 (the exact rounds)."""
+    from fusedclip import _reduce
+    from fusedclip.kernels import cpu
+
+    kind, pw = (cpu.NORM_1, 1.0) if p == 1.0 else (cpu.NORM_2, 2.0) if p == 2.0 else (cpu.NORM_P, p)
+
+    def f(r, red):
+        parts = [_part((r + 1) * scale), _part(2.0 * scale, copies=3.0)]
+        return _reduce.combine(parts, kind, pw, _reduce.Reducer(red, "t"), (0.0, 0.0))
+
+    res, w = run_ranks(3, f)
+    want = math.fsum([1.0, 2.0 ** pw, 3.0 ** pw, 2.0 ** pw]) ** (1 / pw) * scale
+    assert len({g.norm for g in res}) == 1 and cases.rel(res[0].norm, want) <= 1e-14, (res[0].norm, want)
+    assert res[0].extra == ()
+    assert w.calls[0][0] == ("sum", 8)  # the six of round A and the two flags
+    # one round, unless the powers leave float64's range (then the exact rounds: four)
+    assert len(w.calls[0]) == (4 if pw > 1.0 and scale != 1.0 else 1), w.calls[0]
+
+
+@pytest.mark.parametrize("kind_p", ["l2", "inf"])
+def test_an_extra_flag_from_one_rank_reaches_every_rank_in_the_first_round(kind_p):
+    from fusedclip import _reduce
+    from fusedclip.kernels import cpu
+
+    kind, p = (cpu.NORM_2, 2.0) if kind_p == "l2" else (cpu.NORM_INF, math.inf)
+
+    def f(r, red):
+        return _reduce.combine([_part(1e200)] if r else [], kind, p, _reduce.Reducer(red, "t"),
+                               (0.0, 1.0) if r == 1 else (0.0, 0.0))
+
+    res, w = run_ranks(3, f)
+    assert [g.extra for g in res] == [(0.0, 1.0)] * 3 and all(math.isnan(g.norm) for g in res)
+    assert all(len(c) == 1 for c in w.calls)  # no exact rounds after a refusal

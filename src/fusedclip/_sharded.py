@@ -86,26 +86,9 @@ def first_is_dtensor(tensors: list) -> bool:
     return False
 
 
-# ---------------------------------------------------------------- meshes
-_MESH_RANKS: dict = {}
-
-
+# ---------------------------------------------------------------- meshes and placements
 def _ranks(mesh: Any) -> tuple[int, ...]:
-    try:
-        return _MESH_RANKS[mesh]
-    except (KeyError, TypeError):
-        r = tuple(int(x) for x in mesh.mesh.flatten().tolist())
-        try:
-            _MESH_RANKS[mesh] = r
-        except TypeError:
-            pass
-        return r
-
-
-def _root_ranks(mesh: Any) -> tuple[int, ...]:
-    get = getattr(mesh, "_get_root_mesh", None)
-    root = get() if get is not None else None
-    return _ranks(mesh) if root is None or root is mesh else _ranks(root)
+    return tuple(int(x) for x in mesh.mesh.flatten().tolist())
 
 
 def _shard_like(pl: Any) -> bool:
@@ -115,6 +98,49 @@ def _shard_like(pl: Any) -> bool:
 
     strided = getattr(pt, "_StridedShard", None)
     return strided is not None and isinstance(pl, strided)
+
+
+class _Spec(NamedTuple):
+    """What a (mesh, placements) pair means here, worked out once."""
+
+    mesh: Any
+    placements: Any
+    ranks: tuple[int, ...]   # the mesh's
+    root: tuple[int, ...]    # its root mesh's (itself, unless a slice)
+    member: bool             # does it contain this process?
+    copies: int              # product of the Replicate dimensions' sizes
+    bad: tuple               # (mesh dimension, placement, partial?) of a refused placement, or ()
+
+
+#: _Spec by (id(mesh), id(placements)); an entry holds both objects, so
+#: neither id is reused while it is kept (and each hit checks them)
+_SPECS: dict = {}
+
+
+def _spec(mesh: Any, placements: Any, me: int, partial_ok: bool) -> _Spec:
+    e = _SPECS.get((id(mesh), id(placements), partial_ok))
+    if e is not None and e.mesh is mesh and e.placements is placements:
+        return e
+    ranks = _ranks(mesh)
+    get = getattr(mesh, "_get_root_mesh", None)
+    root = get() if get is not None else None
+    copies, bad = 1, ()
+    for d, pl in enumerate(placements):
+        if pl.is_replicate():
+            copies *= mesh.size(d)
+        elif pl.is_partial():
+            if not partial_ok:
+                bad = (d, pl, True)
+                break
+        elif not _shard_like(pl):
+            bad = (d, pl, False)
+            break
+    e = _Spec(mesh, placements, ranks, ranks if root is None or root is mesh else _ranks(root),
+              me in ranks, copies, bad)
+    if len(_SPECS) > 4096:
+        _SPECS.clear()
+    _SPECS[(id(mesh), id(placements), partial_ok)] = e
+    return e
 
 
 _GROUPS: dict = {}
@@ -129,7 +155,7 @@ def _group_of(ranks: tuple[int, ...], meshes: list) -> Any:
     if ranks == tuple(range(dist.get_world_size())):
         return None
     for m in meshes:
-        if m.ndim == 1 and _ranks(m) == ranks:
+        if m.ndim == 1 and _ranks(m) == ranks:  # (its group, made with the mesh)
             return m.get_group()
     g = _GROUPS.get(ranks)
     if g is None:
@@ -151,10 +177,11 @@ def read(tensors: list, fn: str, noun: Callable[[int], str],
     me = dist.get_rank()
     items: list = []
     dtensors: list = []
-    meshes: list = []
-    per: list = []  # (input index, local shard, mesh, copies within the mesh)
+    specs: list = []  # the distinct _Specs met, in order
+    per: list = []  # (input index, _Spec) of the accepted shards
     refusal: BaseException | None = None
     kind = None  # the first shard's device type
+    last = None
 
     def refuse(e: BaseException) -> None:
         nonlocal refusal
@@ -165,68 +192,70 @@ def read(tensors: list, fn: str, noun: Callable[[int], str],
         if g is None:
             items.append(NO_GRAD)
             continue
-        what = noun(i)
         if not isinstance(g, DTensor):
             items.append(NO_GRAD)
             refuse(TypeError(
-                f"{fn}: {what} is a {type(g).__name__}, not a DTensor, while the first gradient is a "
+                f"{fn}: {noun(i)} is a {type(g).__name__}, not a DTensor, while the first gradient is a "
                 "DTensor: a plain tensor's elements would count once per rank; clip DTensor and "
                 "plain gradients in separate calls (or make them DTensors); nothing was modified"))
             continue
-        spec = g._spec
-        mesh = spec.mesh
-        if mesh not in meshes:
-            meshes.append(mesh)
-        dtensors.append(g)
+        sp = g._spec
+        e = last if last is not None and last.mesh is sp.mesh and last.placements is sp.placements \
+            else _spec(sp.mesh, sp.placements, me, partial_ok)
+        if e is not last:
+            last = e
+            if all(x is not e for x in specs):
+                specs.append(e)
         local = g._local_tensor
+        dtensors.append(g)
         items.append(Local(local))
-        if me not in _ranks(mesh):
+        if not e.member:
             refuse(TypeError(
-                f"{fn}: {what} is a DTensor on {mesh}, which does not contain this process (rank "
+                f"{fn}: {noun(i)} is a DTensor on {e.mesh}, which does not contain this process (rank "
                 f"{me}): this rank holds no shard of it; pass each rank the parameters of the meshes "
                 "it belongs to; nothing was modified"))
-            continue
-        if kind is None:
-            kind = local.device.type
-        elif local.device.type != kind:
-            refuse(TypeError(
-                f"{fn}: {what} is on {local.device}, the first DTensor gradient on {kind}: one call "
-                "clips the gradients of one device type; clip them in separate calls; nothing was "
-                "modified"))
-            continue
-        copies = 1
-        for d, pl in enumerate(spec.placements):
-            if pl.is_replicate():
-                copies *= mesh.size(d)
-            elif pl.is_partial() and not partial_ok:
-                refuse(unsupported(what, g, f"its placement on mesh dimension {d} is Partial ({pl}): its shards "
-                                            "are unreduced terms of a sum, whose norm is not theirs; "
-                                            "redistribute it to Replicate() or Shard() first"))
-                break
-            elif not (pl.is_partial() or _shard_like(pl)):
-                refuse(unsupported(what, g, f"its placement {pl} on mesh dimension {d} is not one "
-                                            "fusedclip knows (Shard, _StridedShard, Replicate)"))
-                break
+        elif e.bad:
+            d, pl, partial = e.bad
+            refuse(unsupported(noun(i), g, f"its placement on mesh dimension {d} is Partial ({pl}): its "
+                                           "shards are unreduced terms of a sum, whose norm is not theirs; "
+                                           "redistribute it to Replicate() or Shard() first" if partial else
+                               f"its placement {pl} on mesh dimension {d} is not one fusedclip knows "
+                               "(Shard, _StridedShard, Replicate)"))
         else:
-            per.append((i, mesh, copies))
+            dev = local.device.type
+            if kind is None:
+                kind = dev
+            if dev != kind:
+                refuse(TypeError(
+                    f"{fn}: {noun(i)} is on {local.device}, the first DTensor gradient on {kind}: one "
+                    "call clips the gradients of one device type; clip them in separate calls; nothing "
+                    "was modified"))
+            else:
+                per.append((i, e))
 
-    if not meshes:  # only plain tensors and Nones (first_is_dtensor said otherwise: a race)
+    if not specs:  # only plain tensors and Nones (first_is_dtensor said otherwise: a race)
         raise RuntimeError(f"{fn}: the gradients changed during the call; nothing was modified")
-    union = sorted({r for m in meshes for r in _ranks(m)})
+    meshes: list = []
+    for e in specs:
+        if all(m is not e.mesh for m in meshes) and e.mesh not in meshes:
+            meshes.append(e.mesh)
+    union = tuple(sorted({r for e in specs for r in e.ranks}))
     if me not in union:
         raise refusal if refusal is not None else RuntimeError(fn)
-    group_ranks = tuple(union)
     inside = set(union)
     classes: dict = {}
-    for i, mesh, copies in per:
-        own = _ranks(mesh)
-        siblings = len(inside.intersection(_root_ranks(mesh))) // len(own)
-        classes.setdefault(float(copies * max(siblings, 1)), []).append(i)
+    weight: dict = {}  # id(_Spec) -> copies, siblings included
+    for i, e in per:
+        c = weight.get(id(e))
+        if c is None:
+            siblings = len(inside.intersection(e.root)) // len(e.ranks)
+            c = weight[id(e)] = float(e.copies * max(siblings, 1))
+        classes.setdefault(c, []).append(i)
     device = None
     if kind == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
     return Sharded(items, classes, dtensors, meshes[0] if len(meshes) == 1 else None,
-                   _group_of(group_ranks, meshes), device, refusal)
+                   _group_of(union, meshes), device, refusal)
 
 
 def reducer(sh: Sharded) -> Any:
@@ -261,21 +290,44 @@ def refusal_flags(own: BaseException | None, unsupported: type) -> tuple[float, 
     return (1.0, 0.0) if isinstance(own, unsupported) else (0.0, 1.0)
 
 
+_RESULT_SPECS: dict = {}
+
+
 def result(sh: Sharded, local: Any) -> Any:
     """The norm as torch returns it: a DTensor replicated on the one mesh;
-    a plain tensor where the gradients are on several meshes (torch fails)."""
+    a plain tensor where the gradients are on several meshes (torch fails).
+    Made from a spec kept per (mesh, dtype): ``DTensor.from_local`` costs
+    ten times as much (an autograd function), for the same DTensor."""
     if sh.mesh is None:
         return local
     from torch.distributed.tensor import DTensor, Replicate
 
+    key = (id(sh.mesh), local.dtype)
+    got = _RESULT_SPECS.get(key)
+    if got is None or got[0] is not sh.mesh:
+        try:
+            from torch.distributed.tensor._dtensor_spec import DTensorSpec, TensorMeta
+
+            spec = DTensorSpec(sh.mesh, (Replicate(),) * sh.mesh.ndim,
+                               tensor_meta=TensorMeta(local.shape, local.stride(), local.dtype))
+        except (ImportError, TypeError):  # another torch: the public way
+            spec = None
+        if len(_RESULT_SPECS) > 256:
+            _RESULT_SPECS.clear()
+        got = _RESULT_SPECS[key] = (sh.mesh, spec)
+    if got[1] is not None:
+        return DTensor(local, got[1], requires_grad=False)
     return DTensor.from_local(local, sh.mesh, [Replicate()] * sh.mesh.ndim, run_check=False)
 
 
 def total_norm_value(x: Any) -> Any:
-    """A DTensor ``total_norm`` as a plain tensor (its full value; a
-    collective only where it is Partial); anything else unchanged."""
+    """A DTensor ``total_norm`` as a plain tensor: its local value where it is
+    replicated (fusedclip's norms are), else its full value (a collective
+    where it is Partial: torch's get_total_norm returns that for p = inf);
+    anything else unchanged."""
     DT = dtensor_type()
     if DT is not None and isinstance(x, DT):
+        if all(pl.is_replicate() for pl in x.placements):
+            return x._local_tensor
         return x.full_tensor()
     return x
-
