@@ -215,7 +215,7 @@ def test_patch_installs_all_four_and_unpatch_restores_them_exactly():
 
 
 class Sub(torch.Tensor):
-    """A tensor subclass (as FSDP2's DTensor is): fusedclip does not clip it."""
+    """A tensor subclass other than DTensor: fusedclip does not clip it."""
 
 
 def sub_param(values):

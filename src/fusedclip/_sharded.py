@@ -124,7 +124,8 @@ def _spec(mesh: Any, placements: Any, me: int, partial_ok: bool) -> _Spec:
     ranks = _ranks(mesh)
     get = getattr(mesh, "_get_root_mesh", None)
     root = get() if get is not None else None
-    copies, bad = 1, ()
+    copies = 1
+    bad: tuple = ()
     for d, pl in enumerate(placements):
         if pl.is_replicate():
             copies *= mesh.size(d)

@@ -11,7 +11,9 @@ four functions into ``torch.nn.utils`` so that code written against torch
 (HF Trainer, Lightning, accelerate) uses them unchanged.
 
 The gradients are read in place: CPU tensors (bfloat16 included) by the CPU
-engine, CUDA tensors by the CUDA engine on torch's current stream.  The
+engine, CUDA tensors by the CUDA engine on torch's current stream; a
+``DTensor``'s local shard likewise (FSDP2, tensor parallel, several meshes:
+one all-reduce per call gives the global norm; docs/DISTRIBUTED.md §6).  The
 returned norm is a tensor on the first gradient's device in the dtype torch
 returns; on a GPU it is written by a device-to-device copy of the engine's
 state, so the call never waits for the device (except with
@@ -74,7 +76,7 @@ _BF16 = _dtypes.NUMPY[_dtypes.BF16]
 #: torch's dtypes in the kernels' code order (kernels/dtypes.py): what read_tensors reports
 _DTYPES = _dtypes.torch_dtypes(torch)
 #: the tensor types whose memory read_tensors may take from their accessors
-#: (subclasses, DTensor among them, go the general way)
+#: (subclasses go the general way; DTensor's shards then the DTensor path)
 _TYPES = (torch.Tensor, torch.nn.Parameter)
 _CPU = torch.device("cpu")
 _INF = float("inf")
@@ -429,8 +431,9 @@ READER = _install_aoti()
 
 # ---------------------------------------------------------------- the general path
 class UnsupportedGradients(TypeError):
-    """Gradients fusedclip does not clip (sparse, tensor subclasses such as
-    DTensor, devices other than CPU and CUDA, non-float dtypes).  Raised
+    """Gradients fusedclip does not clip (sparse, tensor subclasses other
+    than DTensor, a Partial DTensor, devices other than CPU and CUDA,
+    non-float dtypes).  Raised
     before anything is read or written; ``patch()`` hands such calls to
     torch's own function."""
 
@@ -1004,7 +1007,7 @@ _PATCHED = {
 class Patch:
     """What ``patch()`` installed: ``calls`` counts the calls fusedclip ran,
     per function, and ``fallbacks`` those it handed to torch's own function
-    (gradients fusedclip does not clip: sparse, tensor subclasses such as
+    (gradients fusedclip does not clip: sparse, tensor subclasses other than
     DTensor, other devices).  ``unpatch()`` (or leaving the ``with`` block)
     restores torch's functions exactly."""
 
@@ -1105,7 +1108,7 @@ def patch(*, fallback: bool = True) -> Patch:
     ``Patch`` (also a context manager: ``with fct.patch(): ...``).
 
     ``fallback``: gradients fusedclip does not clip (sparse, tensor
-    subclasses such as FSDP2's DTensor, other devices) go to torch's own
+    subclasses other than DTensor, other devices) go to torch's own
     function instead of raising.  fusedclip's deliberate differences stay
     (docs/TORCH.md): ``max_norm <= 0`` is a ValueError, for one.  Calling
     ``patch()`` while patched returns the active ``Patch``.  Code that

@@ -128,3 +128,32 @@ def test_nonfinite_propagates_as_torch_on_the_device():
         assert np.array_equal(np.isnan(h), np.isnan(b))
         ok = ~np.isnan(b)
         assert np.array_equal(h[ok], b[ok]) and np.array_equal(np.signbit(h[ok]), np.signbit(b[ok]))
+
+
+def test_dtensor_path_on_cuda_shards(monkeypatch):
+    """fusedclip.torch's DTensor path (``_sharded_norm``, ``_sharded_write``)
+    where the local shards are CUDA tensors: each copies class through the
+    CUDA engine (the host reads its norm: docs/DISTRIBUTED.md §6), the round
+    (here one rank's), then the scale kernel on every shard."""
+    from fusedclip import _sharded
+    from fusedclip.kernels import cpu
+
+    dtypes = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+    hosts, params, _ = pair(dtypes, seed=11)
+    x0 = [h.copy() for h in hosts]
+    classes = {1.0: [0, 2], 2.0: [1], 4.0: [3]}  # a shard, and parts held by 2 and 4 ranks
+    sh = _sharded.Sharded([_sharded.Local(q.grad) for q in params], classes, [], None, None, None, None)
+    rounds = []
+    monkeypatch.setattr(_sharded, "reducer", lambda sh: lambda x, op: rounds.append((op, len(x))) or x)
+    for p, kind in ((2.0, cpu.NORM_2), (1.0, cpu.NORM_1), (math.inf, cpu.NORM_INF)):
+        g, bad = fct._sharded_norm(sh, kind, p, None, "t", True, True)
+        per = {i: ref_norm([x0[i]], p) for i in range(4)}
+        if p == math.inf:
+            want = max(per.values())
+        else:
+            want = math.fsum(per[i] ** p / c for c, idx in classes.items() for i in idx) ** (1 / p)
+        assert abs(g.norm - want) <= 1e-12 * want and g.flags == 0 and bad == (), (p, g.norm, want)
+    assert rounds == [("sum", 8), ("sum", 8), ("max", 5)]  # one round each, the two refusal flags in it
+    fct._sharded_write(sh, fct._OP_SCALE, 0.25, None, "t")
+    for h, x in zip(hosts, x0):
+        np.testing.assert_array_equal(h, scaled(x, 0.25))
