@@ -361,6 +361,32 @@ def dtype_cases(mesh, rank: int) -> None:
     OUT["overflow"] = [c.stats.norm.hex(), c.stats.scale.hex()]
 
 
+def accelerate_case(name: str, params: list) -> None:
+    """accelerate's FSDP2 clip (``Accelerator._clip_grad_norm_dtensor_aware``:
+    get_total_norm per mesh, then clip_grads_with_norm_) through patch():
+    every call taken by fusedclip, none handed back, torch's result."""
+    try:
+        from accelerate import Accelerator
+    except ImportError:
+        OUT[f"{name}/accelerate"] = "not installed"
+        return
+    clip = Accelerator._clip_grad_norm_dtensor_aware  # uses nothing of self
+    params = [q for q in params if q.grad is not None]
+    base = shards(params)
+    v = exact_norm(params, 2.0) / 5
+    want = clip(None, params, v)
+    theirs = shards(params)
+    restore(params, base)
+    with fct.patch() as h:
+        got = clip(None, params, v)
+    assert h.calls["get_total_norm"] >= 1 and h.calls["clip_grads_with_norm_"] >= 1, h
+    assert sum(h.fallbacks.values()) == 0, h
+    assert abs(float(got) - float(want)) <= 1e-5 * float(want)
+    close(shards(params), theirs, 1e-5)
+    restore(params, base)
+    OUT[f"{name}/accelerate"] = float(got).hex()
+
+
 # ---------------------------------------------------------------- models
 class Block(torch.nn.Module):
     def __init__(self, d: int) -> None:
@@ -408,6 +434,7 @@ def fsdp(rank: int, world: int) -> None:
     clip_cases("fsdp", params, mesh, True)
     nonfinite_cases("fsdp", params, rank, True)
     dtype_cases(mesh, rank)
+    accelerate_case("fsdp", params)
     bad_inputs(params, mesh, rank, world)
 
 
@@ -438,6 +465,7 @@ def tp(rank: int, world: int) -> None:
     OUT["two-mesh/torch fails"] = not torch_two
     clip_cases("two-mesh", params, None, torch_two)
     nonfinite_cases("two-mesh", params, rank, torch_two)
+    accelerate_case("two-mesh", params)  # accelerate clips per mesh, then combines
 
 
 def main() -> None:
