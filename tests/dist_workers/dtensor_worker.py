@@ -154,7 +154,8 @@ def clip_cases(name: str, params: list, mesh, torch_ok: bool) -> None:
                 assert same(mine, base), f"{tag}: written though not clipped"
             if torch_ok:
                 restore(params, base)
-                nt = torch.nn.utils.clip_grad_norm_(params, v, p)
+                nt, kt = COUNT(torch.nn.utils.clip_grad_norm_, params, v, p)
+                OUT[f"{name}/p={p}/torch collectives"] = kt
                 # torch's type; its placement may be Partial (p = inf): ours is
                 # always Replicate (reading it needs no collective), the same value
                 assert isinstance(nt, DTensor) and type(n) is type(nt) and nt.dtype == n.dtype
