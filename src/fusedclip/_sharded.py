@@ -20,9 +20,12 @@ specs; ``fusedclip.torch`` does the rest with its usual paths:
 * every rank reads the same reduced bits, so the norm, the coefficient and
   the decision are the same everywhere.
 
+A ``Partial`` gradient (unreduced terms) is redistributed to ``Replicate``
+for its norm (torch's own collective on its mesh, one per such gradient;
+FSDP2 and TP gradients are never Partial), and its terms are scaled.
+
 A gradient this module refuses (a non-DTensor among DTensors, a mesh
-without this process, mixed devices, a ``Partial`` placement) is still a
-member of the round: the refusal rides in the vector, so every rank raises
+without this process, mixed devices) is still a member of the round: the refusal rides in the vector, so every rank raises
 and none waits in a collective (docs/DISTRIBUTED.md §6).
 """
 from __future__ import annotations
@@ -51,14 +54,17 @@ NO_GRAD = Local(None)
 class Sharded(NamedTuple):
     """One call's DTensor gradients, read.
 
-    ``items``: one ``Local`` per input (``NO_GRAD`` for a None grad);
-    ``classes``: copies -> the inputs with that many copies; ``dtensors``:
+    ``items``: one ``Local`` per input (``NO_GRAD`` for a None grad): the
+    shards written; ``norm_items`` the shards measured (the same, except a
+    Partial gradient's: its reduced copy); ``classes``: copies -> the inputs
+    with that many copies; ``dtensors``:
     the DTensors (their version counters are bumped with their shards');
     ``mesh``: the one mesh, or None for several; ``group``/``device``:
     where the round runs; ``refusal``: this rank's refusal, raised after the
     round (None: accepted)."""
 
     items: list
+    norm_items: list
     classes: dict
     dtensors: list
     mesh: Any
@@ -108,8 +114,9 @@ class _Spec(NamedTuple):
     ranks: tuple[int, ...]   # the mesh's
     root: tuple[int, ...]    # its root mesh's (itself, unless a slice)
     member: bool             # does it contain this process?
-    copies: int              # product of the Replicate dimensions' sizes
+    copies: int              # product of the Replicate dimensions' sizes (and Partial's, reduced)
     bad: tuple               # (mesh dimension, placement, partial?) of a refused placement, or ()
+    reduced: tuple           # the placements to redistribute to for the norm (Partial -> Replicate), or ()
 
 
 #: _Spec by (id(mesh), id(placements)); an entry holds both objects, so
@@ -117,8 +124,8 @@ class _Spec(NamedTuple):
 _SPECS: dict = {}
 
 
-def _spec(mesh: Any, placements: Any, me: int, partial_ok: bool) -> _Spec:
-    e = _SPECS.get((id(mesh), id(placements), partial_ok))
+def _spec(mesh: Any, placements: Any, me: int, partial: str) -> _Spec:
+    e = _SPECS.get((id(mesh), id(placements), partial))
     if e is not None and e.mesh is mesh and e.placements is placements:
         return e
     ranks = _ranks(mesh)
@@ -130,17 +137,24 @@ def _spec(mesh: Any, placements: Any, me: int, partial_ok: bool) -> _Spec:
         if pl.is_replicate():
             copies *= mesh.size(d)
         elif pl.is_partial():
-            if not partial_ok:
+            if partial == "refuse":
                 bad = (d, pl, True)
                 break
+            if partial == "reduce":
+                copies *= mesh.size(d)
         elif not _shard_like(pl):
             bad = (d, pl, False)
             break
+    reduced: tuple = ()
+    if partial == "reduce" and not bad and any(pl.is_partial() for pl in placements):
+        from torch.distributed.tensor import Replicate
+
+        reduced = tuple(Replicate() if pl.is_partial() else pl for pl in placements)
     e = _Spec(mesh, placements, ranks, ranks if root is None or root is mesh else _ranks(root),
-              me in ranks, copies, bad)
+              me in ranks, copies, bad, reduced)
     if len(_SPECS) > 4096:
         _SPECS.clear()
-    _SPECS[(id(mesh), id(placements), partial_ok)] = e
+    _SPECS[(id(mesh), id(placements), partial)] = e
     return e
 
 
@@ -166,17 +180,24 @@ def _group_of(ranks: tuple[int, ...], meshes: list) -> Any:
 
 # ---------------------------------------------------------------- reading the specs
 def read(tensors: list, fn: str, noun: Callable[[int], str],
-         unsupported: Callable[[str, Any, str], BaseException], partial_ok: bool = False) -> Sharded:
+         unsupported: Callable[[str, Any, str], BaseException], partial: str = "refuse") -> Sharded:
     """The DTensor gradients' shards, copies, mesh and group.  A refusal is
     kept in ``Sharded.refusal`` (the first one; raise it after the round,
     or at once where no round follows); a process in none of the meshes
-    raises at once (it has no group to tell)."""
+    raises at once (it has no group to tell).
+
+    ``partial``: what a Partial placement gets: "reduce" (a norm: the
+    gradient is redistributed to Replicate on those dimensions for the
+    norm, a collective on its mesh, done by every member whatever else it
+    refuses, so that none waits; its shard, the terms, is what is scaled,
+    a scale being linear), "keep" (a scale only), "refuse" (a clamp)."""
     import torch
     import torch.distributed as dist
     from torch.distributed.tensor import DTensor
 
     me = dist.get_rank()
     items: list = []
+    norm_items: list = []
     dtensors: list = []
     specs: list = []  # the distinct _Specs met, in order
     per: list = []  # (input index, _Spec) of the accepted shards
@@ -192,9 +213,11 @@ def read(tensors: list, fn: str, noun: Callable[[int], str],
     for i, g in enumerate(tensors):
         if g is None:
             items.append(NO_GRAD)
+            norm_items.append(NO_GRAD)
             continue
         if not isinstance(g, DTensor):
             items.append(NO_GRAD)
+            norm_items.append(NO_GRAD)
             refuse(TypeError(
                 f"{fn}: {noun(i)} is a {type(g).__name__}, not a DTensor, while the first gradient is a "
                 "DTensor: a plain tensor's elements would count once per rank; clip DTensor and "
@@ -202,7 +225,7 @@ def read(tensors: list, fn: str, noun: Callable[[int], str],
             continue
         sp = g._spec
         e = last if last is not None and last.mesh is sp.mesh and last.placements is sp.placements \
-            else _spec(sp.mesh, sp.placements, me, partial_ok)
+            else _spec(sp.mesh, sp.placements, me, partial)
         if e is not last:
             last = e
             if all(x is not e for x in specs):
@@ -210,6 +233,16 @@ def read(tensors: list, fn: str, noun: Callable[[int], str],
         local = g._local_tensor
         dtensors.append(g)
         items.append(Local(local))
+        if e.reduced and e.member:
+            try:
+                norm_items.append(Local(g.redistribute(e.mesh, e.reduced)._local_tensor))
+            except Exception as x:  # noqa: BLE001 - a refusal, told to every rank
+                norm_items.append(NO_GRAD)
+                refuse(RuntimeError(f"{fn}: {noun(i)}: reducing its Partial placement failed ({x}); "
+                                    "nothing was modified"))
+                continue
+        else:
+            norm_items.append(items[-1])
         if not e.member:
             refuse(TypeError(
                 f"{fn}: {noun(i)} is a DTensor on {e.mesh}, which does not contain this process (rank "
@@ -255,7 +288,7 @@ def read(tensors: list, fn: str, noun: Callable[[int], str],
     device = None
     if kind == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
-    return Sharded(items, classes, dtensors, meshes[0] if len(meshes) == 1 else None,
+    return Sharded(items, norm_items, classes, dtensors, meshes[0] if len(meshes) == 1 else None,
                    _group_of(union, meshes), device, refusal)
 
 

@@ -432,8 +432,8 @@ READER = _install_aoti()
 # ---------------------------------------------------------------- the general path
 class UnsupportedGradients(TypeError):
     """Gradients fusedclip does not clip (sparse, tensor subclasses other
-    than DTensor, a Partial DTensor, devices other than CPU and CUDA,
-    non-float dtypes).  Raised
+    than DTensor, a Partial DTensor in clip_grad_value_, devices other than
+    CPU and CUDA, non-float dtypes).  Raised
     before anything is read or written; ``patch()`` hands such calls to
     torch's own function."""
 
@@ -606,9 +606,9 @@ def _live(tensors: list) -> list:
 # FSDP2, tensor parallel, several meshes: _sharded reads the specs; the local
 # shards go through the paths above; one round of _reduce.combine makes the
 # global norm (docs/DISTRIBUTED.md §6).
-def _read_sharded(tensors: list, fn: str, grads: bool, partial_ok: bool = False) -> _sharded.Sharded:
+def _read_sharded(tensors: list, fn: str, grads: bool, partial: str) -> _sharded.Sharded:
     return _sharded.read(tensors, fn, functools.partial(_noun, grads),
-                         lambda what, g, why: _unsupported(fn, what, g, why), partial_ok)
+                         lambda what, g, why: _unsupported(fn, what, g, why), partial)
 
 
 def _as_tensor_message(e: BaseException) -> BaseException:
@@ -644,7 +644,7 @@ def _sharded_norm(sh: _sharded.Sharded, kind: int, p: float, nt, fn: str, grads:
             for copies, idx in sh.classes.items():
                 items = [_sharded.NO_GRAD] * len(sh.items)
                 for i in idx:
-                    items[i] = sh.items[i]
+                    items[i] = sh.norm_items[i]
                 n, f, scale_of, b = _local_norm(items, kind, p, nt, fn, writable)
                 parts.append(_reduce.Part(n, f, scale_of, False, copies))
                 bad.extend(b)
@@ -682,7 +682,7 @@ def _sharded_write(sh: _sharded.Sharded, op: int, a: float, nt, fn: str) -> None
 def _sharded_clip(tensors: list, v: float, kind: int, p: float, policy: str, nt,
                   fn: str) -> tuple[torch.Tensor, _policy.ClipStats]:
     """clip_grad_norm_ over DTensor gradients: (norm, stats)."""
-    sh = _read_sharded(tensors, fn, True)
+    sh = _read_sharded(tensors, fn, True, "reduce")
     g, bad = _sharded_norm(sh, kind, p, nt, fn, True, True)
     d = _policy.decide(g.norm, g.flags, v, policy, lambda: g.scale_of(v), EPS)
     if d.action == _policy.A_RAISE:
@@ -692,11 +692,11 @@ def _sharded_clip(tensors: list, v: float, kind: int, p: float, policy: str, nt,
     return _sharded_result(sh, g.norm), _policy.ClipStats(g.norm, d.scale, d.clipped, not g.flags, v, bad)
 
 
-def _sharded_local(tensors: list, fn: str, op: int, a: float | None, partial_ok: bool) -> None:
+def _sharded_local(tensors: list, fn: str, op: int, a: float | None, partial: str) -> None:
     """clip_grads_with_norm_ / clip_grad_value_ over DTensor gradients: each
     shard on its own, no collective (so a refusal is this rank's only);
     ``a`` None: check only (nothing to write)."""
-    sh = _read_sharded(tensors, fn, True, partial_ok)
+    sh = _read_sharded(tensors, fn, True, partial)
     if sh.refusal is not None:
         raise sh.refusal
     if a is not None:
@@ -796,7 +796,7 @@ def clip_grad_value_(
             _bump(r[3])
         return None
     if _sharded.first_is_dtensor(_grads(params, fn)):
-        return _sharded_local(_grads(params, fn), fn, _OP_CLAMP, v, False)
+        return _sharded_local(_grads(params, fn), fn, _OP_CLAMP, v, "refuse")
     plan, tensors = _general_plan(params, True, fn, True)
     live = _live(tensors)
     if live:
@@ -832,7 +832,7 @@ def get_total_norm(
             raise _nonfinite(r[0], p, r[5], "tensors")
         return _norm_tensor(r[0], _RESULT_DTYPE[r[4]], _CPU)
     if _sharded.first_is_dtensor(items):
-        sh = _read_sharded(items, fn, False)
+        sh = _read_sharded(items, fn, False, "reduce")
         g, bad = _sharded_norm(sh, kind, p, None, fn, False, False)
         if error_if_nonfinite and g.flags:
             raise _nonfinite(g.norm, p, bad, "tensors")
@@ -874,7 +874,7 @@ def clip_grads_with_norm_(
         return None
     if _sharded.first_is_dtensor(_grads(params, fn)):
         return _sharded_local(_grads(params, fn), fn, _OP_SCALE,
-                              d.scale if d.action == _policy.A_SCALE else None, True)
+                              d.scale if d.action == _policy.A_SCALE else None, "keep")
     plan, tensors = _general_plan(params, True, fn, True)
     live = _live(tensors)
     if live:

@@ -268,17 +268,25 @@ def bad_inputs(params: list, mesh, rank: int, world: int) -> None:
                                               run_check=False))
     m.grad = DTensor.from_local(torch.empty(2, device="meta"), mesh, [Replicate()], run_check=False)
     expect_refusal(fct.clip_grad_norm_, good + [m], rank, set(range(world)), "one device type", n_good)
-    # Partial: UnsupportedGradients everywhere; patch() hands it to torch on every rank
+    # Partial (unreduced terms): reduced for the norm (torch's collective on its
+    # mesh: one more), its terms scaled; as torch's own result
     pp = torch.nn.Parameter(DTensor.from_local(torch.ones(2), mesh, [Replicate()], run_check=False))
     pp.grad = DTensor.from_local(torch.full((2,), float(rank + 1)), mesh, [Partial()], run_check=False)
-    try:
-        fct.clip_grad_norm_(good + [pp], 1e-3)
-        raise AssertionError("Partial accepted")
-    except fct.UnsupportedGradients as e:
-        assert "Partial" in str(e) and f"parameter {n_good}'s grad" in str(e), str(e)
-    with fct.patch() as patched:
-        torch.nn.utils.clip_grad_norm_(good + [pp], 1e9)
-        assert patched.fallbacks["clip_grad_norm_"] == 1
+    mixed = good + [pp]
+    base = shards(mixed)
+    exact = exact_norm(mixed, 2.0)  # pp's full value: the sum of the terms, counted once
+    assert abs(exact_norm([pp], 2.0) - math.sqrt(2) * world * (world + 1) / 2) < 1e-12
+    n, k = COUNT(fct.clip_grad_norm_, mixed, exact / 2)
+    assert k == 2 and abs(value(n) - exact) <= 1e-6 * exact, (k, value(n), exact)
+    mine = shards(mixed)
+    restore(mixed, base)
+    nt = torch.nn.utils.clip_grad_norm_(mixed, exact / 2)
+    assert abs(float(nt.full_tensor()) - exact) <= 1e-5 * exact
+    close(mine, shards(mixed), 1e-5)
+    restore(mixed, base)
+    t, k = COUNT(fct.get_total_norm, [q.grad for q in mixed])
+    assert k == 2 and abs(value(t) - exact) <= 1e-6 * exact
+    OUT["partial"] = value(n).hex()
     # clip_grad_value_ refuses Partial (a clamp of the terms is not a clamp of
     # the sum); clip_grads_with_norm_ scales it (a scale is linear); no collective
     try:

@@ -142,7 +142,8 @@ def test_dtensor_path_on_cuda_shards(monkeypatch):
     hosts, params, _ = pair(dtypes, seed=11)
     x0 = [h.copy() for h in hosts]
     classes = {1.0: [0, 2], 2.0: [1], 4.0: [3]}  # a shard, and parts held by 2 and 4 ranks
-    sh = _sharded.Sharded([_sharded.Local(q.grad) for q in params], classes, [], None, None, None, None)
+    items = [_sharded.Local(q.grad) for q in params]
+    sh = _sharded.Sharded(items, items, classes, [], None, None, None, None)
     rounds = []
     monkeypatch.setattr(_sharded, "reducer", lambda sh: lambda x, op: rounds.append((op, len(x))) or x)
     for p, kind in ((2.0, cpu.NORM_2), (1.0, cpu.NORM_1), (math.inf, cpu.NORM_INF)):
