@@ -13,11 +13,10 @@ collectives per call, and nothing written where nothing is clipped.  Prints
 ``RESULT <json>``: every case's float64 norm and scale as hex, which the test
 compares across ranks (the same bits everywhere).
 """
-import datetime
-import json
 import math
 import sys
 import warnings
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -30,6 +29,9 @@ from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, 
 
 import fusedclip.torch as fct
 from fusedclip import NonFiniteError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gloo  # noqa: E402
 
 warnings.filterwarnings("ignore")
 INF = math.inf
@@ -478,17 +480,15 @@ def tp(rank: int, world: int) -> None:
 
 
 def main() -> None:
-    global COUNT
     rank, world, init, layout = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=60))
-    COUNT = Collectives()
-    try:
+
+    def body() -> dict:
+        global COUNT
+        COUNT = Collectives()
         {"fsdp": fsdp, "tp": tp}[layout](rank, world)
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-    print("RESULT " + json.dumps(OUT, sort_keys=True), flush=True)
+        return OUT
+
+    gloo.run(rank, world, init, body, timeout_s=60)
 
 
 if __name__ == "__main__":
