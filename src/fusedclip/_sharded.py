@@ -25,8 +25,9 @@ for its norm (torch's own collective on its mesh, one per such gradient;
 FSDP2 and TP gradients are never Partial), and its terms are scaled.
 
 A gradient this module refuses (a non-DTensor among DTensors, a mesh
-without this process, mixed devices) is still a member of the round: the refusal rides in the vector, so every rank raises
-and none waits in a collective (docs/DISTRIBUTED.md §6).
+without this process, mixed devices) leaves its rank a member of the round:
+the refusal rides in the vector, so every rank raises and none waits in a
+collective (docs/DISTRIBUTED.md §6).
 """
 from __future__ import annotations
 
@@ -57,8 +58,8 @@ class Sharded(NamedTuple):
     ``items``: one ``Local`` per input (``NO_GRAD`` for a None grad): the
     shards written; ``norm_items`` the shards measured (the same, except a
     Partial gradient's: its reduced copy); ``classes``: copies -> the inputs
-    with that many copies; ``dtensors``:
-    the DTensors (their version counters are bumped with their shards');
+    with that many copies; ``dtensors``: the DTensors (their version
+    counters are bumped with their shards');
     ``mesh``: the one mesh, or None for several; ``group``/``device``:
     where the round runs; ``refusal``: this rank's refusal, raised after the
     round (None: accepted)."""
