@@ -81,13 +81,15 @@ def dtensor_type() -> Any:
     return None if m is None else getattr(m, "DTensor", None)
 
 
-def first_is_dtensor(tensors: list) -> bool:
-    """Is the first non-None tensor a DTensor?  (The DTensor path's door;
-    a DTensor after a plain tensor is refused by the general path.)"""
+def first_is_dtensor(items: list, grads: bool) -> bool:
+    """Is the first non-None tensor (``.grad`` where ``grads``) a DTensor?
+    (The DTensor path's door; a DTensor after a plain tensor is refused by
+    the general path.)  Free where torch.distributed.tensor is not imported."""
     DT = dtensor_type()
     if DT is None:
         return False
-    for g in tensors:
+    for x in items:
+        g = getattr(x, "grad", None) if grads else x
         if g is not None:
             return isinstance(g, DT)
     return False

@@ -768,9 +768,8 @@ def _clip_grad_norm(params: Any, original: Any, max_norm: Any, norm_type: Any,
         elif r[2] != 1.0:
             _bump(r[3])
         return _norm_tensor(r[0], _RESULT_DTYPE[r[4]], _CPU)
-    tensors = _grads(params, fn)
-    if _sharded.first_is_dtensor(tensors):
-        return _sharded_clip(tensors, v, kind, p, _policy_for(error_if_nonfinite), None, fn)[0]
+    if _sharded.first_is_dtensor(params, True):
+        return _sharded_clip(_grads(params, fn), v, kind, p, _policy_for(error_if_nonfinite), None, fn)[0]
     plan, tensors = _general_plan(params, True, fn, True)
     live = _live(tensors)
     if not live:
@@ -795,7 +794,7 @@ def clip_grad_value_(
         if r[3]:
             _bump(r[3])
         return None
-    if _sharded.first_is_dtensor(_grads(params, fn)):
+    if _sharded.first_is_dtensor(params, True):
         return _sharded_local(_grads(params, fn), fn, _OP_CLAMP, v, "refuse")
     plan, tensors = _general_plan(params, True, fn, True)
     live = _live(tensors)
@@ -831,7 +830,7 @@ def get_total_norm(
         if error_if_nonfinite and r[1]:
             raise _nonfinite(r[0], p, r[5], "tensors")
         return _norm_tensor(r[0], _RESULT_DTYPE[r[4]], _CPU)
-    if _sharded.first_is_dtensor(items):
+    if _sharded.first_is_dtensor(items, False):
         sh = _read_sharded(items, fn, False, "reduce")
         g, bad = _sharded_norm(sh, kind, p, None, fn, False, False)
         if error_if_nonfinite and g.flags:
@@ -872,7 +871,7 @@ def clip_grads_with_norm_(
         if r[2] != 1.0:
             _bump(r[3])
         return None
-    if _sharded.first_is_dtensor(_grads(params, fn)):
+    if _sharded.first_is_dtensor(params, True):
         return _sharded_local(_grads(params, fn), fn, _OP_SCALE,
                               d.scale if d.action == _policy.A_SCALE else None, "keep")
     plan, tensors = _general_plan(params, True, fn, True)
@@ -975,10 +974,9 @@ class Clipper(_torchread.ClipCall):
                 _bump(live)
             self._stats = _policy.ClipStats(norm, scale, bool(flags) or scale != 1.0, not flags, v, bad)
             return _norm_tensor(norm, _RESULT_DTYPE[mask], _CPU)
-        tensors = _grads(self._params, self._fn)
-        if _sharded.first_is_dtensor(tensors):
-            norm, self._stats = _sharded_clip(tensors, v, self._kind, p, _policy_for(self.error_if_nonfinite),
-                                              nt, self._fn)
+        if _sharded.first_is_dtensor(self._params, True):
+            norm, self._stats = _sharded_clip(_grads(self._params, self._fn), v, self._kind, p,
+                                              _policy_for(self.error_if_nonfinite), nt, self._fn)
             return norm
         last = self._plan
         plan, tensors = _general_plan(self._params, True, self._fn, True, last)
