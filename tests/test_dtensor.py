@@ -61,6 +61,16 @@ def test_fsdp2(world, tmp_path):
         assert max(outside) > 0
 
 
+def test_the_same_bits_from_run_to_run(tmp_path):
+    """Two runs of the same training step and clips: every norm and scale the
+    same to the bit (the first run's results against the second's)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, _ = _run(2, "fsdp", tmp_path / "a")
+    second, _ = _run(2, "fsdp", tmp_path / "b")
+    assert first[0] == second[0]
+
+
 def test_fsdp_tp_and_two_meshes(tmp_path):
     results, _ = _run(4, "tp", tmp_path)
     res = results[0]
