@@ -739,6 +739,8 @@ def clip_grad_norm_(
     always clips all tensors in one fused pass).  ``error_if_nonfinite``:
     ``NonFiniteError`` (a RuntimeError, with torch's message) before
     anything is written; else a NaN/inf norm scales by NaN/0 as torch does.
+    DTensor gradients: the global norm over every mesh (one all-reduce),
+    returned as a replicated DTensor (a plain tensor for several meshes).
     """
     r = _clip_norm_tensor(parameters, max_norm, norm_type, EPS, 0, ONE_THREAD_BYTES)
     if type(r) is torch.Tensor:  # the fast path ran (CPU grads, finite), all in C
@@ -893,7 +895,9 @@ class Clipper(_torchread.ClipCall):
     tensors (``zero_grad(set_to_none=True)``) are what it clips.  CPU grads
     need no plan (their layouts are read and checked in C on every call);
     ``replans`` counts the general-path plans it built (CUDA grads: a new
-    one when an address or a layout changed).  Compare the array-level
+    one when an address or a layout changed).  DTensor grads (FSDP2, tensor
+    parallel) are read afresh every call, as ``clip_grad_norm_`` reads them
+    (docs/DISTRIBUTED.md §6).  Compare the array-level
     ``fusedclip.Clipper``, whose plan holds the arrays it was given: over
     last step's grads it measures stale memory (docs/TORCH.md).
 
