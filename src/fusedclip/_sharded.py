@@ -31,6 +31,7 @@ collective (docs/DISTRIBUTED.md §6).
 """
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any, Callable, NamedTuple
 
@@ -81,17 +82,18 @@ def dtensor_type() -> Any:
     return None if m is None else getattr(m, "DTensor", None)
 
 
-def first_is_dtensor(items: list, grads: bool) -> bool:
-    """Is the first non-None tensor (``.grad`` where ``grads``) a DTensor?
-    (The DTensor path's door; a DTensor after a plain tensor is refused by
-    the general path.)  Free where torch.distributed.tensor is not imported."""
+def any_dtensor(items: list, grads: bool) -> bool:
+    """Is any item a DTensor (where ``grads``: any parameter or its
+    ``.grad``)?  The DTensor path's door: every rank of an SPMD call takes
+    it alike, whatever its own grads (None on one rank, a plain tensor on
+    another: refused through the round).  Free where
+    torch.distributed.tensor is not imported."""
     DT = dtensor_type()
     if DT is None:
         return False
     for x in items:
-        g = getattr(x, "grad", None) if grads else x
-        if g is not None:
-            return isinstance(g, DT)
+        if isinstance(x, DT) or grads and isinstance(getattr(x, "grad", None), DT):
+            return True
     return False
 
 
@@ -115,7 +117,7 @@ class _Spec(NamedTuple):
     mesh: Any
     placements: Any
     ranks: tuple[int, ...]   # the mesh's
-    root: tuple[int, ...]    # its root mesh's (itself, unless a slice)
+    blocks: tuple            # its root mesh's ranks cut into the mesh and its siblings (frozensets)
     member: bool             # does it contain this process?
     copies: int              # product of the Replicate dimensions' sizes (and Partial's, reduced)
     bad: tuple               # (mesh dimension, placement, partial?) of a refused placement, or ()
@@ -132,8 +134,6 @@ def _spec(mesh: Any, placements: Any, me: int, partial: str) -> _Spec:
     if e is not None and e.mesh is mesh and e.placements is placements:
         return e
     ranks = _ranks(mesh)
-    get = getattr(mesh, "_get_root_mesh", None)
-    root = get() if get is not None else None
     copies = 1
     bad: tuple = ()
     for d, pl in enumerate(placements):
@@ -153,12 +153,55 @@ def _spec(mesh: Any, placements: Any, me: int, partial: str) -> _Spec:
         from torch.distributed.tensor import Replicate
 
         reduced = tuple(Replicate() if pl.is_partial() else pl for pl in placements)
-    e = _Spec(mesh, placements, ranks, ranks if root is None or root is mesh else _ranks(root),
-              me in ranks, copies, bad, reduced)
+    e = _Spec(mesh, placements, ranks, _blocks(mesh, ranks), me in ranks, copies, bad, reduced)
     if len(_SPECS) > 4096:
         _SPECS.clear()
     _SPECS[(id(mesh), id(placements), partial)] = e
     return e
+
+
+def _blocks(mesh: Any, ranks: tuple[int, ...]) -> tuple:
+    """The ranks of ``mesh``'s root mesh cut into ``mesh`` and its sibling
+    slices (one per coordinate of the dimensions sliced away), as
+    frozensets; just ``mesh``'s ranks where it is a root (or a slice this
+    does not know: a flattened dimension)."""
+    import numpy as np
+
+    own = (frozenset(ranks),)
+    get = getattr(mesh, "_get_root_mesh", None)
+    root = get() if get is not None else None
+    if root is None or root is mesh:
+        return own
+    names, kept = root.mesh_dim_names or (), mesh.mesh_dim_names or ()
+    if not kept or any(n not in names for n in kept):
+        return own
+    arr = np.asarray(root.mesh.tolist())
+    keep = [names.index(n) for n in kept]
+    other = [d for d in range(arr.ndim) if d not in keep]
+    rows = np.transpose(arr, other + keep).reshape(-1, math.prod(arr.shape[d] for d in keep))
+    blocks = tuple(frozenset(int(x) for x in row) for row in rows.tolist())
+    return blocks if own[0] in blocks else own
+
+
+def _closure(specs: list) -> frozenset:
+    """The ranks of the call: the member meshes' ranks, then every sibling
+    slice that meets them, until none is added.  Every rank of an SPMD call
+    gets the same set (a rank's meshes are its siblings' meshes), so two
+    orthogonal slices (``mesh["dp"]`` and ``mesh["tp"]``) give the whole
+    mesh, and pipeline stages (slices that meet nothing of another stage)
+    stay apart."""
+    group: set = set()
+    for e in specs:
+        group.update(e.ranks)
+    grown = True
+    while grown:
+        grown = False
+        for e in specs:
+            for b in e.blocks:
+                if not b <= group and not b.isdisjoint(group):
+                    group |= b
+                    grown = True
+    return frozenset(group)
 
 
 _GROUPS: dict = {}
@@ -183,7 +226,8 @@ def _group_of(ranks: tuple[int, ...], meshes: list) -> Any:
 
 # ---------------------------------------------------------------- reading the specs
 def read(tensors: list, fn: str, noun: Callable[[int], str],
-         unsupported: Callable[[str, Any, str], BaseException], partial: str = "refuse") -> Sharded:
+         unsupported: Callable[[str, Any, str], BaseException], partial: str = "refuse",
+         params: list | None = None) -> Sharded:
     """The DTensor gradients' shards, copies, mesh and group.  A refusal is
     kept in ``Sharded.refusal`` (the first one; raise it after the round,
     or at once where no round follows); a process in none of the meshes
@@ -193,7 +237,9 @@ def read(tensors: list, fn: str, noun: Callable[[int], str],
     gradient is redistributed to Replicate on those dimensions for the
     norm, a collective on its mesh, done by every member whatever else it
     refuses, so that none waits; its shard, the terms, is what is scaled,
-    a scale being linear), "keep" (a scale only), "refuse" (a clamp)."""
+    a scale being linear), "keep" (a scale only), "refuse" (a clamp).
+    ``params``: the parameters, whose meshes count for the group where
+    their grad is None (a rank whose grads are all None still takes part)."""
     import torch
     import torch.distributed as dist
     from torch.distributed.tensor import DTensor
@@ -202,8 +248,9 @@ def read(tensors: list, fn: str, noun: Callable[[int], str],
     items: list = []
     norm_items: list = []
     dtensors: list = []
-    specs: list = []  # the distinct _Specs met, in order
+    specs: list = []  # the distinct _Specs met (grads', and None grads' parameters'), in order
     per: list = []  # (input index, _Spec) of the accepted shards
+    reduced: dict = {}  # id(Partial DTensor) -> its reduced shard (the same gradient twice counts once)
     refusal: BaseException | None = None
     kind = None  # the first shard's device type
     last = None
@@ -213,37 +260,44 @@ def read(tensors: list, fn: str, noun: Callable[[int], str],
         if refusal is None:
             refusal = e
 
-    for i, g in enumerate(tensors):
-        if g is None:
-            items.append(NO_GRAD)
-            norm_items.append(NO_GRAD)
-            continue
-        if not isinstance(g, DTensor):
-            items.append(NO_GRAD)
-            norm_items.append(NO_GRAD)
-            refuse(TypeError(
-                f"{fn}: {noun(i)} is a {type(g).__name__}, not a DTensor, while the first gradient is a "
-                "DTensor: a plain tensor's elements would count once per rank; clip DTensor and "
-                "plain gradients in separate calls (or make them DTensors); nothing was modified"))
-            continue
-        sp = g._spec
+    def spec_of(t: Any) -> _Spec:
+        nonlocal last
+        sp = t._spec
         e = last if last is not None and last.mesh is sp.mesh and last.placements is sp.placements \
             else _spec(sp.mesh, sp.placements, me, partial)
         if e is not last:
             last = e
             if all(x is not e for x in specs):
                 specs.append(e)
+        return e
+
+    for i, g in enumerate(tensors):
+        if g is None or not isinstance(g, DTensor):
+            items.append(NO_GRAD)
+            norm_items.append(NO_GRAD)
+            if g is not None:
+                refuse(TypeError(
+                    f"{fn}: {noun(i)} is a {type(g).__name__}, not a DTensor, among DTensor gradients: a "
+                    "plain tensor's elements would count once per rank; clip DTensor and plain "
+                    "gradients in separate calls (or make them DTensors); nothing was modified"))
+            elif params is not None and isinstance(params[i], DTensor):
+                spec_of(params[i])  # its mesh takes part in the round
+            continue
+        e = spec_of(g)
         local = g._local_tensor
         dtensors.append(g)
         items.append(Local(local))
         if e.reduced and e.member:
-            try:
-                norm_items.append(Local(g.redistribute(e.mesh, e.reduced)._local_tensor))
-            except Exception as x:  # noqa: BLE001 - a refusal, told to every rank
-                norm_items.append(NO_GRAD)
-                refuse(RuntimeError(f"{fn}: {noun(i)}: reducing its Partial placement failed ({x}); "
-                                    "nothing was modified"))
-                continue
+            got = reduced.get(id(g))
+            if got is None:
+                try:
+                    got = reduced[id(g)] = Local(g.redistribute(e.mesh, e.reduced)._local_tensor)
+                except Exception as x:  # noqa: BLE001 - a refusal, told to every rank
+                    norm_items.append(NO_GRAD)
+                    refuse(RuntimeError(f"{fn}: {noun(i)}: reducing its Partial placement failed ({x}); "
+                                        "nothing was modified"))
+                    continue
+            norm_items.append(got)
         else:
             norm_items.append(items[-1])
         if not e.member:
@@ -252,10 +306,10 @@ def read(tensors: list, fn: str, noun: Callable[[int], str],
                 f"{me}): this rank holds no shard of it; pass each rank the parameters of the meshes "
                 "it belongs to; nothing was modified"))
         elif e.bad:
-            d, pl, partial = e.bad
+            d, pl, is_partial = e.bad
             refuse(unsupported(noun(i), g, f"its placement on mesh dimension {d} is Partial ({pl}): its "
                                            "shards are unreduced terms of a sum, whose norm is not theirs; "
-                                           "redistribute it to Replicate() or Shard() first" if partial else
+                                           "redistribute it to Replicate() or Shard() first" if is_partial else
                                f"its placement {pl} on mesh dimension {d} is not one fusedclip knows "
                                "(Shard, _StridedShard, Replicate)"))
         else:
@@ -270,29 +324,29 @@ def read(tensors: list, fn: str, noun: Callable[[int], str],
             else:
                 per.append((i, e))
 
-    if not specs:  # only plain tensors and Nones (first_is_dtensor said otherwise: a race)
-        raise RuntimeError(f"{fn}: the gradients changed during the call; nothing was modified")
+    members = [e for e in specs if e.member]  # a mesh without this process is refused, not joined
+    if not members:
+        raise refusal if refusal is not None else RuntimeError(
+            f"{fn}: no gradient or parameter is a DTensor on a mesh of this process (rank {me}); "
+            "nothing was modified")
     meshes: list = []
-    for e in specs:
+    for e in members:
         if all(m is not e.mesh for m in meshes) and e.mesh not in meshes:
             meshes.append(e.mesh)
-    union = tuple(sorted({r for e in specs for r in e.ranks}))
-    if me not in union:
-        raise refusal if refusal is not None else RuntimeError(fn)
-    inside = set(union)
+    inside = _closure(members)
     classes: dict = {}
     weight: dict = {}  # id(_Spec) -> copies, siblings included
     for i, e in per:
         c = weight.get(id(e))
         if c is None:
-            siblings = len(inside.intersection(e.root)) // len(e.ranks)
+            siblings = sum(1 for b in e.blocks if b <= inside)
             c = weight[id(e)] = float(e.copies * max(siblings, 1))
         classes.setdefault(c, []).append(i)
-    device = None
-    if kind == "cuda":
-        device = torch.device("cuda", torch.cuda.current_device())
+    if kind is None:
+        kind = members[0].mesh.device_type
+    device = torch.device("cuda", torch.cuda.current_device()) if kind == "cuda" else None
     return Sharded(items, norm_items, classes, dtensors, meshes[0] if len(meshes) == 1 else None,
-                   _group_of(union, meshes), device, refusal)
+                   _group_of(tuple(sorted(inside)), meshes), device, refusal)
 
 
 def reducer(sh: Sharded) -> Any:

@@ -494,10 +494,6 @@ class _Plan:
             if not (hasattr(g, "dtype") and hasattr(g, "data_ptr")):
                 raise TypeError(f"{fn}: {what} is a {type(g).__name__}, not a tensor (nothing was modified)")
             if isinstance(g, torch.Tensor) and type(g) not in _TYPES:
-                if _sharded.dtensor_type() is type(g):
-                    raise TypeError(f"{fn}: {what} is a DTensor, while the first gradient is a plain "
-                                    "tensor: clip DTensor and plain gradients in separate calls (or make "
-                                    "them DTensors); nothing was modified")
                 raise _unsupported(fn, what, g, f"it is a {type(g).__name__}, a tensor subclass")
             if g.layout is not torch.strided:
                 raise _unsupported(fn, what, g, f"it is a {g.layout} tensor")
@@ -606,9 +602,10 @@ def _live(tensors: list) -> list:
 # FSDP2, tensor parallel, several meshes: _sharded reads the specs; the local
 # shards go through the paths above; one round of _reduce.combine makes the
 # global norm (docs/DISTRIBUTED.md §6).
-def _read_sharded(tensors: list, fn: str, grads: bool, partial: str) -> _sharded.Sharded:
+def _read_sharded(tensors: list, fn: str, grads: bool, partial: str,
+                  params: list | None = None) -> _sharded.Sharded:
     return _sharded.read(tensors, fn, functools.partial(_noun, grads),
-                         lambda what, g, why: _unsupported(fn, what, g, why), partial)
+                         lambda what, g, why: _unsupported(fn, what, g, why), partial, params)
 
 
 def _as_tensor_message(e: BaseException) -> BaseException:
@@ -648,6 +645,8 @@ def _sharded_norm(sh: _sharded.Sharded, kind: int, p: float, nt, fn: str, grads:
                 n, f, scale_of, b = _local_norm(items, kind, p, nt, fn, writable)
                 parts.append(_reduce.Part(n, f, scale_of, False, copies))
                 bad.extend(b)
+            if writable and any(a is not b for a, b in zip(sh.items, sh.norm_items)):
+                _local_norm(sh.items, kind, p, nt, fn, True)  # a Partial's terms: checked before the round
         except (TypeError, ValueError, RuntimeError, MemoryError) as e:
             own, parts = (e if grads else _as_tensor_message(e)), []
     g = _reduce.combine(parts, kind, p, _reduce.Reducer(_sharded.reducer(sh), fn),
@@ -660,7 +659,7 @@ def _sharded_norm(sh: _sharded.Sharded, kind: int, p: float, nt, fn: str, grads:
 def _sharded_result(sh: _sharded.Sharded, x: float) -> torch.Tensor:
     shards = [it.grad for it in sh.items if it.grad is not None]
     local = _norm_tensor(x, _promoted({t.dtype for t in shards}) or torch.float32,
-                         shards[0].device if shards else _CPU)
+                         shards[0].device if shards else sh.device or _CPU)
     return _sharded.result(sh, local)
 
 
@@ -679,10 +678,10 @@ def _sharded_write(sh: _sharded.Sharded, op: int, a: float, nt, fn: str) -> None
     _bump(sh.dtensors)
 
 
-def _sharded_clip(tensors: list, v: float, kind: int, p: float, policy: str, nt,
+def _sharded_clip(params: list, v: float, kind: int, p: float, policy: str, nt,
                   fn: str) -> tuple[torch.Tensor, _policy.ClipStats]:
     """clip_grad_norm_ over DTensor gradients: (norm, stats)."""
-    sh = _read_sharded(tensors, fn, True, "reduce")
+    sh = _read_sharded(_grads(params, fn), fn, True, "reduce", params)
     g, bad = _sharded_norm(sh, kind, p, nt, fn, True, True)
     d = _policy.decide(g.norm, g.flags, v, policy, lambda: g.scale_of(v), EPS)
     if d.action == _policy.A_RAISE:
@@ -763,15 +762,17 @@ def _clip_grad_norm(params: Any, original: Any, max_norm: Any, norm_type: Any,
     v, kind, p = _check_norm_args(max_norm, norm_type)
     r = _fast(params, True, _OP_CLIP, v, p)
     if r is not None:
-        if not r[3]:
+        if not r[3]:  # no grads here; DTensor parameters: this rank still takes part in the round
+            if _sharded.any_dtensor(params, True):
+                return _sharded_clip(params, v, kind, p, _policy_for(error_if_nonfinite), None, fn)[0]
             return torch.tensor(0.0)
         if r[1]:
             _after_nonfinite(r, params, v, p, _policy_for(error_if_nonfinite), None)
         elif r[2] != 1.0:
             _bump(r[3])
         return _norm_tensor(r[0], _RESULT_DTYPE[r[4]], _CPU)
-    if _sharded.first_is_dtensor(params, True):
-        return _sharded_clip(_grads(params, fn), v, kind, p, _policy_for(error_if_nonfinite), None, fn)[0]
+    if _sharded.any_dtensor(params, True):
+        return _sharded_clip(params, v, kind, p, _policy_for(error_if_nonfinite), None, fn)[0]
     plan, tensors = _general_plan(params, True, fn, True)
     live = _live(tensors)
     if not live:
@@ -796,7 +797,7 @@ def clip_grad_value_(
         if r[3]:
             _bump(r[3])
         return None
-    if _sharded.first_is_dtensor(params, True):
+    if _sharded.any_dtensor(params, True):
         return _sharded_local(_grads(params, fn), fn, _OP_CLAMP, v, "refuse")
     plan, tensors = _general_plan(params, True, fn, True)
     live = _live(tensors)
@@ -832,7 +833,7 @@ def get_total_norm(
         if error_if_nonfinite and r[1]:
             raise _nonfinite(r[0], p, r[5], "tensors")
         return _norm_tensor(r[0], _RESULT_DTYPE[r[4]], _CPU)
-    if _sharded.first_is_dtensor(items, False):
+    if _sharded.any_dtensor(items, False):
         sh = _read_sharded(items, fn, False, "reduce")
         g, bad = _sharded_norm(sh, kind, p, None, fn, False, False)
         if error_if_nonfinite and g.flags:
@@ -873,7 +874,7 @@ def clip_grads_with_norm_(
         if r[2] != 1.0:
             _bump(r[3])
         return None
-    if _sharded.first_is_dtensor(params, True):
+    if _sharded.any_dtensor(params, True):
         return _sharded_local(_grads(params, fn), fn, _OP_SCALE,
                               d.scale if d.action == _policy.A_SCALE else None, "keep")
     plan, tensors = _general_plan(params, True, fn, True)
@@ -970,6 +971,10 @@ class Clipper(_torchread.ClipCall):
         if r is not None:
             norm, flags, scale, live, mask, bad = r
             if not live:
+                if _sharded.any_dtensor(self._params, True):  # the round, as clip_grad_norm_
+                    norm_t, self._stats = _sharded_clip(self._params, v, self._kind, p,
+                                                        _policy_for(self.error_if_nonfinite), nt, self._fn)
+                    return norm_t
                 self._stats = None
                 return torch.tensor(0.0)
             if flags:
@@ -978,9 +983,9 @@ class Clipper(_torchread.ClipCall):
                 _bump(live)
             self._stats = _policy.ClipStats(norm, scale, bool(flags) or scale != 1.0, not flags, v, bad)
             return _norm_tensor(norm, _RESULT_DTYPE[mask], _CPU)
-        if _sharded.first_is_dtensor(self._params, True):
-            norm, self._stats = _sharded_clip(_grads(self._params, self._fn), v, self._kind, p,
-                                              _policy_for(self.error_if_nonfinite), nt, self._fn)
+        if _sharded.any_dtensor(self._params, True):
+            norm, self._stats = _sharded_clip(self._params, v, self._kind, p, _policy_for(self.error_if_nonfinite),
+                                              nt, self._fn)
             return norm
         last = self._plan
         plan, tensors = _general_plan(self._params, True, self._fn, True, last)

@@ -300,14 +300,29 @@ def bad_inputs(params: list, mesh, rank: int, world: int) -> None:
     _, k = COUNT(fct.clip_grads_with_norm_, good + [pp], 1.0, 4.0)
     assert k == 0 and torch.equal(pp.grad._local_tensor, torch.full((2,), (rank + 1) / (4.0 + 1e-6)))
     restore(good, base)
-    # a DTensor after a plain tensor: the general path refuses it, on every rank, with no collective
-    for fn in (fct.clip_grad_norm_, fct.clip_grad_value_):
-        try:
-            _, k = COUNT(fn, [plain] + good, 1e-3)
-            raise AssertionError("accepted")
-        except TypeError as e:
-            assert "parameter 1's grad is a DTensor, while the first gradient is a plain tensor" in str(e), e
+    # a plain tensor first: the same refusal (any DTensor opens the DTensor path)
+    expect_refusal(fct.clip_grad_norm_, [plain] + good, rank, set(range(world)), "not a DTensor", 0)
+    try:
+        fct.clip_grad_value_([plain] + good, 1e-3)  # no round: this rank's refusal
+        raise AssertionError("accepted")
+    except TypeError as e:
+        assert "parameter 0's grad is a Tensor, not a DTensor" in str(e), e
     assert same(shards(good), base) and torch.equal(plain.grad, torch.ones(3))
+    # a plain parameter whose grad exists on rank 0 only (a branch only its data took),
+    # first in the list: rank 0 refuses it, the others learn it from the round
+    branch = torch.nn.Parameter(torch.ones(3))
+    branch.grad = torch.ones(3) if rank == 0 else None
+    expect_refusal(fct.clip_grad_norm_, [branch] + good, rank, {0}, "not a DTensor", 0)
+    # a rank whose grads are all None still takes part (its parameters' meshes)
+    saved = [q.grad for q in good]
+    if rank == 0:
+        for q in good:
+            q.grad = None
+    n, k = COUNT(fct.clip_grad_norm_, good, 1e9)
+    assert k == 1
+    for q, gsv in zip(good, saved):
+        q.grad = gsv
+    OUT["one rank without grads"] = value(n).hex()
     # and the next call is a normal one
     n, k = COUNT(fct.clip_grad_norm_, good, 1e9)
     assert k == 1 and abs(value(n) - exact_norm(good, 2.0)) <= 1e-6 * exact_norm(good, 2.0)
@@ -476,7 +491,59 @@ def tp(rank: int, world: int) -> None:
     OUT["two-mesh/torch fails"] = not torch_two
     clip_cases("two-mesh", params, None, torch_two)
     nonfinite_cases("two-mesh", params, rank, torch_two)
+    slices(rank, mesh)
     accelerate_case("two-mesh", params)  # accelerate clips per mesh, then combines
+
+
+def slices(rank: int, mesh) -> None:
+    """Parameters on slices of one (2, 2) mesh: two orthogonal slices (the dp
+    slice and the tp slice, no parameter on the whole mesh; each a copy on
+    its siblings), and pipeline stages (slices of a (pp, dp) mesh that meet
+    nothing of the other stage: each stage's norm its own; a stray
+    parameter of the other stage refused, and nobody waits)."""
+    torch.manual_seed(3)
+    a, b = torch.randn(6, 3), torch.randn(4, 5)
+    ps = []
+    for f, m, pl in ((a, mesh["dp"], Shard(0)), (b, mesh["tp"], Shard(1))):
+        q = torch.nn.Parameter(distribute_tensor(f, m, [pl]))
+        q.grad = distribute_tensor(f.clone(), m, [pl])
+        ps.append(q)
+    want = math.sqrt(math.fsum([float((a.double() ** 2).sum()), float((b.double() ** 2).sum())]))
+    assert abs(exact_norm(ps, 2.0) - want) <= 1e-12 * want
+    n, k = COUNT(fct.clip_grad_norm_, ps, want / 2)
+    assert k == 1 and type(n) is torch.Tensor and abs(float(n) - want) <= 1e-6 * want, (k, float(n), want)
+    OUT["orthogonal slices"] = float(n).hex()
+    # pipeline: stage s = this rank's pp coordinate; each stage passes its own parameter
+    pm = init_device_mesh("cpu", (2, 2), mesh_dim_names=("pp", "dp"))
+    stage = pm.get_coordinate()[0]
+    fulls = [torch.randn(5, 2) * (s + 1) for s in range(2)]
+    q = torch.nn.Parameter(distribute_tensor(fulls[stage], pm["dp"], [Shard(0)]))
+    q.grad = distribute_tensor(fulls[stage].clone(), pm["dp"], [Shard(0)])
+    n, k = COUNT(fct.clip_grad_norm_, [q], 1e9)
+    want = math.sqrt(float((fulls[stage].double() ** 2).sum()))
+    assert k == 1 and abs(value(n) - want) <= 1e-6 * want, (value(n), want)
+    # rank 0 alone also passes a parameter of stage 1 (a mesh without rank 0, made
+    # without process groups): rank 0 refuses it, rank 1 (its stage) is told, and
+    # stage 1 clips as usual; nobody waits
+    stray = [q]
+    if rank == 0:
+        far = DeviceMesh("cpu", pm.mesh[1].tolist(), _init_backend=False)
+        other = torch.nn.Parameter(DTensor.from_local(torch.empty(0, 2), far, [Shard(0)], run_check=False,
+                                                      shape=torch.Size([4, 2]), stride=(2, 1)))
+        other.grad = other.detach().clone()
+        stray.append(other)
+    try:
+        fct.clip_grad_norm_(stray, 1e9)
+        outcome = "clipped"
+    except TypeError as e:
+        assert "parameter 1's grad is a DTensor on" in str(e) and "does not contain this process" in str(e), e
+        outcome = "refused"
+    except RuntimeError as e:
+        assert "another rank" in str(e), e
+        outcome = "told"
+    assert outcome == {0: "refused", 1: "told"}.get(rank, "clipped"), (rank, outcome)
+    n, k = COUNT(fct.clip_grad_norm_, [q], 1e9)  # and the next call is a normal one
+    assert k == 1 and abs(value(n) - want) <= 1e-6 * want
 
 
 def main() -> None:
