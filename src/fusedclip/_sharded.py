@@ -162,9 +162,11 @@ def _spec(mesh: Any, placements: Any, me: int, partial: str) -> _Spec:
 
 def _blocks(mesh: Any, ranks: tuple[int, ...]) -> tuple:
     """The ranks of ``mesh``'s root mesh cut into ``mesh`` and its sibling
-    slices (one per coordinate of the dimensions sliced away), as
-    frozensets; just ``mesh``'s ranks where it is a root (or a slice this
-    does not know: a flattened dimension)."""
+    slices (one per coordinate of the root's dimensions along which
+    ``mesh``'s ranks do not vary), as frozensets; just ``mesh``'s ranks
+    where it is a root, or not a whole slice of it.  Read from the ranks, so
+    named slices, flattened ones (``mesh["dp", "cp"]._flatten()``) and
+    slices of slices are cut alike."""
     import numpy as np
 
     own = (frozenset(ranks),)
@@ -172,13 +174,16 @@ def _blocks(mesh: Any, ranks: tuple[int, ...]) -> tuple:
     root = get() if get is not None else None
     if root is None or root is mesh:
         return own
-    names, kept = root.mesh_dim_names or (), mesh.mesh_dim_names or ()
-    if not kept or any(n not in names for n in kept):
-        return own
     arr = np.asarray(root.mesh.tolist())
-    keep = [names.index(n) for n in kept]
+    where = {int(r): ix for ix, r in np.ndenumerate(arr)}
+    if any(r not in where for r in ranks):
+        return own
+    at = np.array([where[r] for r in ranks]).reshape(len(ranks), arr.ndim)
+    keep = [d for d in range(arr.ndim) if len(set(at[:, d].tolist())) > 1]
+    if math.prod(arr.shape[d] for d in keep) != len(ranks):
+        return own
     other = [d for d in range(arr.ndim) if d not in keep]
-    rows = np.transpose(arr, other + keep).reshape(-1, math.prod(arr.shape[d] for d in keep))
+    rows = np.transpose(arr, other + keep).reshape(-1, len(ranks))
     blocks = tuple(frozenset(int(x) for x in row) for row in rows.tolist())
     return blocks if own[0] in blocks else own
 

@@ -513,6 +513,17 @@ def slices(rank: int, mesh) -> None:
     n, k = COUNT(fct.clip_grad_norm_, ps, want / 2)
     assert k == 1 and type(n) is torch.Tensor and abs(float(n) - want) <= 1e-6 * want, (k, float(n), want)
     OUT["orthogonal slices"] = float(n).hex()
+    # the same with the dp side a flattened slice (torchtitan's dp_shard_cp): its
+    # siblings are read from its ranks' coordinates, not from dimension names
+    m3 = init_device_mesh("cpu", (2, 1, 2), mesh_dim_names=("dp", "cp", "tp"))
+    flat = m3["dp", "cp"]._flatten("dp_cp")
+    ps = []
+    for f, m, pl in ((a, flat, Shard(0)), (b, m3["tp"], Shard(1))):
+        q = torch.nn.Parameter(distribute_tensor(f, m, [pl]))
+        q.grad = distribute_tensor(f.clone(), m, [pl])
+        ps.append(q)
+    n, k = COUNT(fct.clip_grad_norm_, ps, want / 2)
+    assert k == 1 and abs(float(n) - want) <= 1e-6 * want, (k, float(n), want)
     # pipeline: stage s = this rank's pp coordinate; each stage passes its own parameter
     pm = init_device_mesh("cpu", (2, 2), mesh_dim_names=("pp", "dp"))
     stage = pm.get_coordinate()[0]
