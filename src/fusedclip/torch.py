@@ -761,18 +761,17 @@ def _clip_grad_norm(params: Any, original: Any, max_norm: Any, norm_type: Any,
         warnings.warn("`parameters` is an empty generator, no gradient clipping will occur.", stacklevel=3)
     v, kind, p = _check_norm_args(max_norm, norm_type)
     r = _fast(params, True, _OP_CLIP, v, p)
+    # DTensors (or DTensor parameters without grads here: this rank still takes part in the round)
+    if (r is None or not r[3]) and _sharded.any_dtensor(params, True):
+        return _sharded_clip(params, v, kind, p, _policy_for(error_if_nonfinite), None, fn)[0]
     if r is not None:
-        if not r[3]:  # no grads here; DTensor parameters: this rank still takes part in the round
-            if _sharded.any_dtensor(params, True):
-                return _sharded_clip(params, v, kind, p, _policy_for(error_if_nonfinite), None, fn)[0]
+        if not r[3]:
             return torch.tensor(0.0)
         if r[1]:
             _after_nonfinite(r, params, v, p, _policy_for(error_if_nonfinite), None)
         elif r[2] != 1.0:
             _bump(r[3])
         return _norm_tensor(r[0], _RESULT_DTYPE[r[4]], _CPU)
-    if _sharded.any_dtensor(params, True):
-        return _sharded_clip(params, v, kind, p, _policy_for(error_if_nonfinite), None, fn)[0]
     plan, tensors = _general_plan(params, True, fn, True)
     live = _live(tensors)
     if not live:
@@ -968,13 +967,13 @@ class Clipper(_torchread.ClipCall):
         non-finite grads, and the general path."""
         v, p, nt = self._max_norm, self._norm_type, self._num_threads
         r = _fast(self._params, True, _OP_CLIP, v, p, nt)
+        if (r is None or not r[3]) and _sharded.any_dtensor(self._params, True):  # as clip_grad_norm_
+            norm_t, self._stats = _sharded_clip(self._params, v, self._kind, p,
+                                                _policy_for(self.error_if_nonfinite), nt, self._fn)
+            return norm_t
         if r is not None:
             norm, flags, scale, live, mask, bad = r
             if not live:
-                if _sharded.any_dtensor(self._params, True):  # the round, as clip_grad_norm_
-                    norm_t, self._stats = _sharded_clip(self._params, v, self._kind, p,
-                                                        _policy_for(self.error_if_nonfinite), nt, self._fn)
-                    return norm_t
                 self._stats = None
                 return torch.tensor(0.0)
             if flags:
@@ -983,10 +982,6 @@ class Clipper(_torchread.ClipCall):
                 _bump(live)
             self._stats = _policy.ClipStats(norm, scale, bool(flags) or scale != 1.0, not flags, v, bad)
             return _norm_tensor(norm, _RESULT_DTYPE[mask], _CPU)
-        if _sharded.any_dtensor(self._params, True):
-            norm, self._stats = _sharded_clip(self._params, v, self._kind, p, _policy_for(self.error_if_nonfinite),
-                                              nt, self._fn)
-            return norm
         last = self._plan
         plan, tensors = _general_plan(self._params, True, self._fn, True, last)
         if plan is not last:
